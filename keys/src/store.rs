@@ -1,0 +1,274 @@
+//! The node's private key file (`/var/lib/podguard/private.key`).
+//!
+//! The one module of this crate that does IO. Writes are atomic (a 0600
+//! temporary file, fsync, rename, fsync of the directory), so a crash leaves
+//! either the old file or the new one. Loading refuses a symlink, anything
+//! that is not a regular file, and a file readable by group or other.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::{KeyError, PrivateKey};
+
+/// Default location of the node's private key.
+pub const DEFAULT_PATH: &str = "/var/lib/podguard/private.key";
+
+/// Why the key file could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The path is a symbolic link; we never follow one to a key.
+    #[error("refusing key file {path}: it is a symlink")]
+    Symlink {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// The path exists but is a directory, device, FIFO, ...
+    #[error("refusing key file {path}: not a regular file")]
+    NotRegularFile {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// The file is readable or writable by group or other.
+    #[error(
+        "refusing key file {path}: mode {mode:04o} lets group or other access it (want 0600; fix with chmod 600)"
+    )]
+    TooPermissive {
+        /// The offending path.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file's content is not a base64 private key.
+    #[error("key file {path} does not hold a valid key")]
+    InvalidKey {
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong (never contains key material).
+        #[source]
+        source: KeyError,
+    },
+    /// An operating-system error while reading or writing.
+    #[error("{op} {path}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Load the key at `path`, or generate one and write it there if no file
+/// exists. A second call returns the same key.
+pub fn load_or_generate(path: &Path) -> Result<PrivateKey, StoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => load(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = PrivateKey::generate();
+            write(path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err("inspecting", path)(e)),
+    }
+}
+
+/// Load the key at `path`, checking type and permissions first.
+pub fn load(path: &Path) -> Result<PrivateKey, StoreError> {
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    if meta.file_type().is_symlink() {
+        return Err(StoreError::Symlink {
+            path: path.to_path_buf(),
+        });
+    }
+    // O_NOFOLLOW closes the race between the check above and the open.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                StoreError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_err("opening", path)(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io_err("inspecting", path))?;
+    if !meta.is_file() {
+        return Err(StoreError::NotRegularFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::TooPermissive {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(64));
+    // A key file is 45 bytes; read a little more so oversized files are caught.
+    (&mut file)
+        .take(256)
+        .read_to_end(&mut buf)
+        .map_err(io_err("reading", path))?;
+    let text = std::str::from_utf8(&buf).unwrap_or("");
+    // `wg genkey > file` leaves one trailing newline; accept exactly that.
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    PrivateKey::from_base64(text).map_err(|source| StoreError::InvalidKey {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write `key` to `path` atomically with mode 0600, creating the parent
+/// directory (mode 0700) if needed.
+pub fn write(path: &Path, key: &PrivateKey) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("creating directory", dir))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "key".into());
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    // A stale temp file from a crashed run of this pid is ours to replace.
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        let mut text = key.to_base64();
+        text.push('\n');
+        f.write_all(text.as_bytes())
+            .map_err(io_err("writing", &tmp))?;
+        f.sync_all().map_err(io_err("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generates_once_then_loads_same_key_with_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/private.key");
+        let a = load_or_generate(&path).unwrap();
+        let b = load_or_generate(&path).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let content = fs::read_to_string(&path).unwrap();
+        assert_eq!(content, format!("{}\n", a.to_base64().as_str()));
+        // No temp file left behind.
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn loads_wg_genkey_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let k = PrivateKey::generate();
+        write(&path, &k).unwrap();
+        assert_eq!(load(&path).unwrap().public_key(), k.public_key());
+    }
+
+    #[test]
+    fn refuses_group_readable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write(&path, &PrivateKey::generate()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load_or_generate(&path).unwrap_err();
+        assert!(matches!(e, StoreError::TooPermissive { mode: 0o640, .. }));
+        assert!(e.to_string().contains("0640"), "{e}");
+        // The file is untouched: nothing lost on bad input.
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+
+    #[test]
+    fn refuses_symlink_even_to_good_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        write(&real, &PrivateKey::generate()).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = load_or_generate(&link).unwrap_err();
+        assert!(matches!(e, StoreError::Symlink { .. }), "{e}");
+        assert!(e.to_string().contains("symlink"));
+    }
+
+    #[test]
+    fn refuses_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_or_generate(dir.path()).unwrap_err();
+        assert!(matches!(e, StoreError::NotRegularFile { .. }), "{e}");
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        fs::write(&path, "not a key\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_or_generate(&path).unwrap_err();
+        assert!(matches!(e, StoreError::InvalidKey { .. }), "{e}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "not a key\n");
+    }
+
+    #[test]
+    fn error_for_corrupt_key_does_not_leak_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let k = PrivateKey::generate();
+        let mut s = k.to_base64().to_string();
+        s.push_str("AAAA\n");
+        fs::write(&path, &s).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load(&path).unwrap_err();
+        let msg = format!("{e} {e:?}");
+        assert!(!msg.contains(&s[..20]), "{msg}");
+    }
+}

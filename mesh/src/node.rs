@@ -1,0 +1,364 @@
+//! What the planner knows about a node, and why it may refuse one.
+//!
+//! [`NodeInfo`] carries the raw strings from the Node object (spec.podCIDRs,
+//! annotations, status addresses): validating them is a decision, so it
+//! happens here, in pure code, and every refusal becomes a [`Rejection`]
+//! that names the bad input.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use keys::{KeyError, PublicKey};
+use serde::{Deserialize, Serialize};
+
+/// A node as the sources (Kubernetes, a nodes file) describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeInfo {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.podCIDRs`, as written (at most one per address family).
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+    /// WireGuard endpoint `ip:port` (`[v6]:port`): the `podguard.dev/force-endpoint`
+    /// annotation if set, else `podguard.dev/endpoint`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The `podguard.dev/public-key` annotation (base64).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// `status.addresses` of type InternalIP, in order. Used for the
+    /// endpoint when no endpoint annotation exists.
+    #[serde(default, rename = "internalIPs")]
+    pub internal_ips: Vec<String>,
+}
+
+/// Why a node does not become a peer. A rejected node's pods are
+/// unreachable from this node (fail closed), never reached in plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "reason", rename_all = "camelCase")]
+pub enum Rejection {
+    /// The node has no `spec.podCIDRs`.
+    NoPodCidrs,
+    /// A podCIDR does not parse or has host bits set.
+    InvalidPodCidr {
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Two podCIDRs of the same address family.
+    TwoPodCidrsOfOneFamily {
+        /// The second one.
+        value: String,
+    },
+    /// A podCIDR that lies outside every cluster CIDR.
+    OutsideClusterCidr {
+        /// The podCIDR.
+        cidr: IpNet,
+    },
+    /// A podCIDR that overlaps a podCIDR of another node.
+    OverlappingPodCidr {
+        /// This node's podCIDR.
+        cidr: IpNet,
+        /// The other node.
+        other_node: String,
+        /// The other node's podCIDR.
+        other_cidr: IpNet,
+    },
+    /// The node has not published a public key.
+    NoKey,
+    /// The public key annotation is not a valid key.
+    InvalidKey {
+        /// What is wrong (the public key value is not secret, but we keep
+        /// messages uniform with private-key errors).
+        problem: KeyErrorText,
+    },
+    /// Another node publishes the same public key: both are rejected.
+    DuplicateKey {
+        /// The other node(s).
+        other_nodes: Vec<String>,
+    },
+    /// The node publishes this node's own public key.
+    LocalKey,
+    /// Neither an endpoint annotation nor an InternalIP.
+    MissingEndpoint,
+    /// The endpoint does not parse as `ip:port` or is not usable.
+    InvalidEndpoint {
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Two nodes with the same name in the input: all are rejected.
+    DuplicateName,
+}
+
+/// A [`KeyError`] as text, so that [`Rejection`] stays orderable and
+/// serializable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct KeyErrorText(pub String);
+
+impl From<&KeyError> for KeyErrorText {
+    fn from(e: &KeyError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoPodCidrs => f.write_str("node has no spec.podCIDRs"),
+            Self::InvalidPodCidr { value, problem } => {
+                write!(f, "podCIDR {value:?} is invalid: {problem}")
+            }
+            Self::TwoPodCidrsOfOneFamily { value } => {
+                write!(
+                    f,
+                    "podCIDR {value:?} is a second podCIDR of the same address family"
+                )
+            }
+            Self::OutsideClusterCidr { cidr } => {
+                write!(f, "podCIDR {cidr} is outside every cluster CIDR")
+            }
+            Self::OverlappingPodCidr {
+                cidr,
+                other_node,
+                other_cidr,
+            } => write!(
+                f,
+                "podCIDR {cidr} overlaps podCIDR {other_cidr} of node {other_node:?}"
+            ),
+            Self::NoKey => f.write_str("node has no podguard.dev/public-key annotation"),
+            Self::InvalidKey { problem } => {
+                write!(f, "podguard.dev/public-key is invalid: {}", problem.0)
+            }
+            Self::DuplicateKey { other_nodes } => write!(
+                f,
+                "podguard.dev/public-key is also published by node(s) {}",
+                other_nodes.join(", ")
+            ),
+            Self::LocalKey => f.write_str("podguard.dev/public-key equals this node's own key"),
+            Self::MissingEndpoint => {
+                f.write_str("node has neither a podguard.dev/endpoint annotation nor an InternalIP")
+            }
+            Self::InvalidEndpoint { value, problem } => {
+                write!(f, "endpoint {value:?} is invalid: {problem}")
+            }
+            Self::DuplicateName => f.write_str("two nodes with this name in the input"),
+        }
+    }
+}
+
+/// A node whose own fields are valid (pairwise checks come later).
+#[derive(Debug, Clone)]
+pub(crate) struct Parsed {
+    pub pod_cidrs: Vec<IpNet>,
+    pub key: Option<PublicKey>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Parse a podCIDR strictly: valid prefix, no host bits.
+pub fn parse_cidr(value: &str) -> Result<IpNet, String> {
+    let net: IpNet = value
+        .parse()
+        .map_err(|_| "not an address/prefix-length".to_string())?;
+    if net.trunc() != net {
+        return Err(format!(
+            "host bits are set (the network is {})",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Parse an endpoint `ip:port`: a unicast address and a non-zero port.
+pub fn parse_endpoint(value: &str) -> Result<SocketAddr, String> {
+    let sa: SocketAddr = value
+        .parse()
+        .map_err(|_| "not ip:port (IPv6 as [addr]:port)".to_string())?;
+    check_endpoint_ip(sa.ip())?;
+    if sa.port() == 0 {
+        return Err("port 0".into());
+    }
+    Ok(sa)
+}
+
+fn check_endpoint_ip(ip: IpAddr) -> Result<(), String> {
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    if let IpAddr::V4(v4) = ip
+        && v4.is_broadcast()
+    {
+        return Err(format!("{ip} is the broadcast address"));
+    }
+    Ok(())
+}
+
+/// Validate one node's own fields. Returns what parsed and the rejections.
+pub(crate) fn parse_node(
+    node: &NodeInfo,
+    default_port: u16,
+    cluster_cidrs: &[IpNet],
+) -> (Parsed, Vec<Rejection>) {
+    let mut rejections = Vec::new();
+    let mut pod_cidrs: Vec<IpNet> = Vec::new();
+    if node.pod_cidrs.is_empty() {
+        rejections.push(Rejection::NoPodCidrs);
+    }
+    for value in &node.pod_cidrs {
+        match parse_cidr(value) {
+            Err(problem) => rejections.push(Rejection::InvalidPodCidr {
+                value: value.clone(),
+                problem,
+            }),
+            Ok(net) => {
+                if pod_cidrs.iter().any(|c| same_family(c, &net)) {
+                    rejections.push(Rejection::TwoPodCidrsOfOneFamily {
+                        value: value.clone(),
+                    });
+                } else if !cluster_cidrs.iter().any(|c| c.contains(&net)) {
+                    rejections.push(Rejection::OutsideClusterCidr { cidr: net });
+                } else {
+                    pod_cidrs.push(net);
+                }
+            }
+        }
+    }
+    let key = match &node.public_key {
+        None => {
+            rejections.push(Rejection::NoKey);
+            None
+        }
+        Some(s) => match PublicKey::from_base64(s) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                rejections.push(Rejection::InvalidKey {
+                    problem: (&e).into(),
+                });
+                None
+            }
+        },
+    };
+    let endpoint = match &node.endpoint {
+        Some(value) => match parse_endpoint(value) {
+            Ok(sa) => Some(sa),
+            Err(problem) => {
+                rejections.push(Rejection::InvalidEndpoint {
+                    value: value.clone(),
+                    problem,
+                });
+                None
+            }
+        },
+        None => match node.internal_ips.first() {
+            None => {
+                rejections.push(Rejection::MissingEndpoint);
+                None
+            }
+            Some(value) => match value
+                .parse::<IpAddr>()
+                .map_err(|_| "InternalIP is not an IP address".to_string())
+                .and_then(|ip| check_endpoint_ip(ip).map(|()| ip))
+            {
+                Ok(ip) => Some(SocketAddr::new(ip, default_port)),
+                Err(problem) => {
+                    rejections.push(Rejection::InvalidEndpoint {
+                        value: value.clone(),
+                        problem,
+                    });
+                    None
+                }
+            },
+        },
+    };
+    (
+        Parsed {
+            pod_cidrs,
+            key,
+            endpoint,
+        },
+        rejections,
+    )
+}
+
+pub(crate) fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Vec<IpNet> {
+        vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn cidr_with_host_bits_is_named() {
+        let e = parse_cidr("10.244.1.5/24").unwrap_err();
+        assert!(e.contains("10.244.1.0/24"), "{e}");
+        assert!(parse_cidr("garbage").is_err());
+        assert!(parse_cidr("10.244.1.0/33").is_err());
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        assert!(parse_endpoint("192.0.2.1:51820").is_ok());
+        assert!(parse_endpoint("[2001:db8::1]:51820").is_ok());
+        assert!(parse_endpoint("2001:db8::1:51820").is_err());
+        assert!(parse_endpoint("0.0.0.0:51820").is_err());
+        assert!(parse_endpoint("192.0.2.1:0").is_err());
+        assert!(parse_endpoint("node-a:51820").is_err());
+    }
+
+    #[test]
+    fn collects_every_problem() {
+        let n = NodeInfo {
+            name: "bad".into(),
+            pod_cidrs: vec!["10.9.0.0/24".into(), "x".into()],
+            endpoint: Some("nope".into()),
+            public_key: Some("AAAA".into()),
+            internal_ips: vec![],
+        };
+        let (_, r) = parse_node(&n, 51820, &cluster());
+        assert_eq!(r.len(), 4, "{r:?}");
+        let text: Vec<String> = r.iter().map(|r| r.to_string()).collect();
+        assert!(text.iter().any(|t| t.contains("10.9.0.0/24")));
+        assert!(text.iter().any(|t| t.contains("\"x\"")));
+        assert!(text.iter().any(|t| t.contains("\"nope\"")));
+        assert!(text.iter().any(|t| t.contains("wrong length")));
+    }
+
+    #[test]
+    fn internal_ip_is_endpoint_fallback() {
+        let n = NodeInfo {
+            name: "a".into(),
+            pod_cidrs: vec!["10.244.1.0/24".into()],
+            endpoint: None,
+            public_key: None,
+            internal_ips: vec!["192.0.2.7".into()],
+        };
+        let (p, _) = parse_node(&n, 51999, &cluster());
+        assert_eq!(p.endpoint, Some("192.0.2.7:51999".parse().unwrap()));
+    }
+
+    #[test]
+    fn nodes_file_json_shape() {
+        let n: NodeInfo = serde_json::from_str(
+            r#"{"name":"a","podCIDRs":["10.244.1.0/24"],"endpoint":"192.0.2.1:51820","publicKey":null,"internalIPs":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(n.pod_cidrs, vec!["10.244.1.0/24"]);
+        assert!(serde_json::from_str::<NodeInfo>(r#"{"name":"a","bogus":1}"#).is_err());
+    }
+}

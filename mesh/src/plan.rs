@@ -1,0 +1,583 @@
+//! From a node snapshot to the desired state of this node's data plane.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use keys::PublicKey;
+use serde::Serialize;
+
+use crate::ipam::gateway;
+use crate::mtu::{Outer, tunnel_mtu};
+use crate::node::{NodeInfo, Parsed, Rejection, parse_node};
+use crate::{BACKSTOP_METRIC, BRIDGE_IFNAME, ROUTE_METRIC, WG_IFNAME};
+
+/// Cluster-wide settings the plan depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshConfig {
+    /// The cluster CIDRs (one per family at most, usually): everything in
+    /// them is routed into `podguard0` and backstopped by `unreachable`.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// WireGuard UDP port; also the port used when a node's endpoint is
+    /// derived from its InternalIP.
+    pub listen_port: u16,
+    /// MTU of the underlay interface.
+    pub underlay_mtu: u32,
+    /// Keepalive sent to each peer, in seconds (`None`: off).
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            cluster_cidrs: Vec::new(),
+            listen_port: crate::DEFAULT_LISTEN_PORT,
+            underlay_mtu: 1500,
+            persistent_keepalive: Some(25),
+        }
+    }
+}
+
+/// Who "we" are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// This node's name (must appear in the node list).
+    pub name: String,
+    /// The public half of the key this node's device uses.
+    pub public_key: PublicKey,
+}
+
+/// Why no plan can be made at all (as opposed to rejecting one peer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The configuration has no cluster CIDR.
+    #[error("no cluster CIDR configured")]
+    NoClusterCidr,
+    /// A cluster CIDR has host bits set.
+    #[error("cluster CIDR {0} has host bits set")]
+    ClusterCidrHostBits(IpNet),
+    /// The local node is not in the snapshot.
+    #[error("local node {0:?} is not in the node list")]
+    LocalNodeMissing(String),
+    /// The local node's own podCIDRs are not usable.
+    #[error("local node {name:?} is not ready: {reason}")]
+    LocalNotReady {
+        /// The local node's name.
+        name: String,
+        /// The first problem found.
+        reason: Rejection,
+    },
+}
+
+/// Where a route sends traffic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum RouteTarget {
+    /// Out of an interface, with a preferred source address.
+    Device {
+        /// Interface name.
+        dev: String,
+        /// Preferred source (`src`), if any.
+        src: Option<IpAddr>,
+    },
+    /// An `unreachable` route: the kernel answers with an ICMP error.
+    Unreachable,
+}
+
+/// One route in the main table that podguard owns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Route {
+    /// Destination prefix.
+    pub dst: IpNet,
+    /// Where it goes.
+    pub target: RouteTarget,
+    /// Route priority (lower wins).
+    pub metric: u32,
+}
+
+/// One WireGuard peer: another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// The node's name.
+    pub node: String,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Where to send its encrypted packets.
+    pub endpoint: SocketAddr,
+    /// Exactly the node's podCIDRs.
+    pub allowed_ips: BTreeSet<IpNet>,
+    /// Keepalive interval in seconds.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Desired state of this node's data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// This node's name.
+    pub node: String,
+    /// This node's podCIDRs.
+    pub pod_cidrs: BTreeSet<IpNet>,
+    /// Addresses of `cbr0`: the gateway of each podCIDR, with its prefix.
+    pub bridge_addresses: BTreeSet<IpNet>,
+    /// MTU of `podguard0`, `cbr0` and pod veths.
+    pub mtu: u32,
+    /// WireGuard UDP port.
+    pub listen_port: u16,
+    /// Peers, by public key.
+    pub peers: BTreeMap<PublicKey, Peer>,
+    /// Routes podguard owns.
+    pub routes: BTreeSet<Route>,
+    /// Nodes that are not peers, with every reason.
+    pub rejections: BTreeMap<String, Vec<Rejection>>,
+}
+
+/// Compute the plan. The node list normally includes the local node; the
+/// result does not depend on the order of `nodes`.
+pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Plan, PlanError> {
+    if config.cluster_cidrs.is_empty() {
+        return Err(PlanError::NoClusterCidr);
+    }
+    if let Some(c) = config.cluster_cidrs.iter().find(|c| c.trunc() != **c) {
+        return Err(PlanError::ClusterCidrHostBits(*c));
+    }
+
+    // Sort by name so everything below is order-independent.
+    let mut sorted: Vec<&NodeInfo> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut name_count: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &sorted {
+        *name_count.entry(n.name.as_str()).or_default() += 1;
+    }
+
+    // The local node: its podCIDRs must be valid; its key is ours.
+    let local_nodes: Vec<&&NodeInfo> = sorted.iter().filter(|n| n.name == local.name).collect();
+    let local_node = match local_nodes.as_slice() {
+        [] => return Err(PlanError::LocalNodeMissing(local.name.clone())),
+        [one] => *one,
+        _ => {
+            return Err(PlanError::LocalNotReady {
+                name: local.name.clone(),
+                reason: Rejection::DuplicateName,
+            });
+        }
+    };
+    let (local_parsed, local_rej) =
+        parse_node(local_node, config.listen_port, &config.cluster_cidrs);
+    if let Some(reason) = local_rej.into_iter().find(|r| {
+        matches!(
+            r,
+            Rejection::NoPodCidrs
+                | Rejection::InvalidPodCidr { .. }
+                | Rejection::TwoPodCidrsOfOneFamily { .. }
+                | Rejection::OutsideClusterCidr { .. }
+        )
+    }) {
+        return Err(PlanError::LocalNotReady {
+            name: local.name.clone(),
+            reason,
+        });
+    }
+
+    // Per-node validation.
+    let mut rejections: BTreeMap<String, Vec<Rejection>> = BTreeMap::new();
+    let mut parsed: Vec<(&NodeInfo, Parsed)> = Vec::new();
+    for n in sorted.iter().filter(|n| n.name != local.name) {
+        let (p, mut rej) = parse_node(n, config.listen_port, &config.cluster_cidrs);
+        if name_count[n.name.as_str()] > 1 {
+            rej.push(Rejection::DuplicateName);
+        }
+        if p.key == Some(local.public_key) {
+            rej.push(Rejection::LocalKey);
+        }
+        if !rej.is_empty() {
+            rejections.entry(n.name.clone()).or_default().extend(rej);
+        }
+        parsed.push((n, p));
+    }
+
+    // Duplicate keys: every node that shares a key is rejected.
+    let mut by_key: BTreeMap<PublicKey, BTreeSet<&str>> = BTreeMap::new();
+    for (n, p) in &parsed {
+        if let Some(k) = p.key {
+            by_key.entry(k).or_default().insert(n.name.as_str());
+        }
+    }
+    for names in by_key.values().filter(|names| names.len() > 1) {
+        for name in names {
+            let other_nodes = names
+                .iter()
+                .filter(|o| *o != name)
+                .map(|o| o.to_string())
+                .collect();
+            rejections
+                .entry(name.to_string())
+                .or_default()
+                .push(Rejection::DuplicateKey { other_nodes });
+        }
+    }
+
+    // Overlapping podCIDRs, among remote nodes and against the local node.
+    let mut intervals: Vec<(u128, u128, u8, &str, IpNet)> = Vec::new();
+    for c in &local_parsed.pod_cidrs {
+        intervals.push(interval(c, &local.name));
+    }
+    for (n, p) in &parsed {
+        for c in &p.pod_cidrs {
+            intervals.push(interval(c, &n.name));
+        }
+    }
+    for (a, b) in overlaps(intervals) {
+        for (me, other) in [(&a, &b), (&b, &a)] {
+            if me.0 != local.name {
+                let r = Rejection::OverlappingPodCidr {
+                    cidr: me.1,
+                    other_node: other.0.to_string(),
+                    other_cidr: other.1,
+                };
+                let v = rejections.entry(me.0.to_string()).or_default();
+                if !v.contains(&r) {
+                    v.push(r);
+                }
+            }
+        }
+    }
+
+    // Peers: every node without a rejection.
+    let mut peers = BTreeMap::new();
+    for (n, p) in &parsed {
+        if rejections.contains_key(&n.name) {
+            continue;
+        }
+        let (Some(public_key), Some(endpoint)) = (p.key, p.endpoint) else {
+            continue; // unreachable: a missing key or endpoint is a rejection
+        };
+        peers.insert(
+            public_key,
+            Peer {
+                node: n.name.clone(),
+                public_key,
+                endpoint,
+                allowed_ips: p.pod_cidrs.iter().copied().collect(),
+                persistent_keepalive: config.persistent_keepalive,
+            },
+        );
+    }
+    for v in rejections.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+
+    // Routes.
+    let pod_cidrs: BTreeSet<IpNet> = local_parsed.pod_cidrs.iter().copied().collect();
+    let gw_for = |family_of: &IpNet| -> Option<IpAddr> {
+        pod_cidrs
+            .iter()
+            .find(|c| crate::node::same_family(c, family_of))
+            .and_then(|c| gateway(c).ok())
+    };
+    let mut routes = BTreeSet::new();
+    for c in &config.cluster_cidrs {
+        routes.insert(Route {
+            dst: *c,
+            target: RouteTarget::Device {
+                dev: WG_IFNAME.into(),
+                src: gw_for(c),
+            },
+            metric: ROUTE_METRIC,
+        });
+        routes.insert(Route {
+            dst: *c,
+            target: RouteTarget::Unreachable,
+            metric: BACKSTOP_METRIC,
+        });
+    }
+    let mut bridge_addresses = BTreeSet::new();
+    for c in &pod_cidrs {
+        let gw = gateway(c).ok();
+        routes.insert(Route {
+            dst: *c,
+            target: RouteTarget::Device {
+                dev: BRIDGE_IFNAME.into(),
+                src: gw,
+            },
+            metric: ROUTE_METRIC,
+        });
+        if let Some(net) = gw.and_then(|gw| IpNet::new(gw, c.prefix_len()).ok()) {
+            bridge_addresses.insert(net);
+        }
+    }
+
+    let outer = match local_parsed.endpoint {
+        Some(SocketAddr::V4(_)) => Outer::V4,
+        _ => Outer::V6,
+    };
+    Ok(Plan {
+        node: local.name.clone(),
+        pod_cidrs,
+        bridge_addresses,
+        mtu: tunnel_mtu(config.underlay_mtu, outer),
+        listen_port: config.listen_port,
+        peers,
+        routes,
+        rejections,
+    })
+}
+
+type Interval<'a> = (u128, u128, u8, &'a str, IpNet);
+
+fn interval<'a>(c: &IpNet, name: &'a str) -> Interval<'a> {
+    let (lo, hi, fam) = match c {
+        IpNet::V4(n) => (
+            u32::from(n.network()) as u128,
+            u32::from(n.broadcast()) as u128,
+            4,
+        ),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast()), 6),
+    };
+    (lo, hi, fam, name, *c)
+}
+
+/// Pairs of (node, cidr) whose ranges overlap, found by a sweep.
+/// A podCIDR and the node that owns it.
+type Owned<'a> = (&'a str, IpNet);
+
+fn overlaps(mut iv: Vec<Interval<'_>>) -> Vec<(Owned<'_>, Owned<'_>)> {
+    iv.sort_by(|a, b| (a.2, a.0, b.1, a.3).cmp(&(b.2, b.0, a.1, b.3)));
+    let mut out = Vec::new();
+    // Open intervals of the current family whose end is >= current start.
+    let mut open: Vec<Interval<'_>> = Vec::new();
+    for cur in iv {
+        open.retain(|o| o.2 == cur.2 && o.1 >= cur.0);
+        for o in &open {
+            out.push(((o.3, o.4), (cur.3, cur.4)));
+        }
+        open.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keys::PrivateKey;
+
+    fn key() -> PublicKey {
+        PrivateKey::generate().public_key()
+    }
+
+    fn cfg() -> MeshConfig {
+        MeshConfig {
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
+            ..MeshConfig::default()
+        }
+    }
+
+    fn node(name: &str, i: u8, k: Option<PublicKey>) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            pod_cidrs: vec![
+                format!("10.244.{i}.0/24"),
+                format!("fd00:10:244:{i:x}::/64"),
+            ],
+            endpoint: Some(format!("192.168.50.{}:51820", i + 10)),
+            public_key: k.map(|k| k.to_base64()),
+            internal_ips: vec![],
+        }
+    }
+
+    fn setup() -> (Local, Vec<NodeInfo>) {
+        let lk = key();
+        let local = Local {
+            name: "a".into(),
+            public_key: lk,
+        };
+        let nodes = vec![
+            node("a", 1, Some(lk)),
+            node("b", 2, Some(key())),
+            node("c", 3, Some(key())),
+        ];
+        (local, nodes)
+    }
+
+    #[test]
+    fn full_mesh_routes_and_mtu() {
+        let (local, nodes) = setup();
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert_eq!(p.peers.len(), 2);
+        let b = p.peers.values().find(|p| p.node == "b").unwrap();
+        assert_eq!(
+            b.allowed_ips,
+            ["10.244.2.0/24", "fd00:10:244:2::/64"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect()
+        );
+        assert_eq!(b.endpoint, "192.168.50.12:51820".parse().unwrap());
+        assert!(p.rejections.is_empty());
+        assert_eq!(p.mtu, 1440);
+        let gw4: IpAddr = "10.244.1.1".parse().unwrap();
+        assert!(p.routes.contains(&Route {
+            dst: "10.244.0.0/16".parse().unwrap(),
+            target: RouteTarget::Device {
+                dev: "podguard0".into(),
+                src: Some(gw4)
+            },
+            metric: ROUTE_METRIC,
+        }));
+        assert!(p.routes.contains(&Route {
+            dst: "fd00:10:244::/56".parse().unwrap(),
+            target: RouteTarget::Unreachable,
+            metric: BACKSTOP_METRIC,
+        }));
+        assert!(p.routes.contains(&Route {
+            dst: "10.244.1.0/24".parse().unwrap(),
+            target: RouteTarget::Device {
+                dev: "cbr0".into(),
+                src: Some(gw4)
+            },
+            metric: ROUTE_METRIC,
+        }));
+        assert_eq!(p.routes.len(), 6);
+        assert!(
+            p.bridge_addresses
+                .contains(&"fd00:10:244:1::1/64".parse().unwrap())
+        );
+    }
+
+    fn reasons(p: &Plan, n: &str) -> Vec<Rejection> {
+        p.rejections.get(n).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_and_garbage_keys_rejected() {
+        let (local, mut nodes) = setup();
+        nodes[1].public_key = None;
+        nodes[2].public_key = Some("!!!".into());
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert!(p.peers.is_empty());
+        assert_eq!(reasons(&p, "b"), vec![Rejection::NoKey]);
+        assert!(matches!(reasons(&p, "c")[0], Rejection::InvalidKey { .. }));
+    }
+
+    #[test]
+    fn duplicate_key_rejects_both() {
+        let (local, mut nodes) = setup();
+        nodes[2].public_key = nodes[1].public_key.clone();
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert!(p.peers.is_empty());
+        assert_eq!(
+            reasons(&p, "b"),
+            vec![Rejection::DuplicateKey {
+                other_nodes: vec!["c".into()]
+            }]
+        );
+        assert_eq!(
+            reasons(&p, "c"),
+            vec![Rejection::DuplicateKey {
+                other_nodes: vec!["b".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn local_key_on_remote_rejected() {
+        let (local, mut nodes) = setup();
+        nodes[1].public_key = Some(local.public_key.to_base64());
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert_eq!(reasons(&p, "b"), vec![Rejection::LocalKey]);
+        assert_eq!(p.peers.len(), 1);
+    }
+
+    #[test]
+    fn overlap_rejects_both_remotes_and_remote_overlapping_local() {
+        let (local, mut nodes) = setup();
+        nodes[2].pod_cidrs[0] = "10.244.2.128/25".into();
+        nodes.push(node("d", 1, Some(key()))); // same podCIDRs as local "a"
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert!(matches!(
+            reasons(&p, "b")[0],
+            Rejection::OverlappingPodCidr { ref other_node, .. } if other_node == "c"
+        ));
+        assert!(matches!(
+            reasons(&p, "c")[0],
+            Rejection::OverlappingPodCidr { ref other_node, .. } if other_node == "b"
+        ));
+        assert!(reasons(&p, "d").iter().all(
+            |r| matches!(r, Rejection::OverlappingPodCidr { other_node, .. } if other_node == "a")
+        ));
+        assert_eq!(reasons(&p, "d").len(), 2);
+        assert!(p.peers.is_empty());
+    }
+
+    #[test]
+    fn outside_cluster_and_bad_endpoint_rejected() {
+        let (local, mut nodes) = setup();
+        nodes[1].pod_cidrs = vec!["10.99.0.0/24".into()];
+        nodes[2].endpoint = Some("host:1".into());
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert_eq!(
+            reasons(&p, "b"),
+            vec![Rejection::OutsideClusterCidr {
+                cidr: "10.99.0.0/24".parse().unwrap()
+            }]
+        );
+        assert!(matches!(
+            reasons(&p, "c")[0],
+            Rejection::InvalidEndpoint { .. }
+        ));
+        let (local, mut nodes) = setup();
+        nodes[1].endpoint = None;
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert_eq!(reasons(&p, "b"), vec![Rejection::MissingEndpoint]);
+    }
+
+    #[test]
+    fn duplicate_names_rejected() {
+        let (local, mut nodes) = setup();
+        nodes.push(node("b", 9, Some(key())));
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert!(reasons(&p, "b").contains(&Rejection::DuplicateName));
+        assert!(p.peers.values().all(|p| p.node != "b"));
+    }
+
+    #[test]
+    fn local_problems_are_errors() {
+        let (local, mut nodes) = setup();
+        assert_eq!(
+            plan(&local, &nodes[1..], &cfg()).unwrap_err(),
+            PlanError::LocalNodeMissing("a".into())
+        );
+        nodes[0].pod_cidrs.clear();
+        assert!(matches!(
+            plan(&local, &nodes, &cfg()).unwrap_err(),
+            PlanError::LocalNotReady {
+                reason: Rejection::NoPodCidrs,
+                ..
+            }
+        ));
+        assert_eq!(
+            plan(&local, &nodes, &MeshConfig::default()).unwrap_err(),
+            PlanError::NoClusterCidr
+        );
+    }
+
+    #[test]
+    fn ipv6_underlay_mtu_and_v4_only_cluster() {
+        let (local, mut nodes) = setup();
+        nodes[0].endpoint = Some("[2001:db8::1]:51820".into());
+        for n in &mut nodes {
+            n.pod_cidrs.truncate(1);
+        }
+        let mut c = cfg();
+        c.cluster_cidrs.truncate(1);
+        let p = plan(&local, &nodes, &c).unwrap();
+        assert_eq!(p.mtu, 1420);
+        assert_eq!(p.routes.len(), 3);
+        assert_eq!(p.peers.len(), 2);
+    }
+}

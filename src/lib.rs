@@ -1,0 +1,4 @@
+//! podguard: the IO shell around the pure `mesh` and `keys` crates.
+//!
+//! Everything here touches the outside world (sockets, netlink, files, the
+//! Kubernetes API) and carries out what `mesh` decides.
