@@ -2,3 +2,6 @@
 //!
 //! Everything here touches the outside world (sockets, netlink, files, the
 //! Kubernetes API) and carries out what `mesh` decides.
+
+pub mod netlink;
+pub mod wireguard;

@@ -1,0 +1,10 @@
+//! WireGuard backends: podguard's own userspace device, or kernel WireGuard
+//! through defguard_wireguard_rs. Either is configured through defguard's
+//! `WireguardInterfaceApi` (netlink for the kernel, UAPI for ours).
+
+pub mod backend;
+pub mod device;
+pub mod uapi;
+pub mod uapi_server;
+
+pub use backend::{Backend, BackendChoice, SelectError, select_backend};
