@@ -3,5 +3,6 @@
 //! Everything here touches the outside world (sockets, netlink, files, the
 //! Kubernetes API) and carries out what `mesh` decides.
 
+pub mod agent;
 pub mod netlink;
 pub mod wireguard;

@@ -211,9 +211,16 @@ impl Netlink {
                 .address()
                 .add(index, net.addr(), net.prefix_len())
                 .replace();
+            // No prefix route (the plan's routes are the only ones we rely
+            // on) and no DAD: the gateway address is ours by construction,
+            // and a tentative IPv6 address cannot be a route's source.
+            let mut flags = AddressFlags::Noprefixroute;
+            if net.addr().is_ipv6() {
+                flags |= AddressFlags::Nodad;
+            }
             req.message_mut()
                 .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+                .push(AddressAttribute::Flags(flags));
             match req.execute().await {
                 Ok(()) => tracing::info!(ifname, address = %net, "added address"),
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
@@ -288,13 +295,9 @@ impl Netlink {
         for a in &m.attributes {
             match a {
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
-                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
-                    dst = Some(IpAddr::V6(*ip))
-                }
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
                 RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(IpAddr::V4(*ip)),
-                RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => {
-                    src = Some(IpAddr::V6(*ip))
-                }
+                RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => src = Some(IpAddr::V6(*ip)),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::Priority(p) => metric = *p,
                 _ => {}
@@ -366,7 +369,10 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(NetlinkError::Request {
-                what: format!("adding route {} ({:?}) metric {}", r.dst, r.target, r.metric),
+                what: format!(
+                    "adding route {} ({:?}) metric {}",
+                    r.dst, r.target, r.metric
+                ),
                 source,
             }),
         }

@@ -41,7 +41,10 @@ pub enum Backend {
 pub struct SelectError;
 
 /// Pick the backend.
-pub fn select_backend(choice: BackendChoice, kernel_available: bool) -> Result<Backend, SelectError> {
+pub fn select_backend(
+    choice: BackendChoice,
+    kernel_available: bool,
+) -> Result<Backend, SelectError> {
     match (choice, kernel_available) {
         (BackendChoice::Auto, true) | (BackendChoice::Kernel, true) => Ok(Backend::Kernel),
         (BackendChoice::Auto, false) | (BackendChoice::Userspace, _) => Ok(Backend::Userspace),
@@ -131,7 +134,9 @@ impl WgClient {
     }
 
     /// Read the peers currently on the device.
-    pub fn read_peers(&self) -> Result<std::collections::BTreeMap<PublicKey, ObservedPeer>, WgError> {
+    pub fn read_peers(
+        &self,
+    ) -> Result<std::collections::BTreeMap<PublicKey, ObservedPeer>, WgError> {
         let host = self.api().read_interface_data().map_err(|source| WgError {
             what: "reading WireGuard peers".into(),
             source,

@@ -254,12 +254,9 @@ impl Device {
 
     fn send_to(&self, buf: &[u8], to: SocketAddr) {
         let to = match (to, self.udp.local_addr()) {
-            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => SocketAddr::V6(SocketAddrV6::new(
-                v4.ip().to_ipv6_mapped(),
-                v4.port(),
-                0,
-                0,
-            )),
+            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
             _ => to,
         };
         if let Err(e) = self.udp.send_to(buf, to) {
@@ -330,6 +327,24 @@ impl Device {
             .is_some_and(|(_, p)| Arc::ptr_eq(p, peer))
     }
 
+    /// Write a decrypted packet to the TUN if its source lies in the
+    /// sending peer's AllowedIPs; otherwise drop and count it.
+    fn deliver(&self, peer: &Arc<Peer>, pkt: &[u8], src: IpAddr) {
+        if self.source_allowed(peer, src) {
+            let _ = self.tun.send(pkt);
+            return;
+        }
+        let n = self.drops.bad_source.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() || n == 0 {
+            tracing::warn!(
+                peer = %peer.public_key.fingerprint(),
+                %src,
+                dropped_total = n + 1,
+                "dropped a packet whose source is outside the sending peer's AllowedIPs"
+            );
+        }
+    }
+
     fn run_inbound(&self) {
         let mut buf = vec![0u8; BUF];
         let mut out = vec![0u8; BUF];
@@ -364,18 +379,10 @@ impl Device {
                     }
                 }
                 TunnResult::WriteToTunnelV4(pkt, src) => {
-                    if self.source_allowed(&peer, IpAddr::V4(src)) {
-                        let _ = self.tun.send(pkt);
-                    } else {
-                        self.drops.bad_source.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.deliver(&peer, pkt, IpAddr::V4(src));
                 }
                 TunnResult::WriteToTunnelV6(pkt, src) => {
-                    if self.source_allowed(&peer, IpAddr::V6(src)) {
-                        let _ = self.tun.send(pkt);
-                    } else {
-                        self.drops.bad_source.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.deliver(&peer, pkt, IpAddr::V6(src));
                 }
                 TunnResult::Done => {}
                 TunnResult::Err(e) => {
@@ -459,7 +466,10 @@ impl Device {
         {
             return Err((
                 super::uapi::EINVAL,
-                format!("changing listen_port at runtime is not supported (is {})", st.listen_port),
+                format!(
+                    "changing listen_port at runtime is not supported (is {})",
+                    st.listen_port
+                ),
             ));
         }
         if req.clear_private_key {

@@ -65,7 +65,10 @@ pub struct SetRequest {
 impl std::fmt::Debug for SetRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SetRequest")
-            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("listen_port", &self.listen_port)
             .field("replace_peers", &self.replace_peers)
             .field("peers", &self.peers)
@@ -75,7 +78,10 @@ impl std::fmt::Debug for SetRequest {
 
 fn parse_hex_key(value: &str) -> Result<[u8; 32], String> {
     if value.len() != 64 {
-        return Err(format!("key must be 64 hex characters, got {}", value.len()));
+        return Err(format!(
+            "key must be 64 hex characters, got {}",
+            value.len()
+        ));
     }
     let mut out = [0u8; 32];
     for (i, chunk) in value.as_bytes().chunks(2).enumerate() {
@@ -147,17 +153,22 @@ pub fn parse_set(lines: &[String]) -> Result<SetRequest, UapiError> {
                     "remove" => p.remove = parse_bool(value).map_err(err)?,
                     "update_only" => p.update_only = parse_bool(value).map_err(err)?,
                     "preshared_key" => {
-                        parse_hex_key(value).map_err(|_| err("preshared_key: invalid key".into()))?;
+                        parse_hex_key(value)
+                            .map_err(|_| err("preshared_key: invalid key".into()))?;
                         p.preshared_key = value.bytes().any(|b| b != b'0');
                     }
                     "endpoint" => {
-                        p.endpoint = Some(value.parse().map_err(|_| {
-                            err(format!("endpoint {value:?} is not ip:port"))
-                        })?)
+                        p.endpoint = Some(
+                            value
+                                .parse()
+                                .map_err(|_| err(format!("endpoint {value:?} is not ip:port")))?,
+                        )
                     }
                     "persistent_keepalive_interval" => {
                         p.persistent_keepalive = Some(value.parse().map_err(|_| {
-                            err(format!("persistent_keepalive_interval {value:?} is not 0-65535"))
+                            err(format!(
+                                "persistent_keepalive_interval {value:?} is not 0-65535"
+                            ))
                         })?)
                     }
                     "replace_allowed_ips" => {
@@ -270,7 +281,14 @@ mod tests {
         assert_eq!(req.peers[0].allowed_ips.len(), 2);
         assert_eq!(req.peers[0].persistent_keepalive, Some(25));
         assert!(req.peers[1].remove);
-        assert!(!format!("{req:?}").contains(&k.as_bytes()[0..4].iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        assert!(
+            !format!("{req:?}").contains(
+                &k.as_bytes()[0..4]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        );
     }
 
     #[test]

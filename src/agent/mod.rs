@@ -1,0 +1,248 @@
+//! The agent's shell: bring up the device, then reconcile the mesh from a
+//! node source, level-triggered over the whole snapshot.
+//!
+//! Decisions come from `mesh::plan` and `mesh::diff`; this module observes
+//! (WireGuard peers through defguard, routes through rtnetlink) and carries
+//! out the resulting actions.
+
+pub mod node_state;
+pub mod nodes_file;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use keys::PrivateKey;
+use mesh::{Action, Local, MeshConfig, NodeInfo, Observed, Plan, Rejection};
+
+use crate::netlink::{Netlink, NetlinkError};
+use crate::wireguard::backend::{WgClient, WgError};
+use crate::wireguard::device::Device;
+use crate::wireguard::{Backend, uapi_server};
+
+/// Settings of a running agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// Mesh settings (cluster CIDRs, port, underlay MTU, keepalive).
+    pub mesh: MeshConfig,
+    /// Where the node state for the CNI plugin goes.
+    pub state_file: PathBuf,
+}
+
+/// A reconcile failure (the data plane keeps its last state).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// No plan could be made (e.g. this node has no podCIDRs yet).
+    #[error(transparent)]
+    Plan(#[from] mesh::PlanError),
+    /// Netlink failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// WireGuard configuration failed.
+    #[error(transparent)]
+    Wg(#[from] WgError),
+    /// The node state file could not be written.
+    #[error("writing node state file {path}")]
+    StateFile {
+        /// The path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Actions carried out.
+    pub actions: Vec<Action>,
+    /// Number of peers in the plan.
+    pub peers: usize,
+    /// Rejected nodes.
+    pub rejections: BTreeMap<String, Vec<Rejection>>,
+}
+
+/// The agent: a WireGuard client, netlink, and what it last logged.
+#[derive(Debug)]
+pub struct Agent {
+    cfg: AgentConfig,
+    local: Local,
+    wg: WgClient,
+    nl: Netlink,
+    last_rejections: BTreeMap<String, Vec<Rejection>>,
+}
+
+/// Bring up the WireGuard device for `backend` (userspace: our device,
+/// persistent TUN, UAPI socket) and return a client for it.
+pub fn start_device(
+    backend: Backend,
+    key: &PrivateKey,
+    listen_port: u16,
+) -> anyhow::Result<WgClient> {
+    match backend {
+        Backend::Userspace => {
+            let dev = Device::new(mesh::WG_IFNAME, listen_port, Some(key), true)?;
+            dev.spawn()?;
+            let sock = uapi_server::serve(dev)?;
+            tracing::info!(socket = %sock.display(), "userspace WireGuard device up");
+        }
+        Backend::Kernel => {
+            use defguard_wireguard_rs::WireguardInterfaceApi as _;
+            use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi};
+            let mut api = WGApi::<Kernel>::new(mesh::WG_IFNAME)?;
+            // An existing interface keeps its peers (restart adopts it).
+            if api.read_interface_data().is_err() {
+                api.create_interface()?;
+                api.configure_interface(&InterfaceConfiguration {
+                    name: mesh::WG_IFNAME.into(),
+                    prvkey: key.to_base64().to_string(),
+                    addresses: vec![],
+                    port: listen_port,
+                    peers: vec![],
+                    mtu: None,
+                    fwmark: None,
+                })?;
+            }
+            tracing::info!("kernel WireGuard device up");
+        }
+    }
+    Ok(WgClient::new(backend, mesh::WG_IFNAME)?)
+}
+
+impl Agent {
+    /// An agent for the device `wg` on this node.
+    pub fn new(cfg: AgentConfig, key: &PrivateKey, wg: WgClient, nl: Netlink) -> Self {
+        let local = Local {
+            name: cfg.node_name.clone(),
+            public_key: key.public_key(),
+        };
+        Self {
+            cfg,
+            local,
+            wg,
+            nl,
+            last_rejections: BTreeMap::new(),
+        }
+    }
+
+    /// Plan from `nodes`, observe, diff, apply. Idempotent: a converged
+    /// node gets an empty action list.
+    pub async fn reconcile(&mut self, nodes: &[NodeInfo]) -> Result<Report, ReconcileError> {
+        let plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
+        self.nl.set_up(mesh::WG_IFNAME, Some(plan.mtu)).await?;
+        self.nl.ensure_bridge(mesh::BRIDGE_IFNAME, plan.mtu).await?;
+        self.nl
+            .ensure_addresses(mesh::BRIDGE_IFNAME, &plan.bridge_addresses)
+            .await?;
+        let observed = Observed {
+            peers: self.wg.read_peers()?,
+            routes: self.nl.observe_routes().await?,
+        };
+        let actions = mesh::diff(&plan, &observed);
+        self.wg.apply(&actions)?;
+        for a in &actions {
+            match a {
+                Action::AddRoute(r) => self.nl.add_route(r).await?,
+                Action::RemoveRoute(r) => self.nl.del_route(r).await?,
+                _ => {}
+            }
+        }
+        for a in &actions {
+            match a {
+                Action::SetPeer(p) => {
+                    tracing::info!(node = %p.node, key = %p.public_key.fingerprint(), endpoint = %p.endpoint, allowed_ips = ?p.allowed_ips, "peer set")
+                }
+                Action::RemovePeer { public_key } => {
+                    tracing::info!(key = %public_key.fingerprint(), "peer removed")
+                }
+                Action::AddRoute(r) => {
+                    tracing::info!(dst = %r.dst, target = ?r.target, metric = r.metric, "route added")
+                }
+                Action::RemoveRoute(r) => {
+                    tracing::info!(dst = %r.dst, target = ?r.target, "route removed")
+                }
+            }
+        }
+        if plan.rejections != self.last_rejections {
+            for (node, reasons) in &plan.rejections {
+                for r in reasons {
+                    tracing::warn!(node = %node, reason = %r, "node rejected: no peer, its pods are unreachable from here");
+                }
+            }
+            self.last_rejections = plan.rejections.clone();
+        }
+        let state = node_state::NodeState::from_plan(&plan);
+        node_state::write(&self.cfg.state_file, &state).map_err(|source| {
+            ReconcileError::StateFile {
+                path: self.cfg.state_file.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(Report {
+            actions,
+            peers: plan.peers.len(),
+            rejections: plan.rejections,
+        })
+    }
+}
+
+/// Run from a nodes file: reconcile when the file changes and every
+/// `resync` (which repairs drift, e.g. a route removed by hand). A file
+/// that cannot be read or parsed keeps the last state: nothing is removed
+/// because of a bad read.
+pub async fn run_nodes_file(
+    mut agent: Agent,
+    path: PathBuf,
+    resync: Duration,
+) -> anyhow::Result<()> {
+    let mut last_mtime: Option<SystemTime> = None;
+    let mut last_sync = tokio::time::Instant::now() - resync;
+    let mut nodes: Option<Vec<NodeInfo>> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let changed = mtime != last_mtime;
+        if changed {
+            match nodes_file::load(&path) {
+                Ok(n) => {
+                    tracing::info!(path = %path.display(), nodes = n.len(), "nodes file loaded");
+                    nodes = Some(n);
+                    last_mtime = mtime;
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "nodes file unusable; keeping the current data plane");
+                    last_mtime = mtime;
+                }
+            }
+        }
+        if let Some(n) = &nodes
+            && (changed || last_sync.elapsed() >= resync)
+        {
+            match agent.reconcile(n).await {
+                Ok(report) => {
+                    last_sync = tokio::time::Instant::now();
+                    backoff = Duration::from_millis(200);
+                    if !report.actions.is_empty() {
+                        tracing::info!(
+                            actions = report.actions.len(),
+                            peers = report.peers,
+                            rejected = report.rejections.len(),
+                            "reconciled"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    last_mtime = None;
+                    continue;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

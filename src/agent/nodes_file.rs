@@ -1,0 +1,89 @@
+//! The `--nodes-file` source: the node list as JSON or YAML, for running
+//! the data plane without Kubernetes.
+//!
+//! Accepted shapes: a list of nodes, or `{ nodes: [...] }`. Each node is a
+//! `mesh::NodeInfo` (`name`, `podCIDRs`, `endpoint`, `publicKey`,
+//! `internalIPs`). Unknown fields are errors, so a typo is not ignored.
+
+use std::path::Path;
+
+use mesh::NodeInfo;
+use serde::Deserialize;
+
+/// Why the nodes file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NodesFileError {
+    /// Reading failed.
+    #[error("reading nodes file {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The content is neither a node list nor `{nodes: [...]}`.
+    #[error("parsing nodes file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (line and column).
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Shape {
+    List(Vec<NodeInfo>),
+    Wrapped { nodes: Vec<NodeInfo> },
+}
+
+/// Parse file content (YAML, which includes JSON).
+pub fn parse(path: &str, text: &str) -> Result<Vec<NodeInfo>, NodesFileError> {
+    // Try the strict shapes one by one for a precise error message.
+    match serde_yaml::from_str::<Shape>(text) {
+        Ok(Shape::List(n)) | Ok(Shape::Wrapped { nodes: n }) => Ok(n),
+        Err(_) => {
+            let message = match serde_yaml::from_str::<Vec<NodeInfo>>(text) {
+                Err(e) => e.to_string(),
+                Ok(_) => "unrecognized shape".into(),
+            };
+            Err(NodesFileError::Parse {
+                path: path.into(),
+                message,
+            })
+        }
+    }
+}
+
+/// Read and parse the file.
+pub fn load(path: &Path) -> Result<Vec<NodeInfo>, NodesFileError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| NodesFileError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    parse(&p, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_yaml_and_wrapped() {
+        let json = r#"[{"name":"a","podCIDRs":["10.244.1.0/24"],"endpoint":"192.0.2.1:51820"}]"#;
+        assert_eq!(parse("f", json).unwrap()[0].name, "a");
+        let yaml = "nodes:\n  - name: b\n    podCIDRs: [10.244.2.0/24]\n    publicKey: null\n";
+        let n = parse("f", yaml).unwrap();
+        assert_eq!(n[0].pod_cidrs, vec!["10.244.2.0/24"]);
+    }
+
+    #[test]
+    fn typo_is_an_error_naming_the_file_and_field() {
+        let e = parse("nodes.yaml", "- name: a\n  podCIDR: [10.0.0.0/24]\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("nodes.yaml") && s.contains("podCIDR"), "{s}");
+    }
+}

@@ -1,0 +1,290 @@
+//! A two-node cluster in network namespaces: an underlay namespace with a
+//! bridge, two node namespaces each running the real `podguard-agent`
+//! from a nodes file, and one pod namespace per node on `cbr0`.
+//!
+//! Until the CNI plugin exists, pods are attached by hand with `ip`.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use super::{Netns, ok, run, wait_for, write_file};
+
+pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
+
+pub struct Node {
+    pub name: String,
+    pub idx: u8,
+    pub ns: String,
+    pub pod_ns: String,
+    pub underlay_ip: String,
+    pub key_file: PathBuf,
+    pub wg_dir: PathBuf,
+    pub state_file: PathBuf,
+    pub log: PathBuf,
+    pub public_key: String,
+}
+
+impl Node {
+    pub fn pod_ip4(&self) -> String {
+        format!("10.244.{}.2", self.idx)
+    }
+    pub fn pod_ip6(&self) -> String {
+        format!("fd00:10:244:{}::2", self.idx)
+    }
+}
+
+pub struct TwoNode {
+    pub n: Netns,
+    pub ul: String,
+    pub nodes: Vec<Node>,
+    pub nodes_file: PathBuf,
+}
+
+fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_podguard-agent")
+}
+
+impl TwoNode {
+    /// Build the topology, start both agents, attach the pods, and wait
+    /// until pod A reaches pod B.
+    pub fn up(tag: &str) -> Self {
+        std::fs::create_dir_all("/run/wireguard").unwrap();
+        let mut n = Netns::new(tag);
+        let ul = n.add("ul");
+        ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
+        ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            let idx = i as u8 + 1;
+            let ns = n.add(name);
+            let pod_ns = n.add(&format!("p{name}"));
+            let ulif = format!("ul-{name}");
+            ok(&[
+                "ip", "-n", &ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            ok(&["ip", "-n", &ul, "link", "set", &ulif, "master", "br0", "up"]);
+            let underlay_ip = format!("192.0.2.{idx}");
+            ok(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{underlay_ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            let dir = n.path(name);
+            std::fs::create_dir_all(dir.join("wg")).unwrap();
+            let key_file = dir.join("private.key");
+            let public_key = ok(&[
+                agent_bin(),
+                "--node-name",
+                name,
+                "--nodes-file",
+                "/nonexistent",
+                "--cluster-cidr",
+                CLUSTER,
+                "--key-file",
+                key_file.to_str().unwrap(),
+                "--print-public-key",
+            ])
+            .trim()
+            .to_string();
+            nodes.push(Node {
+                name: name.to_string(),
+                idx,
+                ns,
+                pod_ns,
+                underlay_ip,
+                key_file,
+                wg_dir: dir.join("wg"),
+                state_file: dir.join("node.json"),
+                log: dir.join("agent.log"),
+                public_key,
+            });
+        }
+        let nodes_file = n.path("nodes.json");
+        let mut c = Self {
+            n,
+            ul,
+            nodes,
+            nodes_file,
+        };
+        c.write_nodes(|_, _| {});
+        c.start_agent(0);
+        c.start_agent(1);
+        for i in 0..2 {
+            let ns = c.nodes[i].ns.clone();
+            wait_for("cbr0 to exist", Duration::from_secs(20), || {
+                run(&["ip", "-n", &ns, "link", "show", "cbr0"])
+                    .status
+                    .success()
+            });
+            c.attach_pod(i);
+        }
+        let (pa, b4) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ip4());
+        wait_for("pod A to reach pod B", Duration::from_secs(20), || {
+            super::pings(&pa, &b4)
+        });
+        c
+    }
+
+    fn attach_pod(&self, i: usize) {
+        let node = &self.nodes[i];
+        let (ns, pns, idx) = (&node.ns, &node.pod_ns, node.idx);
+        ok(&[
+            "ip", "-n", ns, "link", "add", "vpod", "mtu", "1440", "type", "veth", "peer", "name",
+            "eth0", "mtu", "1440", "netns", pns,
+        ]);
+        ok(&[
+            "ip", "-n", ns, "link", "set", "vpod", "master", "cbr0", "up",
+        ]);
+        ok(&["ip", "-n", pns, "link", "set", "eth0", "up"]);
+        ok(&[
+            "ip",
+            "-n",
+            pns,
+            "addr",
+            "add",
+            &format!("{}/24", node.pod_ip4()),
+            "dev",
+            "eth0",
+        ]);
+        ok(&[
+            "ip",
+            "-n",
+            pns,
+            "addr",
+            "add",
+            &format!("{}/64", node.pod_ip6()),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ok(&[
+            "ip",
+            "-n",
+            pns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{idx}.1"),
+        ]);
+        ok(&[
+            "ip",
+            "-n",
+            pns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd00:10:244:{idx}::1"),
+        ]);
+    }
+
+    /// Write the nodes file; `edit` may change each node's JSON object.
+    pub fn write_nodes(&self, edit: impl Fn(usize, &mut serde_json::Value)) {
+        let list: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut v = serde_json::json!({
+                    "name": n.name,
+                    "podCIDRs": [format!("10.244.{}.0/24", n.idx), format!("fd00:10:244:{}::/64", n.idx)],
+                    "endpoint": format!("{}:51820", n.underlay_ip),
+                    "publicKey": n.public_key,
+                });
+                edit(i, &mut v);
+                v
+            })
+            .collect();
+        write_file(
+            &self.nodes_file,
+            &serde_json::to_string_pretty(&list).unwrap(),
+        );
+    }
+
+    /// Run a command inside node `i`'s namespace with its own
+    /// /run/wireguard (so `wg` finds that node's UAPI socket).
+    pub fn node_cmd(&self, i: usize, args: &[&str]) -> Command {
+        let node = &self.nodes[i];
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &node.ns,
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
+        ])
+        .arg(&node.wg_dir)
+        .args(args);
+        c
+    }
+
+    pub fn wg(&self, i: usize, args: &[&str]) -> Output {
+        let mut full = vec!["wg"];
+        full.extend_from_slice(args);
+        self.node_cmd(i, &full).output().unwrap()
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let mut cmd = self.node_cmd(
+            i,
+            &[
+                agent_bin(),
+                "--node-name",
+                &node.name,
+                "--nodes-file",
+                self.nodes_file.to_str().unwrap(),
+                "--cluster-cidr",
+                CLUSTER,
+                "--key-file",
+                node.key_file.to_str().unwrap(),
+                "--state-file",
+                node.state_file.to_str().unwrap(),
+                "--resync",
+                "1s",
+            ],
+        );
+        cmd.stdout(Stdio::null()).stderr(log);
+        let label = format!("agent-{}", node.name);
+        self.n.spawn(&label, &mut cmd);
+    }
+
+    /// kill -9 node `i`'s agent (the process that owns its device).
+    pub fn kill_agent(&mut self, i: usize) {
+        let label = format!("agent-{}", self.nodes[i].name);
+        self.n.kill(&label);
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for TwoNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!("---- agent {} log ----\n{}", n.name, self.log(i));
+            }
+        }
+    }
+}

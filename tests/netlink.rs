@@ -1,0 +1,146 @@
+//! rtnetlink shell against a real (throwaway) network namespace: creating,
+//! adopting, and applying a plan's routes is idempotent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use keys::PrivateKey;
+use mesh::{Action, Local, MeshConfig, NodeInfo, Observed};
+use podguard::netlink::Netlink;
+
+fn plan() -> mesh::Plan {
+    let k = PrivateKey::generate().public_key();
+    let nodes = vec![
+        NodeInfo {
+            name: "a".into(),
+            pod_cidrs: vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
+            endpoint: Some("192.0.2.1:51820".into()),
+            public_key: Some(k.to_base64()),
+            internal_ips: vec![],
+        },
+        NodeInfo {
+            name: "b".into(),
+            pod_cidrs: vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()],
+            endpoint: Some("192.0.2.2:51820".into()),
+            public_key: Some(PrivateKey::generate().public_key().to_base64()),
+            internal_ips: vec![],
+        },
+    ];
+    let cfg = MeshConfig {
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ],
+        ..Default::default()
+    };
+    mesh::plan(
+        &Local {
+            name: "a".into(),
+            public_key: k,
+        },
+        &nodes,
+        &cfg,
+    )
+    .unwrap()
+}
+
+fn route_actions(a: &[Action]) -> Vec<&Action> {
+    a.iter()
+        .filter(|a| matches!(a, Action::AddRoute(_) | Action::RemoveRoute(_)))
+        .collect()
+}
+
+#[test]
+fn applying_the_same_plan_twice_changes_nothing() {
+    if !require_root("applying_the_same_plan_twice_changes_nothing") {
+        return;
+    }
+    let mut n = Netns::new("nl");
+    let ns = n.add("x");
+    let p = plan();
+    in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::connect().unwrap();
+            // A stand-in for podguard0: routes only need a link to exist.
+            let wg1 = nl.ensure_bridge("podguard0", p.mtu).await.unwrap();
+            let wg2 = nl.ensure_bridge("podguard0", p.mtu).await.unwrap();
+            assert_eq!(wg1, wg2, "an existing link must be adopted, not recreated");
+            let br = nl.ensure_bridge("cbr0", p.mtu).await.unwrap();
+            assert_eq!(br, nl.ensure_bridge("cbr0", p.mtu).await.unwrap());
+            nl.ensure_addresses("cbr0", &p.bridge_addresses)
+                .await
+                .unwrap();
+            nl.ensure_addresses("cbr0", &p.bridge_addresses)
+                .await
+                .unwrap();
+
+            let mut observed = Observed {
+                peers: Default::default(),
+                routes: nl.observe_routes().await.unwrap(),
+            };
+            assert!(observed.routes.is_empty());
+            let actions = mesh::diff(&p, &observed);
+            assert_eq!(route_actions(&actions).len(), p.routes.len());
+            for a in &actions {
+                if let Action::AddRoute(r) = a {
+                    nl.add_route(r).await.unwrap();
+                }
+            }
+            observed.routes = nl.observe_routes().await.unwrap();
+            assert_eq!(
+                observed.routes, p.routes,
+                "observed routes differ from the plan"
+            );
+            assert!(route_actions(&mesh::diff(&p, &observed)).is_empty());
+            let table = ok(&["ip", "-n", &ns, "route", "show"])
+                + &ok(&["ip", "-n", &ns, "-6", "route", "show"]);
+
+            // Again: EEXIST is success, nothing duplicated.
+            for a in &actions {
+                if let Action::AddRoute(r) = a {
+                    nl.add_route(r).await.unwrap();
+                }
+            }
+            let table2 = ok(&["ip", "-n", &ns, "route", "show"])
+                + &ok(&["ip", "-n", &ns, "-6", "route", "show"]);
+            assert_eq!(table, table2);
+            assert!(
+                table.contains("unreachable 10.244.0.0/16 proto 77 metric 9999"),
+                "{table}"
+            );
+            assert!(
+                table.contains(
+                    "10.244.0.0/16 dev podguard0 proto 77 scope link src 10.244.1.1 metric 100"
+                ),
+                "{table}"
+            );
+
+            // Routes that are not ours are never observed (so never removed).
+            ok(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "10.244.50.0/24",
+                "dev",
+                "cbr0",
+                "proto",
+                "static",
+            ]);
+            assert_eq!(nl.observe_routes().await.unwrap(), p.routes);
+
+            // Deleting twice is fine too.
+            let r = p.routes.iter().next().unwrap();
+            nl.del_route(r).await.unwrap();
+            nl.del_route(r).await.unwrap();
+            assert!(!nl.observe_routes().await.unwrap().contains(r));
+        });
+    });
+}
