@@ -4,5 +4,6 @@
 //! Kubernetes API) and carries out what `mesh` decides.
 
 pub mod agent;
+pub mod cni;
 pub mod netlink;
 pub mod wireguard;

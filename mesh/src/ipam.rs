@@ -208,11 +208,15 @@ impl Pool {
             .unwrap_or(false)
     }
 
-    /// Set where the next search starts (e.g. after the highest address in a
-    /// loaded store); ignored if outside the pool.
-    pub fn set_cursor(&mut self, ip: IpAddr) {
+    /// Continue after `ip` (the last address handed out, e.g. read back
+    /// from a store); ignored if outside the pool.
+    pub fn resume_after(&mut self, ip: IpAddr) {
         if let Ok(n) = self.index(ip) {
-            self.cursor = n;
+            self.cursor = if n >= self.range.last {
+                self.range.first
+            } else {
+                n + 1
+            };
         }
     }
 }
@@ -284,6 +288,14 @@ mod tests {
         );
         assert!(p.contains(ip("10.0.0.2")));
         assert_eq!(p.allocate().unwrap(), ip("10.0.0.3"));
+        p.resume_after(ip("10.0.0.254"));
+        assert_eq!(
+            p.allocate().unwrap(),
+            ip("10.0.0.4"),
+            "wraps around to the first free"
+        );
+        p.resume_after(ip("10.0.0.10"));
+        assert_eq!(p.allocate().unwrap(), ip("10.0.0.11"));
     }
 
     proptest! {

@@ -20,6 +20,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 
+pub mod links;
+
 /// Routes podguard installs carry this `proto` (shown by `ip route` as
 /// `proto 77`), so we never touch routes that are not ours.
 pub const ROUTE_PROTOCOL: u8 = 77;
@@ -54,7 +56,7 @@ pub enum NetlinkError {
     },
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,

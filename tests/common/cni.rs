@@ -1,0 +1,154 @@
+//! Drives `podguard-cni` exactly as a runtime does: environment + stdin,
+//! reading stdout and the exit code, inside a node namespace.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use super::{Netns, ok};
+
+pub fn cni_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_podguard-cni")
+}
+
+/// A node namespace with `cbr0` and a node state file, but no agent.
+pub struct CniNode {
+    pub n: Netns,
+    pub node: String,
+    pub state_file: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub json: Value,
+    pub raw: String,
+}
+
+impl CniNode {
+    pub fn new(tag: &str, pod_cidrs: &[&str]) -> Self {
+        let mut n = Netns::new(tag);
+        let node = n.add("node");
+        ok(&["ip", "-n", &node, "link", "add", "cbr0", "type", "bridge"]);
+        ok(&["ip", "-n", &node, "link", "set", "cbr0", "up"]);
+        let mut gateways = Vec::new();
+        for c in pod_cidrs {
+            let net: ipnet::IpNet = c.parse().unwrap();
+            let gw = mesh::ipam::gateway(&net).unwrap();
+            let mut args = vec!["ip", "-n", &node, "addr", "add"];
+            let a = format!("{gw}/{}", net.prefix_len());
+            args.push(&a);
+            args.extend(["dev", "cbr0"]);
+            if gw.is_ipv6() {
+                args.push("nodad");
+            }
+            ok(&args);
+            gateways.push(gw.to_string());
+        }
+        let state_file = n.path("node.json");
+        let data_dir = n.path("ipam");
+        std::fs::write(
+            &state_file,
+            json!({"nodeName": "n", "bridge": "cbr0", "mtu": 1440, "podCIDRs": pod_cidrs, "gateways": gateways}).to_string(),
+        )
+        .unwrap();
+        Self {
+            n,
+            node,
+            state_file,
+            data_dir,
+        }
+    }
+
+    pub fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "podguard",
+            "type": "podguard",
+            "nodeStateFile": self.state_file,
+            "dataDir": self.data_dir,
+        })
+    }
+
+    /// Run the plugin with `env` and `stdin`.
+    pub fn call(&self, env: &[(&str, &str)], stdin: &str) -> Out {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.node, cni_bin()])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        let raw = String::from_utf8_lossy(&o.stdout).to_string();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            json: serde_json::from_str(raw.trim()).unwrap_or(Value::Null),
+            raw,
+        }
+    }
+
+    pub fn cmd(&self, command: &str, cid: &str, netns: &str, version: &str) -> Out {
+        self.cmd_with(command, cid, netns, &self.conf(version))
+    }
+
+    pub fn cmd_with(&self, command: &str, cid: &str, netns: &str, conf: &Value) -> Out {
+        let nspath = if netns.is_empty() {
+            String::new()
+        } else {
+            format!("/run/netns/{netns}")
+        };
+        self.call(
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", cid),
+                ("CNI_NETNS", &nspath),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/opt/cni/bin"),
+            ],
+            &conf.to_string(),
+        )
+    }
+
+    /// Allocation files in the store.
+    pub fn allocations(&self) -> Vec<String> {
+        let dir = self.data_dir.join("podguard");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return vec![];
+        };
+        let mut v: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// podguard host veths in the node namespace.
+    pub fn host_veths(&self) -> Vec<String> {
+        ok(&["ip", "-n", &self.node, "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|s| s.split('@').next().unwrap_or(s).to_string())
+            })
+            .filter(|n| n.starts_with("pgv"))
+            .collect()
+    }
+}
