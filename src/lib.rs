@@ -5,5 +5,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod k8s;
+pub mod lab;
 pub mod netlink;
 pub mod wireguard;

@@ -18,6 +18,7 @@ pub mod ipam;
 pub mod mtu;
 pub mod node;
 pub mod plan;
+pub mod publish;
 
 pub use diff::{Action, Observed, ObservedPeer, diff};
 pub use node::{NodeInfo, Rejection};

@@ -5,6 +5,8 @@
 //! (WireGuard peers through defguard, routes through rtnetlink) and carries
 //! out the resulting actions.
 
+pub mod install;
+pub mod metrics;
 pub mod node_state;
 pub mod nodes_file;
 
@@ -197,6 +199,7 @@ pub async fn run_nodes_file(
     mut agent: Agent,
     path: PathBuf,
     resync: Duration,
+    metrics: std::sync::Arc<metrics::Metrics>,
 ) -> anyhow::Result<()> {
     let mut last_mtime: Option<SystemTime> = None;
     let mut last_sync = tokio::time::Instant::now() - resync;
@@ -223,6 +226,7 @@ pub async fn run_nodes_file(
         {
             match agent.reconcile(n).await {
                 Ok(report) => {
+                    metrics.record(Some(&report));
                     last_sync = tokio::time::Instant::now();
                     backoff = Duration::from_millis(200);
                     if !report.actions.is_empty() {
@@ -235,6 +239,7 @@ pub async fn run_nodes_file(
                     }
                 }
                 Err(e) => {
+                    metrics.record(None);
                     tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ipnet::IpNet;
-use podguard::agent::{Agent, AgentConfig, node_state, run_nodes_file, start_device};
+use podguard::agent::metrics::Metrics;
+use podguard::agent::{Agent, AgentConfig, install, node_state, run_nodes_file, start_device};
 use podguard::netlink::{self, Netlink};
 use podguard::wireguard::{BackendChoice, select_backend};
 
@@ -26,9 +27,26 @@ struct Args {
 
     /// Read the node list from this JSON or YAML file instead of the
     /// Kubernetes API (a list of {name, podCIDRs, endpoint, publicKey,
-    /// internalIPs}); it is re-read when it changes.
+    /// internalIPs}); it is re-read when it changes. Without it the agent
+    /// uses the Kubernetes API (in-cluster config, or $KUBECONFIG).
     #[arg(long, env = "PODGUARD_NODES_FILE")]
-    nodes_file: PathBuf,
+    nodes_file: Option<PathBuf>,
+
+    /// Address of the metrics and health endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, env = "PODGUARD_METRICS_ADDR", default_value = "0.0.0.0:9721")]
+    metrics_addr: std::net::SocketAddr,
+
+    /// Install the CNI plugin binary and conflist before starting.
+    #[arg(long, env = "PODGUARD_INSTALL_CNI")]
+    install_cni: bool,
+
+    /// Where --install-cni puts the plugin binary.
+    #[arg(long, env = "PODGUARD_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+
+    /// Where --install-cni puts the conflist.
+    #[arg(long, env = "PODGUARD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
 
     /// Cluster CIDR(s) (pod network), v4 and/or v6; repeat or comma-separate.
     #[arg(
@@ -107,6 +125,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing::info!(node = %args.node_name, public_key = %key.public_key(), "podguard-agent starting");
+    if args.install_cni {
+        let plugin = std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("podguard-cni"))
+            .context("locating podguard-cni next to podguard-agent")?;
+        install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir).with_context(|| {
+            format!(
+                "installing {} into {} and the conflist into {}",
+                plugin.display(),
+                args.cni_bin_dir.display(),
+                args.cni_conf_dir.display()
+            )
+        })?;
+        tracing::info!(bin_dir = %args.cni_bin_dir.display(), conf_dir = %args.cni_conf_dir.display(), "CNI plugin installed");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -132,9 +165,34 @@ fn main() -> anyhow::Result<()> {
             },
             state_file: args.state_file,
         };
+        let metrics = std::sync::Arc::new(Metrics::default());
+        metrics
+            .clone()
+            .serve(args.metrics_addr)
+            .await
+            .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+        let public_key = key.public_key();
+        let node_name = cfg.node_name.clone();
         let agent = Agent::new(cfg, &key, wg, nl);
+        let source = async {
+            match args.nodes_file {
+                Some(path) => run_nodes_file(agent, path, args.resync, metrics).await,
+                None => {
+                    let client = kube::Client::try_default().await.context(
+                        "connecting to the Kubernetes API (in-cluster config or $KUBECONFIG)",
+                    )?;
+                    let sc = podguard::k8s::source::SourceConfig {
+                        node_name,
+                        public_key,
+                        listen_port: args.listen_port,
+                        resync: args.resync,
+                    };
+                    podguard::k8s::source::run(agent, client, sc, metrics).await
+                }
+            }
+        };
         tokio::select! {
-            r = run_nodes_file(agent, args.nodes_file, args.resync) => r,
+            r = source => r,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted; the device and routes stay (fail closed)");
                 Ok(())

@@ -1,0 +1,6 @@
+//! The Kubernetes node source: watch Nodes (kube-runtime watcher +
+//! reflector), publish this node's annotations, and reconcile the mesh
+//! level-triggered over the whole snapshot.
+
+pub mod convert;
+pub mod source;

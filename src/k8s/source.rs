@@ -1,0 +1,178 @@
+//! The agent's controller loop on the Kubernetes API.
+//!
+//! watcher → reflector store; every change (and every resync period) the
+//! loop takes the whole snapshot, publishes this node's annotations if they
+//! differ (JSON merge patch, field manager `podguard`), and reconciles.
+//! When the API is unreachable the watcher backs off and the store keeps
+//! its last state, so the data plane keeps its last state too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use keys::PublicKey;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource};
+use mesh::{PlanError, Rejection};
+
+use super::convert::{internal_ips, node_info};
+use crate::agent::metrics::Metrics;
+use crate::agent::{Agent, ReconcileError};
+
+/// Field manager for everything the agent writes.
+pub const FIELD_MANAGER: &str = "podguard";
+
+/// Settings of the Kubernetes loop.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's public key.
+    pub public_key: PublicKey,
+    /// WireGuard port (for the published endpoint).
+    pub listen_port: u16,
+    /// Full resync period.
+    pub resync: Duration,
+}
+
+/// Run until the process ends.
+pub async fn run(
+    mut agent: Agent,
+    client: Client,
+    cfg: SourceConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = changed.clone();
+    let stream = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching Nodes failed; retrying with backoff, keeping the current data plane")
+                }
+            }
+        }
+    });
+    tracing::info!("waiting for the first list of Nodes");
+    reader.wait_until_ready().await?;
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "podguard-agent".into(),
+            instance: Some(cfg.node_name.clone()),
+        },
+    );
+    let mut announced: BTreeMap<String, Vec<Rejection>> = BTreeMap::new();
+    let mut waiting_logged = false;
+    loop {
+        let snapshot: Vec<Arc<Node>> = reader.state();
+        publish_own(&api, &snapshot, &cfg).await;
+        let infos: Vec<mesh::NodeInfo> = snapshot.iter().map(|n| node_info(n)).collect();
+        match agent.reconcile(&infos).await {
+            Ok(report) => {
+                waiting_logged = false;
+                metrics.record(Some(&report));
+                for (name, reasons) in &report.rejections {
+                    if announced.get(name) == Some(reasons) {
+                        continue;
+                    }
+                    if let Some(node) = snapshot
+                        .iter()
+                        .find(|n| n.metadata.name.as_deref() == Some(name))
+                    {
+                        let note = reasons
+                            .iter()
+                            .map(|r| r.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        let ev = Event {
+                            type_: EventType::Warning,
+                            reason: "PeerRejected".into(),
+                            note: Some(format!(
+                                "podguard on {} has no peer for this node: {note}",
+                                cfg.node_name
+                            )),
+                            action: "PlanMesh".into(),
+                            secondary: None,
+                        };
+                        if let Err(e) = recorder.publish(&ev, &node.object_ref(&())).await {
+                            tracing::warn!(node = %name, error = %e, "could not record an Event");
+                        }
+                    }
+                }
+                announced = report.rejections;
+            }
+            Err(ReconcileError::Plan(PlanError::LocalNotReady {
+                reason: Rejection::NoPodCidrs,
+                ..
+            }))
+            | Err(ReconcileError::Plan(PlanError::LocalNodeMissing(_))) => {
+                if !waiting_logged {
+                    tracing::info!(node = %cfg.node_name, "waiting for this Node to exist and have spec.podCIDRs");
+                    waiting_logged = true;
+                }
+            }
+            Err(e) => {
+                metrics.record(None);
+                tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; the data plane keeps its last state");
+            }
+        }
+        tokio::select! {
+            _ = changed.notified() => {
+                // Coalesce a burst of changes.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = tokio::time::sleep(cfg.resync) => {}
+        }
+    }
+}
+
+/// Patch this node's annotations if they are missing or were changed.
+async fn publish_own(api: &Api<Node>, snapshot: &[Arc<Node>], cfg: &SourceConfig) {
+    let Some(me) = snapshot
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()))
+    else {
+        return;
+    };
+    let current: BTreeMap<String, String> = me.metadata.annotations.clone().unwrap_or_default();
+    let force = current
+        .get(mesh::publish::ANN_FORCE_ENDPOINT)
+        .map(String::as_str);
+    let endpoint = mesh::publish::endpoint(&internal_ips(me), force, cfg.listen_port);
+    if endpoint.is_none() {
+        tracing::warn!(node = %cfg.node_name, "this Node has no InternalIP and no podguard.dev/force-endpoint: peers cannot reach it");
+    }
+    let desired = mesh::publish::desired(&cfg.public_key, endpoint);
+    let Some(patch) = mesh::publish::patch(&current, &desired) else {
+        return;
+    };
+    let body = serde_json::json!({"metadata": {"annotations": patch}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api
+        .patch(&cfg.node_name, &params, &Patch::Merge(&body))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(node = %cfg.node_name, annotations = ?patch.keys().collect::<Vec<_>>(), "published")
+        }
+        Err(e) => {
+            tracing::warn!(node = %cfg.node_name, error = %e, "publishing annotations failed; will retry")
+        }
+    }
+}
