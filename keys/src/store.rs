@@ -79,8 +79,17 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey, StoreError> {
         Ok(_) => load(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let key = PrivateKey::generate();
-            write(path, &key)?;
-            Ok(key)
+            match write_new(path, &key) {
+                Ok(()) => Ok(key),
+                // Another process created the key first: use that one, so
+                // two processes never run with different keys.
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::AlreadyExists =>
+                {
+                    load(path)
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(io_err("inspecting", path)(e)),
     }
@@ -137,8 +146,18 @@ pub fn load(path: &Path) -> Result<PrivateKey, StoreError> {
 }
 
 /// Write `key` to `path` atomically with mode 0600, creating the parent
-/// directory (mode 0700) if needed.
+/// directory (mode 0700) if needed. Replaces an existing file.
 pub fn write(path: &Path, key: &PrivateKey) -> Result<(), StoreError> {
+    write_with(path, key, false)
+}
+
+/// Like [`write`], but fails with `AlreadyExists` if `path` exists
+/// (the new file is `link(2)`ed into place, never renamed over another).
+pub fn write_new(path: &Path, key: &PrivateKey) -> Result<(), StoreError> {
+    write_with(path, key, true)
+}
+
+fn write_with(path: &Path, key: &PrivateKey, exclusive: bool) -> Result<(), StoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -152,9 +171,11 @@ pub fn write(path: &Path, key: &PrivateKey) -> Result<(), StoreError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "key".into());
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    // A stale temp file from a crashed run of this pid is ours to replace.
-    let _ = fs::remove_file(&tmp);
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp.{}.{:016x}",
+        std::process::id(),
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+    ));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -168,7 +189,12 @@ pub fn write(path: &Path, key: &PrivateKey) -> Result<(), StoreError> {
         f.write_all(text.as_bytes())
             .map_err(io_err("writing", &tmp))?;
         f.sync_all().map_err(io_err("syncing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+        if exclusive {
+            fs::hard_link(&tmp, path).map_err(io_err("linking into place", path))?;
+            fs::remove_file(&tmp).map_err(io_err("removing", &tmp))?;
+        } else {
+            fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("syncing directory", dir))
@@ -201,6 +227,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn concurrent_generation_agrees_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        let keys: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| load_or_generate(&path).unwrap().public_key()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            keys.iter().all(|k| *k == keys[0]),
+            "processes ended up with different keys"
+        );
+        assert_eq!(load(&path).unwrap().public_key(), keys[0]);
     }
 
     #[test]

@@ -50,8 +50,18 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
+    // Retry at most every 10 s (client-go's default waits up to 30 s and
+    // keeps growing across a long outage; a node should catch up sooner).
+    let backoff = watcher::ExponentialBackoff::from(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(10))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+    );
     let stream = watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
+        .backoff(backoff)
         .reflect(writer)
         .touched_objects();
     tokio::spawn(async move {

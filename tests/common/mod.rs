@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cni;
+pub mod kubelab;
 pub mod twonode;
 
 use std::fs::File;

@@ -1,0 +1,249 @@
+//! The agent on the (lab) Kubernetes API, with real agents in network
+//! namespaces and pods attached by the real CNI plugin.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::kubelab::KubeLab;
+use common::*;
+use serde_json::json;
+
+#[test]
+fn keys_published_mesh_converges_and_follows_nodes() {
+    if !require_root("keys_published_mesh_converges_and_follows_nodes") {
+        return;
+    }
+    let mut lab = KubeLab::new("km");
+    let a = lab.add_node("a", 1);
+    let b = lab.add_node("b", 2);
+    // Each agent publishes its own key and endpoint.
+    for i in [a, b] {
+        let name = lab.nodes[i].name.clone();
+        let key = lab.public_key(i);
+        wait_for(
+            &format!("{name} to publish its key"),
+            Duration::from_secs(20),
+            || lab.annotations(&name).get("podguard.dev/public-key") == Some(&key),
+        );
+        assert_eq!(
+            lab.annotations(&name)["podguard.dev/endpoint"],
+            format!("192.0.2.{}:51820", lab.nodes[i].idx)
+        );
+    }
+    lab.attach_pod(a);
+    lab.attach_pod(b);
+    let (pa, _) = lab.pod(a);
+    let (_, ipb) = lab.pod(b);
+    wait_for("pod a -> pod b", Duration::from_secs(20), || {
+        pings(&pa, &ipb)
+    });
+    let ipb6 = lab.nodes[b].pod_ips[1].clone();
+    wait_for("pod a -> pod b over IPv6", Duration::from_secs(10), || {
+        pings(&pa, &ipb6)
+    });
+
+    // Someone tampers with b's key annotation: b's agent restores it.
+    let kb = lab.public_key(b);
+    lab.api(
+        "PATCH",
+        "/api/v1/nodes/b",
+        Some(&json!({"metadata": {"annotations": {"podguard.dev/public-key": null}}})),
+    );
+    wait_for("b to re-publish its key", Duration::from_secs(15), || {
+        lab.annotations("b").get("podguard.dev/public-key") == Some(&kb)
+    });
+
+    // A node joins: converges.
+    let c = lab.add_node("c", 3);
+    lab.attach_pod(c);
+    let (_, ipc) = lab.pod(c);
+    wait_for("pod a -> pod c", Duration::from_secs(20), || {
+        pings(&pa, &ipc)
+    });
+
+    // A node (without an agent) publishes b's key: both rejected, Event, no peer for either.
+    lab.create_node(
+        "d",
+        4,
+        json!({"podguard.dev/public-key": kb, "podguard.dev/endpoint": "192.0.2.4:51820"}),
+    );
+    wait_for("a to drop b's peer", Duration::from_secs(15), || {
+        !lab.wg_peers(a).contains(&kb)
+    });
+    assert!(
+        !pings(&pa, &ipb),
+        "b must be unreachable while its key is duplicated"
+    );
+    assert!(pings(&pa, &ipc), "c is unaffected");
+    wait_for(
+        "a PeerRejected event for b and d",
+        Duration::from_secs(15),
+        || {
+            let evs = lab.events();
+            ["b", "d"].iter().all(|n| {
+                evs.iter().any(|e| {
+                    e["reason"] == "PeerRejected"
+                        && e["regarding"]["name"] == *n
+                        && e["type"] == "Warning"
+                })
+            })
+        },
+    );
+    assert!(
+        lab.log(a).contains("is also published by node(s)"),
+        "rejection reason not logged"
+    );
+    let metrics = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.nodes[a].ns,
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/9721; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+    ]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("podguard_rejected_nodes 2"), "{metrics}");
+
+    // The duplicate goes away: b comes back.
+    lab.api("DELETE", "/api/v1/nodes/d", None);
+    wait_for("pod a -> pod b again", Duration::from_secs(20), || {
+        pings(&pa, &ipb)
+    });
+
+    // A node is deleted: its peer disappears.
+    let kc = lab.public_key(c);
+    assert!(lab.wg_peers(a).contains(&kc));
+    lab.kill_agent(c);
+    lab.api("DELETE", "/api/v1/nodes/c", None);
+    wait_for("a to remove c's peer", Duration::from_secs(15), || {
+        !lab.wg_peers(a).contains(&kc)
+    });
+    assert!(!pings(&pa, &ipc));
+}
+
+#[test]
+fn api_outage_keeps_traffic_and_agents_catch_up() {
+    if !require_root("api_outage_keeps_traffic_and_agents_catch_up") {
+        return;
+    }
+    let mut lab = KubeLab::new("ko");
+    let a = lab.add_node("a", 1);
+    let b = lab.add_node("b", 2);
+    lab.attach_pod(a);
+    lab.attach_pod(b);
+    let (pa, _) = lab.pod(a);
+    let (_, ipb) = lab.pod(b);
+    wait_for("pod a -> pod b", Duration::from_secs(20), || {
+        pings(&pa, &ipb)
+    });
+    let kb = lab.public_key(b);
+
+    lab.stop_api();
+    let start = Instant::now();
+    let mut ok_pings = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        assert!(
+            pings(&pa, &ipb),
+            "traffic stopped {:?} into the API outage",
+            start.elapsed()
+        );
+        assert!(
+            lab.wg_peers(a).contains(&kb),
+            "peer removed because of an API error"
+        );
+        ok_pings += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(ok_pings >= 10);
+
+    lab.start_api();
+    // Catch up: a node added after the outage becomes a peer.
+    lab.create_node(
+        "z",
+        9,
+        json!({"podguard.dev/public-key": "cTR6NR0olRDrhpeMmo7YolLmzeQ8yl8yX1NCiXH5Vic=", "podguard.dev/endpoint": "192.0.2.9:51820"}),
+    );
+    wait_for(
+        "agents to catch up with the API",
+        Duration::from_secs(60),
+        || {
+            lab.wg_peers(a)
+                .contains("cTR6NR0olRDrhpeMmo7YolLmzeQ8yl8yX1NCiXH5Vic=")
+                && lab
+                    .wg_peers(b)
+                    .contains("cTR6NR0olRDrhpeMmo7YolLmzeQ8yl8yX1NCiXH5Vic=")
+        },
+    );
+    assert!(pings(&pa, &ipb));
+}
+
+#[test]
+fn agent_restart_keeps_key_and_tcp_stream() {
+    if !require_root("agent_restart_keeps_key_and_tcp_stream") {
+        return;
+    }
+    let mut lab = KubeLab::new("kr");
+    let a = lab.add_node("a", 1);
+    let b = lab.add_node("b", 2);
+    lab.attach_pod(a);
+    lab.attach_pod(b);
+    let (pa, _) = lab.pod(a);
+    let (pb, ipb) = lab.pod(b);
+    wait_for("pod a -> pod b", Duration::from_secs(20), || {
+        pings(&pa, &ipb)
+    });
+    let key_before = lab.public_key(a);
+
+    let listener = in_netns(&pb, || {
+        TcpListener::bind(SocketAddr::new(ipb.parse().unwrap(), 0)).unwrap()
+    });
+    let port = listener.local_addr().unwrap().port();
+    let to: SocketAddr = SocketAddr::new(ipb.parse().unwrap(), port);
+    std::thread::scope(|s| {
+        let server = s.spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut n = 0u64;
+            let mut buf = [0u8; 8192];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => return Ok(n),
+                    Ok(k) => n += k as u64,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        let client = s.spawn(|| {
+            enter_netns(&pa);
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            let chunk = [7u8; 4096];
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while start.elapsed() < Duration::from_secs(12) {
+                c.write_all(&chunk)
+                    .map_err(|e| format!("stream reset after {sent} bytes: {e}"))?;
+                sent += chunk.len() as u64;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            Ok::<u64, String>(sent)
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        lab.kill_agent(a);
+        std::thread::sleep(Duration::from_secs(2));
+        lab.start_agent(a);
+        let sent = client.join().unwrap().unwrap();
+        let received = server.join().unwrap().unwrap();
+        assert_eq!(sent, received, "the stream lost data");
+    });
+    assert_eq!(lab.public_key(a), key_before);
+    assert_eq!(lab.annotations("a")["podguard.dev/public-key"], key_before);
+    let restarts = lab.log(a).matches("podguard-agent starting").count();
+    assert_eq!(restarts, 2);
+}

@@ -1,0 +1,364 @@
+//! N nodes in network namespaces running the real agent against the lab's
+//! embedded API server (in the underlay namespace), with pods attached by
+//! the real CNI plugin.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Netns, in_netns, ok, run, wait_for};
+
+pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
+pub const API: &str = "192.0.2.100:6443";
+
+pub struct KNode {
+    pub name: String,
+    pub idx: u8,
+    pub ns: String,
+    pub pod_ns: Option<String>,
+    pub pod_ips: Vec<String>,
+    pub key_file: PathBuf,
+    pub wg_dir: PathBuf,
+    pub state_file: PathBuf,
+    pub ipam_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct KubeLab {
+    pub n: Netns,
+    pub ul: String,
+    pub kubeconfig: PathBuf,
+    pub api_state: PathBuf,
+    pub nodes: Vec<KNode>,
+}
+
+fn bin(name: &str) -> String {
+    match name {
+        "agent" => env!("CARGO_BIN_EXE_podguard-agent").into(),
+        "cni" => env!("CARGO_BIN_EXE_podguard-cni").into(),
+        _ => env!("CARGO_BIN_EXE_podguard").into(),
+    }
+}
+
+impl KubeLab {
+    pub fn new(tag: &str) -> Self {
+        std::fs::create_dir_all("/run/wireguard").unwrap();
+        let mut n = Netns::new(tag);
+        let ul = n.add("ul");
+        ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
+        ok(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            "192.0.2.100/24",
+            "dev",
+            "br0",
+        ]);
+        ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        let kubeconfig = n.path("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster: {{server: \"http://{API}\"}}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: lab}}\ncurrent-context: lab\nusers:\n- name: lab\n  user: {{}}\n"
+            ),
+        )
+        .unwrap();
+        let api_state = n.path("api-state.json");
+        let mut lab = Self {
+            n,
+            ul,
+            kubeconfig,
+            api_state,
+            nodes: Vec::new(),
+        };
+        lab.start_api();
+        lab
+    }
+
+    pub fn start_api(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.n.path("api.log"))
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ul,
+            &bin("cli"),
+            "lab",
+            "api-server",
+            "--listen",
+            API,
+            "--state",
+        ])
+        .arg(&self.api_state)
+        .stdout(Stdio::null())
+        .stderr(log);
+        self.n.spawn("api", &mut cmd);
+        wait_for("the API server", Duration::from_secs(10), || {
+            self.try_api("GET", "/healthz", None).is_some()
+        });
+    }
+
+    pub fn stop_api(&mut self) {
+        self.n.kill("api");
+    }
+
+    fn try_api(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        in_netns(&self.ul, || {
+            let mut s =
+                TcpStream::connect_timeout(&API.parse().unwrap(), Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let ct = if method == "PATCH" {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: lab\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .ok()?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).ok()?;
+            let code: u16 = resp.split_whitespace().nth(1)?.parse().ok()?;
+            let payload = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+            Some((code, serde_json::from_str(payload).unwrap_or(Value::Null)))
+        })
+    }
+
+    /// Call the API (panics if it is unreachable).
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.try_api(method, path, body)
+            .unwrap_or_else(|| panic!("API server unreachable for {method} {path}"))
+    }
+
+    /// Create a Node object.
+    pub fn create_node(&self, name: &str, idx: u8, annotations: Value) {
+        let (code, body) = self.api(
+            "POST",
+            "/api/v1/nodes",
+            Some(&json!({
+                "metadata": {"name": name, "annotations": annotations},
+                "spec": {"podCIDRs": [format!("10.244.{idx}.0/24"), format!("fd00:10:244:{idx:x}::/64")]},
+                "status": {"addresses": [{"type": "InternalIP", "address": format!("192.0.2.{idx}")}]},
+            })),
+        );
+        assert_eq!(code, 201, "creating node {name}: {body}");
+    }
+
+    pub fn annotations(&self, name: &str) -> BTreeMap<String, String> {
+        let (_, n) = self.api("GET", &format!("/api/v1/nodes/{name}"), None);
+        serde_json::from_value(n["metadata"]["annotations"].clone()).unwrap_or_default()
+    }
+
+    /// A node namespace on the underlay, its Node object, and its agent.
+    pub fn add_node(&mut self, name: &str, idx: u8) -> usize {
+        let ns = self.n.add(name);
+        let ulif = format!("ul-{name}");
+        ok(&[
+            "ip", "-n", &self.ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        ok(&[
+            "ip", "-n", &self.ul, "link", "set", &ulif, "master", "br0", "up",
+        ]);
+        ok(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("192.0.2.{idx}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        let dir = self.n.path(name);
+        std::fs::create_dir_all(dir.join("wg")).unwrap();
+        self.create_node(name, idx, json!({}));
+        self.nodes.push(KNode {
+            name: name.into(),
+            idx,
+            ns,
+            pod_ns: None,
+            pod_ips: vec![],
+            key_file: dir.join("private.key"),
+            wg_dir: dir.join("wg"),
+            state_file: dir.join("node.json"),
+            ipam_dir: dir.join("ipam"),
+            log: dir.join("agent.log"),
+        });
+        let i = self.nodes.len() - 1;
+        // Create the key first, so the test knows it before the agent runs.
+        let _ = self.public_key(i);
+        self.start_agent(i);
+        i
+    }
+
+    pub fn node_cmd(&self, i: usize, args: &[&str]) -> Command {
+        let node = &self.nodes[i];
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &node.ns,
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
+        ])
+        .arg(&node.wg_dir)
+        .args(args);
+        c
+    }
+
+    pub fn wg_peers(&self, i: usize) -> String {
+        let o = self
+            .node_cmd(i, &["wg", "show", "podguard0", "peers"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    pub fn public_key(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        let o = run(&[
+            &bin("agent"),
+            "--node-name",
+            &node.name,
+            "--cluster-cidr",
+            CLUSTER,
+            "--key-file",
+            node.key_file.to_str().unwrap(),
+            "--print-public-key",
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let mut cmd = self.node_cmd(
+            i,
+            &[
+                &bin("agent"),
+                "--node-name",
+                &node.name,
+                "--cluster-cidr",
+                CLUSTER,
+                "--key-file",
+                node.key_file.to_str().unwrap(),
+                "--state-file",
+                node.state_file.to_str().unwrap(),
+                "--resync",
+                "2s",
+            ],
+        );
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log);
+        let label = format!("agent-{}", node.name);
+        self.n.spawn(&label, &mut cmd);
+    }
+
+    pub fn kill_agent(&mut self, i: usize) {
+        let label = format!("agent-{}", self.nodes[i].name);
+        self.n.kill(&label);
+    }
+
+    /// Attach a pod with the real CNI plugin, once the agent is ready.
+    pub fn attach_pod(&mut self, i: usize) {
+        let state = self.nodes[i].state_file.clone();
+        wait_for("the agent's node state", Duration::from_secs(20), || {
+            state.exists()
+        });
+        let pod = self.n.add(&format!("p{}", self.nodes[i].name));
+        let node = &self.nodes[i];
+        let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard",
+            "nodeStateFile": node.state_file, "dataDir": node.ipam_dir});
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.ns, &bin("cni")])
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("pod-{}", node.name))
+            .env("CNI_NETNS", format!("/run/netns/{pod}"))
+            .env("CNI_IFNAME", "eth0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "CNI ADD: {res}");
+        let ips = res["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| {
+                ip["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let node = &mut self.nodes[i];
+        node.pod_ns = Some(pod);
+        node.pod_ips = ips;
+    }
+
+    pub fn pod(&self, i: usize) -> (String, String) {
+        (
+            self.nodes[i].pod_ns.clone().unwrap(),
+            self.nodes[i].pod_ips[0].clone(),
+        )
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        let (_, v) = self.api("GET", "/apis/events.k8s.io/v1/events", None);
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for KubeLab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!("---- agent {} log ----\n{}", n.name, self.log(i));
+            }
+            eprintln!(
+                "---- api log ----\n{}",
+                std::fs::read_to_string(self.n.path("api.log")).unwrap_or_default()
+            );
+        }
+    }
+}
