@@ -375,8 +375,66 @@ fn inbound_source_outside_allowed_ips_is_dropped() {
         seen.iter().any(|l| l.contains("10.244.2.2 >")),
         "capture saw no ping from pod B: {seen:?}"
     );
+    let m = scrape(&c.nodes[0].ns);
+    let dropped =
+        sample(&m, "podguard_device_dropped_packets{reason=\"bad_source\"}").unwrap_or(0.0);
+    assert!(dropped >= 3.0, "bad_source drops counted: {dropped}\n{m}");
     wait_for("the drop to be logged", Duration::from_secs(5), || {
         c.log(0).contains("outside the sending peer's AllowedIPs")
             && c.log(0).contains("10.244.77.7")
     });
+}
+
+#[test]
+fn endpoint_roams_with_the_peer() {
+    if !require_root("endpoint_roams_with_the_peer") {
+        return;
+    }
+    let c = TwoNode::up("r");
+    let (pa, pb) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ns.clone());
+    let (a4, b4) = (c.nodes[0].pod_ip4(), c.nodes[1].pod_ip4());
+    // Node B moves to another underlay address; the nodes file still has the old one.
+    let nb = c.nodes[1].ns.clone();
+    ok(&[
+        "ip",
+        "-n",
+        &nb,
+        "addr",
+        "del",
+        "192.0.2.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &nb,
+        "addr",
+        "add",
+        "192.0.2.12/24",
+        "dev",
+        "eth0",
+    ]);
+    // B talks first: A learns B's new address from authenticated packets.
+    wait_for(
+        "pod B -> pod A after B moved",
+        Duration::from_secs(15),
+        || pings(&pb, &a4),
+    );
+    let endpoint = |c: &TwoNode| {
+        String::from_utf8_lossy(&c.wg(0, &["show", "podguard0", "endpoints"]).stdout).to_string()
+    };
+    assert!(
+        endpoint(&c).contains("192.0.2.12:51820"),
+        "A did not roam: {}",
+        endpoint(&c)
+    );
+    // Several resyncs later the agent has not reset it, and A reaches B.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        endpoint(&c).contains("192.0.2.12:51820"),
+        "the agent undid roaming: {}",
+        endpoint(&c)
+    );
+    assert!(pings(&pa, &b4));
 }

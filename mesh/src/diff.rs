@@ -85,6 +85,23 @@ pub fn diff(plan: &Plan, observed: &Observed) -> Vec<Action> {
     actions
 }
 
+/// Keep endpoints the device learned by roaming. WireGuard moves a peer's
+/// endpoint to the source of its last authenticated packet; when the plan's
+/// endpoint for that peer is the one applied last time (it did not change),
+/// a different observed endpoint is the peer roaming, not drift, and is left
+/// alone. A changed plan endpoint is still applied.
+pub fn accept_roaming(observed: &mut Observed, plan: &Plan, last_applied: Option<&Plan>) {
+    let Some(last) = last_applied else { return };
+    for (key, obs) in observed.peers.iter_mut() {
+        if let (Some(want), Some(prev)) = (plan.peers.get(key), last.peers.get(key))
+            && want.endpoint == prev.endpoint
+            && obs.endpoint.is_some()
+        {
+            obs.endpoint = Some(want.endpoint);
+        }
+    }
+}
+
 impl Observed {
     /// The state after carrying out `actions` (used by tests, and by the
     /// shell to predict what it should observe next).
@@ -163,6 +180,30 @@ mod tests {
         assert_eq!(a.len(), 2 + 3);
         obs.apply(&a);
         assert!(diff(&p, &obs).is_empty());
+    }
+
+    #[test]
+    fn roamed_endpoint_is_kept_until_the_plan_changes() {
+        let p = sample();
+        let mut obs = Observed::default();
+        obs.apply(&diff(&p, &obs));
+        let key = *p.peers.keys().next().unwrap();
+        let roamed: std::net::SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        obs.peers.get_mut(&key).unwrap().endpoint = Some(roamed);
+        // Same plan as last time: the roamed endpoint is not drift.
+        let mut o = obs.clone();
+        accept_roaming(&mut o, &p, Some(&p));
+        assert!(diff(&p, &o).is_empty());
+        // No memory of a previous plan (agent restart): the plan wins.
+        let mut o = obs.clone();
+        accept_roaming(&mut o, &p, None);
+        assert_eq!(diff(&p, &o).len(), 1);
+        // The plan's endpoint changed: it is applied.
+        let mut p2 = p.clone();
+        p2.peers.get_mut(&key).unwrap().endpoint = "192.0.2.200:51820".parse().unwrap();
+        let mut o = obs.clone();
+        accept_roaming(&mut o, &p2, Some(&p));
+        assert_eq!(diff(&p2, &o), vec![Action::SetPeer(p2.peers[&key].clone())]);
     }
 
     #[test]

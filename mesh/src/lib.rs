@@ -20,7 +20,7 @@ pub mod node;
 pub mod plan;
 pub mod publish;
 
-pub use diff::{Action, Observed, ObservedPeer, diff};
+pub use diff::{Action, Observed, ObservedPeer, accept_roaming, diff};
 pub use node::{NodeInfo, Rejection};
 pub use plan::{Local, MeshConfig, Peer, Plan, PlanError, Route, RouteTarget, plan};
 

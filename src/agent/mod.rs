@@ -75,6 +75,8 @@ pub struct Agent {
     wg: WgClient,
     nl: Netlink,
     last_rejections: BTreeMap<String, Vec<Rejection>>,
+    /// The plan applied last, so a roamed endpoint is not taken for drift.
+    last_plan: Option<Plan>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -83,13 +85,15 @@ pub fn start_device(
     backend: Backend,
     key: &PrivateKey,
     listen_port: u16,
-) -> anyhow::Result<WgClient> {
+) -> anyhow::Result<(WgClient, Option<std::sync::Arc<Device>>)> {
+    let mut device = None;
     match backend {
         Backend::Userspace => {
             let dev = Device::new(mesh::WG_IFNAME, listen_port, Some(key), true)?;
             dev.spawn()?;
-            let sock = uapi_server::serve(dev)?;
+            let sock = uapi_server::serve(dev.clone())?;
             tracing::info!(socket = %sock.display(), "userspace WireGuard device up");
+            device = Some(dev);
         }
         Backend::Kernel => {
             use defguard_wireguard_rs::WireguardInterfaceApi as _;
@@ -111,7 +115,7 @@ pub fn start_device(
             tracing::info!("kernel WireGuard device up");
         }
     }
-    Ok(WgClient::new(backend, mesh::WG_IFNAME)?)
+    Ok((WgClient::new(backend, mesh::WG_IFNAME)?, device))
 }
 
 impl Agent {
@@ -127,6 +131,7 @@ impl Agent {
             wg,
             nl,
             last_rejections: BTreeMap::new(),
+            last_plan: None,
         }
     }
 
@@ -139,10 +144,11 @@ impl Agent {
         self.nl
             .ensure_addresses(mesh::BRIDGE_IFNAME, &plan.bridge_addresses)
             .await?;
-        let observed = Observed {
+        let mut observed = Observed {
             peers: self.wg.read_peers()?,
             routes: self.nl.observe_routes().await?,
         };
+        mesh::accept_roaming(&mut observed, &plan, self.last_plan.as_ref());
         let actions = mesh::diff(&plan, &observed);
         self.wg.apply(&actions)?;
         for a in &actions {
@@ -176,6 +182,7 @@ impl Agent {
             }
             self.last_rejections = plan.rejections.clone();
         }
+        self.last_plan = Some(plan.clone());
         let state = node_state::NodeState::from_plan(&plan);
         node_state::write(&self.cfg.state_file, &state).map_err(|source| {
             ReconcileError::StateFile {

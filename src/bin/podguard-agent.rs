@@ -154,7 +154,7 @@ fn main() -> anyhow::Result<()> {
         };
         let backend = select_backend(args.backend, kernel)?;
         tracing::info!(?backend, "WireGuard backend selected");
-        let wg = start_device(backend, &key, args.listen_port)?;
+        let (wg, device) = start_device(backend, &key, args.listen_port)?;
         let cfg = AgentConfig {
             node_name: args.node_name,
             mesh: mesh::MeshConfig {
@@ -166,6 +166,9 @@ fn main() -> anyhow::Result<()> {
             state_file: args.state_file,
         };
         let metrics = std::sync::Arc::new(Metrics::default());
+        if let Some(d) = device {
+            let _ = metrics.device.set(d);
+        }
         metrics
             .clone()
             .serve(args.metrics_addr)

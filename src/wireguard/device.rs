@@ -57,6 +57,20 @@ struct Peer {
     keepalive: u16,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    tx_packets: AtomicU64,
+}
+
+impl Peer {
+    fn sent(&self, bytes: usize) {
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct State {
@@ -295,7 +309,7 @@ impl Device {
             let mut t = peer.tunn.lock();
             match t.encapsulate(pkt, &mut dst) {
                 TunnResult::WriteToNetwork(b) => {
-                    peer.tx_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    peer.sent(b.len());
                     self.send_to(b, endpoint);
                 }
                 TunnResult::Err(e) => tracing::debug!(?e, "encapsulate"),
@@ -371,10 +385,11 @@ impl Device {
             let mut authenticated = true;
             match t.decapsulate(Some(from.ip()), datagram, &mut out) {
                 TunnResult::WriteToNetwork(b) => {
+                    peer.sent(b.len());
                     self.send_to(b, from);
                     // Flush packets queued while the handshake was pending.
                     while let TunnResult::WriteToNetwork(b) = t.decapsulate(None, &[], &mut out) {
-                        peer.tx_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        peer.sent(b.len());
                         self.send_to(b, from);
                     }
                 }
@@ -393,7 +408,7 @@ impl Device {
             }
             drop(t);
             if authenticated {
-                peer.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                peer.received(n);
                 // Roaming: the peer's endpoint follows its last authenticated packet.
                 let mut ep = peer.endpoint.write();
                 if *ep != Some(from) {
@@ -413,7 +428,7 @@ impl Device {
                 if let TunnResult::WriteToNetwork(b) = t.update_timers(&mut dst)
                     && let Some(ep) = *peer.endpoint.read()
                 {
-                    peer.tx_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    peer.sent(b.len());
                     self.send_to(b, ep);
                 }
             }
@@ -427,6 +442,17 @@ impl Device {
             .key
             .as_ref()
             .map(|(s, _)| PrivateKey::from_bytes(s.to_bytes()))
+    }
+
+    /// Packets dropped so far, by reason.
+    pub fn drop_counts(&self) -> [(&'static str, u64); 4] {
+        let d = &self.drops;
+        [
+            ("no_peer", d.no_peer.load(Ordering::Relaxed)),
+            ("no_endpoint", d.no_endpoint.load(Ordering::Relaxed)),
+            ("bad_source", d.bad_source.load(Ordering::Relaxed)),
+            ("invalid", d.invalid.load(Ordering::Relaxed)),
+        ]
     }
 
     /// Listen port.
@@ -452,6 +478,8 @@ impl Device {
                     last_handshake,
                     rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
                     tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    rx_packets: p.rx_packets.load(Ordering::Relaxed),
+                    tx_packets: p.tx_packets.load(Ordering::Relaxed),
                     persistent_keepalive: p.keepalive,
                 }
             })
@@ -543,6 +571,8 @@ impl Device {
                         keepalive,
                         rx_bytes: AtomicU64::new(0),
                         tx_bytes: AtomicU64::new(0),
+                        rx_packets: AtomicU64::new(0),
+                        tx_packets: AtomicU64::new(0),
                     });
                     let keep: Vec<IpNet> = match &old {
                         Some(o) => {

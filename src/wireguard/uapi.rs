@@ -211,6 +211,10 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Datagrams received (not part of the UAPI; for metrics).
+    pub rx_packets: u64,
+    /// Datagrams sent (not part of the UAPI; for metrics).
+    pub tx_packets: u64,
     /// Keepalive interval (0 = off).
     pub persistent_keepalive: u16,
 }
@@ -316,6 +320,8 @@ mod tests {
                 last_handshake: (5, 6),
                 rx_bytes: 1,
                 tx_bytes: 2,
+                rx_packets: 1,
+                tx_packets: 1,
                 persistent_keepalive: 25,
             }],
         );

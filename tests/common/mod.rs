@@ -381,3 +381,26 @@ pub fn write_file(p: &Path, s: &str) {
     std::fs::write(&tmp, s).unwrap();
     std::fs::rename(&tmp, p).unwrap();
 }
+
+/// Scrape an agent's /metrics inside namespace `ns`.
+pub fn scrape(ns: &str) -> String {
+    let o = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/9721; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+    ]);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+pub fn sample(scrape: &str, prefix: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
