@@ -20,7 +20,25 @@ fn keys_published_mesh_converges_and_follows_nodes() {
     }
     let mut lab = KubeLab::new("km");
     let a = lab.add_node("a", 1);
-    let b = lab.add_node("b", 2);
+    // b starts before the controller manager gave it a podCIDR: it waits.
+    let b = lab.add_node_with("b", 2, false);
+    wait_for(
+        "b to say it waits for podCIDRs",
+        Duration::from_secs(15),
+        || {
+            lab.log(b)
+                .contains("waiting for this Node to exist and have spec.podCIDRs")
+        },
+    );
+    assert!(
+        !lab.nodes[b].state_file.exists(),
+        "no node state before podCIDRs"
+    );
+    lab.api(
+        "PATCH",
+        "/api/v1/nodes/b",
+        Some(&json!({"spec": {"podCIDRs": KubeLab::pod_cidrs(2)}})),
+    );
     // Each agent publishes its own key and endpoint.
     for i in [a, b] {
         let name = lab.nodes[i].name.clone();

@@ -149,12 +149,33 @@ impl KubeLab {
 
     /// Create a Node object.
     pub fn create_node(&self, name: &str, idx: u8, annotations: Value) {
+        self.create_node_with(name, idx, annotations, Some(Self::pod_cidrs(idx)));
+    }
+
+    pub fn pod_cidrs(idx: u8) -> Value {
+        json!([
+            format!("10.244.{idx}.0/24"),
+            format!("fd00:10:244:{idx:x}::/64")
+        ])
+    }
+
+    pub fn create_node_with(
+        &self,
+        name: &str,
+        idx: u8,
+        annotations: Value,
+        pod_cidrs: Option<Value>,
+    ) {
+        let mut spec = json!({});
+        if let Some(c) = pod_cidrs {
+            spec["podCIDRs"] = c;
+        }
         let (code, body) = self.api(
             "POST",
             "/api/v1/nodes",
             Some(&json!({
                 "metadata": {"name": name, "annotations": annotations},
-                "spec": {"podCIDRs": [format!("10.244.{idx}.0/24"), format!("fd00:10:244:{idx:x}::/64")]},
+                "spec": spec,
                 "status": {"addresses": [{"type": "InternalIP", "address": format!("192.0.2.{idx}")}]},
             })),
         );
@@ -168,6 +189,11 @@ impl KubeLab {
 
     /// A node namespace on the underlay, its Node object, and its agent.
     pub fn add_node(&mut self, name: &str, idx: u8) -> usize {
+        self.add_node_with(name, idx, true)
+    }
+
+    /// Like `add_node`; without podCIDRs when `with_cidrs` is false.
+    pub fn add_node_with(&mut self, name: &str, idx: u8, with_cidrs: bool) -> usize {
         let ns = self.n.add(name);
         let ulif = format!("ul-{name}");
         ok(&[
@@ -190,7 +216,12 @@ impl KubeLab {
         ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         let dir = self.n.path(name);
         std::fs::create_dir_all(dir.join("wg")).unwrap();
-        self.create_node(name, idx, json!({}));
+        self.create_node_with(
+            name,
+            idx,
+            json!({}),
+            with_cidrs.then(|| Self::pod_cidrs(idx)),
+        );
         self.nodes.push(KNode {
             name: name.into(),
             idx,
