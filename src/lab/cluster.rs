@@ -1,0 +1,414 @@
+//! `podguard lab up` / `down`: build and remove a cluster in network
+//! namespaces. Every resource is named with the `pglab` prefix and found by
+//! it, so `down` also cleans up after a crash or kill -9 of the lab.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::plan::{self, LabSpec, NodePlan};
+use super::sys::{self, in_netns, netns_add, run};
+
+/// Where a lab keeps its files (tmpfs, gone at reboot).
+pub const STATE_DIR: &str = "/run/podguard-lab";
+
+/// A pod of a running lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pod {
+    /// Name.
+    pub name: String,
+    /// Node name.
+    pub node: String,
+    /// Network namespace.
+    pub netns: String,
+    /// Addresses (IPv4 first).
+    pub ips: Vec<String>,
+}
+
+/// What `up` built (kept in `state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// The spec.
+    pub spec: LabSpec,
+    /// Pods.
+    pub pods: Vec<Pod>,
+}
+
+/// Paths of the binaries the lab runs (next to `podguard`).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// podguard (for the API server).
+    pub podguard: PathBuf,
+    /// podguard-agent.
+    pub agent: PathBuf,
+    /// podguard-cni.
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    /// Find the sibling binaries of the running executable.
+    pub fn find() -> anyhow::Result<Self> {
+        let me = std::env::current_exe().context("locating the podguard binary")?;
+        let dir = me.parent().context("podguard has no directory")?;
+        let b = Self {
+            podguard: me.clone(),
+            agent: dir.join("podguard-agent"),
+            cni: dir.join("podguard-cni"),
+        };
+        for p in [&b.agent, &b.cni] {
+            if !p.exists() {
+                bail!(
+                    "{} is missing: build all binaries (cargo build --release --bins)",
+                    p.display()
+                );
+            }
+        }
+        Ok(b)
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(STATE_DIR)
+}
+
+fn node_dir(n: &NodePlan) -> PathBuf {
+    dir().join(&n.name)
+}
+
+/// Preconditions: root, iproute2, /dev/net/tun.
+pub fn preflight() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab needs root (network namespaces): run it with sudo");
+    }
+    if !sys::have("ip") {
+        bail!("`ip` is missing: apt-get install -y iproute2");
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        bail!("/dev/net/tun is missing: the userspace WireGuard device needs the tun driver");
+    }
+    Ok(())
+}
+
+/// Whether a lab (or its remains) exists.
+pub fn exists() -> bool {
+    sys::netns_list().iter().any(|n| plan::is_lab_netns(n)) || dir().exists()
+}
+
+/// Remove every lab resource. Safe to run at any time, any number of times.
+pub fn down() -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for ns in sys::netns_list()
+        .into_iter()
+        .filter(|n| plan::is_lab_netns(n))
+    {
+        sys::netns_destroy(&ns);
+        removed += 1;
+    }
+    if dir().exists() {
+        std::fs::remove_dir_all(dir()).with_context(|| format!("removing {STATE_DIR}"))?;
+    }
+    Ok(removed)
+}
+
+fn progress(msg: &str) {
+    eprintln!("  · {msg}");
+}
+
+/// Build the lab. On failure everything built so far is removed.
+pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+    spec.check()?;
+    preflight()?;
+    if exists() {
+        bail!("a lab already exists: run `podguard lab down` first");
+    }
+    match build(spec, bins) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let _ = down();
+            Err(e)
+        }
+    }
+}
+
+fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+    std::fs::create_dir_all(dir())?;
+    std::fs::create_dir_all("/run/wireguard")?;
+    let ul = plan::underlay_netns();
+    progress(&format!(
+        "underlay network {ul} and the API server on {}",
+        plan::API_ADDR
+    ));
+    netns_add(&ul)?;
+    run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+    run(&[
+        "ip",
+        "-n",
+        &ul,
+        "addr",
+        "add",
+        &format!("{}.254/24", plan::UNDERLAY_PREFIX),
+        "dev",
+        "br0",
+    ])?;
+    run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+    let api_state = dir().join("api.json");
+    sys::spawn_in(
+        &ul,
+        &[
+            bins.podguard.to_str().unwrap_or("podguard"),
+            "lab",
+            "api-server",
+            "--listen",
+            plan::API_ADDR,
+            "--state",
+            api_state.to_str().unwrap_or_default(),
+        ],
+        &dir().join("api.log"),
+        None,
+        &[],
+    )?;
+    let kubeconfig = dir().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: podguard-lab\n  cluster: {{server: \"http://{}\"}}\ncontexts:\n- name: podguard-lab\n  context: {{cluster: podguard-lab, user: lab}}\ncurrent-context: podguard-lab\nusers:\n- name: lab\n  user: {{}}\n",
+            plan::API_ADDR
+        ),
+    )?;
+    wait("the API server", Duration::from_secs(10), || {
+        api(&ul, "GET", "/healthz", None).is_ok()
+    })?;
+
+    let nodes = spec.all_nodes();
+    progress(&format!(
+        "{} nodes, each running podguard-agent",
+        nodes.len()
+    ));
+    for n in &nodes {
+        netns_add(&n.netns)?;
+        let ulif = format!("ul-{}", n.name);
+        run(&[
+            "ip", "-n", &ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0", "netns",
+            &n.netns,
+        ])?;
+        run(&["ip", "-n", &ul, "link", "set", &ulif, "master", "br0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &n.netns,
+            "addr",
+            "add",
+            &format!("{}/24", n.underlay_ip),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", &n.netns, "link", "set", "eth0", "up"])?;
+        let body = json!({
+            "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
+            "spec": {"podCIDRs": n.pod_cidrs},
+            "status": {"addresses": [{"type": "InternalIP", "address": n.underlay_ip}, {"type": "Hostname", "address": n.name}]},
+        });
+        api(&ul, "POST", "/api/v1/nodes", Some(&body))?;
+        let nd = node_dir(n);
+        std::fs::create_dir_all(nd.join("wg"))?;
+        let key = nd.join("private.key");
+        let state = nd.join("node.json");
+        sys::spawn_in(
+            &n.netns,
+            &[
+                bins.agent.to_str().unwrap_or("podguard-agent"),
+                "--node-name",
+                &n.name,
+                "--cluster-cidr",
+                &spec.cluster_cidrs(),
+                "--key-file",
+                key.to_str().unwrap_or_default(),
+                "--state-file",
+                state.to_str().unwrap_or_default(),
+                "--backend",
+                "userspace",
+            ],
+            &nd.join("agent.log"),
+            Some(&nd.join("wg")),
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap_or_default())],
+        )?;
+    }
+    progress("waiting for every agent to publish its key and configure its peers");
+    let want_peers = nodes.len() - 1;
+    wait("the mesh to converge", Duration::from_secs(60), || {
+        nodes.iter().all(|n| {
+            node_dir(n).join("node.json").exists()
+                && metric(&n.netns, "podguard_peers").is_some_and(|v| v as usize == want_peers)
+        })
+    })?;
+
+    progress(&format!(
+        "{} pods, attached by podguard-cni",
+        nodes.len() * spec.pods_per_node as usize
+    ));
+    let mut pods = Vec::new();
+    for n in &nodes {
+        for p in &n.pods {
+            netns_add(&p.netns)?;
+            let ips = cni_add(bins, n, &p.name, &p.netns)?;
+            pods.push(Pod {
+                name: p.name.clone(),
+                node: n.name.clone(),
+                netns: p.netns.clone(),
+                ips,
+            });
+        }
+    }
+    let state = LabState {
+        spec: spec.clone(),
+        pods,
+    };
+    std::fs::write(dir().join("state.json"), serde_json::to_vec_pretty(&state)?)?;
+    Ok(state)
+}
+
+/// The state of the running lab.
+pub fn load() -> anyhow::Result<LabState> {
+    let p = dir().join("state.json");
+    let b = std::fs::read(&p).with_context(|| {
+        format!(
+            "no lab is up ({} missing): run `podguard lab up`",
+            p.display()
+        )
+    })?;
+    serde_json::from_slice(&b)
+        .with_context(|| format!("{} is corrupt: run `podguard lab down`", p.display()))
+}
+
+fn cni_add(bins: &Binaries, n: &NodePlan, pod: &str, pod_ns: &str) -> anyhow::Result<Vec<String>> {
+    let nd = node_dir(n);
+    let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard",
+        "nodeStateFile": nd.join("node.json"), "dataDir": nd.join("ipam")});
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &n.netns])
+        .arg(&bins.cni)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", pod)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running podguard-cni")?;
+    child
+        .stdin
+        .take()
+        .context("podguard-cni stdin")?
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        bail!("podguard-cni ADD for {pod} failed: {res}");
+    }
+    Ok(res["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .map(|s| s.split('/').next().unwrap_or(s).to_string())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out after {timeout:?} waiting for {what} (logs under {STATE_DIR})")
+}
+
+/// One HTTP request to the lab API server (from inside the underlay).
+pub fn api(
+    ul: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let (code, text) = http(
+        ul,
+        plan::API_ADDR,
+        method,
+        path,
+        body.map(|b| b.to_string()).as_deref(),
+    )?;
+    if !(200..300).contains(&code) {
+        bail!("{method} {path}: HTTP {code}: {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// A minimal HTTP/1.1 request from inside `ns` (Connection: close).
+pub fn http(
+    ns: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let (method, path, body) = (
+        method.to_string(),
+        path.to_string(),
+        body.unwrap_or("").to_string(),
+    );
+    in_netns(ns, move || -> anyhow::Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let ct = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: lab\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("malformed HTTP response")?;
+        Ok((
+            code,
+            resp.split_once("\r\n\r\n")
+                .map(|x| x.1.to_string())
+                .unwrap_or_default(),
+        ))
+    })?
+}
+
+/// An agent's metrics page, from inside its node namespace.
+pub fn metrics(ns: &str) -> Option<String> {
+    http(ns, "127.0.0.1:9721", "GET", "/metrics", None)
+        .ok()
+        .map(|x| x.1)
+}
+
+/// One sample (`name` or `name{labels}`) from an agent's metrics.
+pub fn metric(ns: &str, name: &str) -> Option<f64> {
+    let m = metrics(ns)?;
+    m.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,163 @@
+//! Names and addresses of a lab: pure, so `up`, `check` and `down` agree,
+//! and `down` finds everything by prefix after a crash.
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every lab resource (namespaces, state directory).
+pub const PREFIX: &str = "pglab";
+/// The lab's underlay network (documentation range, only inside lab namespaces).
+pub const UNDERLAY_PREFIX: &str = "192.0.2";
+/// Address of the embedded API server in the underlay namespace.
+pub const API_ADDR: &str = "192.0.2.254:6443";
+/// Cluster CIDRs of a dual-stack lab.
+pub const CLUSTER_V4: &str = "10.244.0.0/16";
+/// IPv6 cluster CIDR.
+pub const CLUSTER_V6: &str = "fd00:10:244::/56";
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Number of nodes (1-200).
+    pub nodes: u8,
+    /// Pods per node (1-50).
+    pub pods_per_node: u8,
+    /// IPv4 and IPv6 podCIDRs (else IPv4 only).
+    pub dual_stack: bool,
+}
+
+/// Why a spec is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Node count out of range.
+    #[error("--nodes {0}: a lab has 1 to 200 nodes")]
+    Nodes(u8),
+    /// Pod count out of range.
+    #[error("--pods-per-node {0}: a lab has 1 to 50 pods per node")]
+    Pods(u8),
+}
+
+impl LabSpec {
+    /// Validate.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if !(1..=200).contains(&self.nodes) {
+            return Err(SpecError::Nodes(self.nodes));
+        }
+        if !(1..=50).contains(&self.pods_per_node) {
+            return Err(SpecError::Pods(self.pods_per_node));
+        }
+        Ok(())
+    }
+
+    /// Cluster CIDRs, comma-separated (the agent's --cluster-cidr).
+    pub fn cluster_cidrs(&self) -> String {
+        if self.dual_stack {
+            format!("{CLUSTER_V4},{CLUSTER_V6}")
+        } else {
+            CLUSTER_V4.to_string()
+        }
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: u8) -> NodePlan {
+        let mut pod_cidrs = vec![format!("10.244.{i}.0/24")];
+        if self.dual_stack {
+            pod_cidrs.push(format!("fd00:10:244:{i:x}::/64"));
+        }
+        NodePlan {
+            name: format!("node-{i}"),
+            netns: format!("{PREFIX}-n{i}"),
+            underlay_ip: format!("{UNDERLAY_PREFIX}.{i}"),
+            pod_cidrs,
+            pods: (1..=self.pods_per_node)
+                .map(|j| PodPlan {
+                    name: format!("pod-{i}-{j}"),
+                    netns: format!("{PREFIX}-n{i}-p{j}"),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every node.
+    pub fn all_nodes(&self) -> Vec<NodePlan> {
+        (1..=self.nodes).map(|i| self.node(i)).collect()
+    }
+}
+
+/// One node of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Node object name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub underlay_ip: String,
+    /// Its podCIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// Its pods.
+    pub pods: Vec<PodPlan>,
+}
+
+/// One pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    /// Pod name (also the CNI container ID).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+}
+
+/// The underlay namespace.
+pub fn underlay_netns() -> String {
+    format!("{PREFIX}-ul")
+}
+
+/// Whether a namespace name belongs to a lab.
+pub fn is_lab_netns(name: &str) -> bool {
+    name == underlay_netns() || name.starts_with(&format!("{PREFIX}-n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses() {
+        let s = LabSpec {
+            nodes: 3,
+            pods_per_node: 2,
+            dual_stack: true,
+        };
+        s.check().unwrap();
+        let n = s.node(3);
+        assert_eq!(n.netns, "pglab-n3");
+        assert_eq!(n.underlay_ip, "192.0.2.3");
+        assert_eq!(n.pod_cidrs, vec!["10.244.3.0/24", "fd00:10:244:3::/64"]);
+        assert_eq!(n.pods[1].netns, "pglab-n3-p2");
+        assert!(is_lab_netns("pglab-n3-p2") && is_lab_netns("pglab-ul") && !is_lab_netns("other"));
+        assert_eq!(s.cluster_cidrs(), "10.244.0.0/16,fd00:10:244::/56");
+        let v4 = LabSpec {
+            dual_stack: false,
+            ..s
+        };
+        assert_eq!(v4.node(1).pod_cidrs.len(), 1);
+        assert!(
+            LabSpec {
+                nodes: 0,
+                ..v4.clone()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            LabSpec {
+                pods_per_node: 51,
+                ..v4
+            }
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("--pods-per-node 51")
+        );
+    }
+}

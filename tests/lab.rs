@@ -1,0 +1,134 @@
+//! `podguard lab up / check / down` and crash cleanup. The lab uses fixed
+//! names (prefix pglab), so everything runs in one test, in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn podguard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_podguard"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lab_namespaces() -> Vec<String> {
+    ok(&["ip", "netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("pglab-"))
+        .map(String::from)
+        .collect()
+}
+
+struct Down;
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = podguard(&["lab", "down"]);
+    }
+}
+
+#[test]
+fn lab_up_check_down_and_crash_cleanup() {
+    if !require_root("lab_up_check_down_and_crash_cleanup") {
+        return;
+    }
+    let _guard = Down;
+    let _ = podguard(&["lab", "down"]);
+
+    let up = podguard(&[
+        "lab",
+        "up",
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--ipv4-only",
+    ]);
+    assert!(
+        up.status.success(),
+        "lab up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(lab_namespaces().len(), 1 + 3 + 3);
+    let again = podguard(&["lab", "up"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let check = podguard(&["lab", "check", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|_| panic!("check output: {}", String::from_utf8_lossy(&check.stdout)));
+    assert!(check.status.success(), "{report:#}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["pairs"].as_array().unwrap().len(), 6);
+    assert!(
+        report["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["no_nat"] == true)
+    );
+    assert!(report["capture"]["encrypted_packets"].as_u64().unwrap() > 0);
+    assert_eq!(report["capture"]["plaintext_packets"], 0);
+    assert_eq!(report["capture"]["marker_hits"], 0);
+    assert_eq!(report["handshakes"].as_array().unwrap().len(), 6);
+
+    // Break a node (kill its agent and delete its tunnel): check fails, non-zero.
+    let pids = ok(&["ip", "netns", "pids", "pglab-n2"]);
+    for pid in pids.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    ok(&["ip", "-n", "pglab-n2", "link", "del", "podguard0"]);
+    let bad = podguard(&["lab", "check"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+    let table = String::from_utf8_lossy(&bad.stdout);
+    assert!(table.contains("FAIL"), "{table}");
+    assert!(
+        table.contains("0 plaintext packets"),
+        "a dead node must not leak: {table}"
+    );
+
+    let down = podguard(&["lab", "down"]);
+    assert!(down.status.success());
+    assert!(lab_namespaces().is_empty());
+    assert!(!std::path::Path::new("/run/podguard-lab").exists());
+
+    // Crash: kill -9 `lab up` midway; `lab down` still finds and removes everything.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_podguard"))
+        .args(["lab", "up", "--nodes", "3"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("lab up to be midway", Duration::from_secs(20), || {
+        lab_namespaces().len() >= 3
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!lab_namespaces().is_empty());
+    let down = podguard(&["lab", "down"]);
+    assert!(down.status.success());
+    assert!(
+        lab_namespaces().is_empty(),
+        "left behind: {:?}",
+        lab_namespaces()
+    );
+    let leftover = ok(&[
+        "sh",
+        "-c",
+        "pgrep -f '[p]odguard-agent --node-name node-' || true",
+    ]);
+    assert!(
+        leftover.trim().is_empty(),
+        "agents left running: {leftover}"
+    );
+}
