@@ -5,6 +5,7 @@
 //! (WireGuard peers through defguard, routes through rtnetlink) and carries
 //! out the resulting actions.
 
+pub mod cli;
 pub mod install;
 pub mod metrics;
 pub mod node_state;

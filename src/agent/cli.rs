@@ -1,0 +1,113 @@
+//! The agent's command line (in the library so tests can check the
+//! DaemonSet's arguments and environment against the real parser).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::agent::node_state;
+use crate::wireguard::BackendChoice;
+
+/// Keeps this node's WireGuard mesh in line with the cluster's nodes.
+///
+/// The agent loads (or creates) this node's private key, brings up
+/// `podguard0` (kernel WireGuard when available, otherwise podguard's
+/// userspace device), the pod bridge `cbr0`, and the routes: every cluster
+/// CIDR into `podguard0` with an `unreachable` backstop, so pod traffic is
+/// encrypted or dropped, never sent in plaintext. It then reconciles peers
+/// and routes with the node list.
+#[derive(Debug, Parser)]
+#[command(name = "podguard-agent", version, about, long_about)]
+pub struct Args {
+    /// This node's name (in a DaemonSet: the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Read the node list from this JSON or YAML file instead of the
+    /// Kubernetes API (a list of {name, podCIDRs, endpoint, publicKey,
+    /// internalIPs}); it is re-read when it changes. Without it the agent
+    /// uses the Kubernetes API (in-cluster config, or $KUBECONFIG).
+    #[arg(long, env = "PODGUARD_NODES_FILE")]
+    pub nodes_file: Option<PathBuf>,
+
+    /// Address of the metrics and health endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, env = "PODGUARD_METRICS_ADDR", default_value = "0.0.0.0:9721")]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Install the CNI plugin binary and conflist before starting.
+    #[arg(long, env = "PODGUARD_INSTALL_CNI")]
+    pub install_cni: bool,
+
+    /// Where --install-cni puts the plugin binary.
+    #[arg(long, env = "PODGUARD_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+
+    /// Where --install-cni puts the conflist.
+    #[arg(long, env = "PODGUARD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+
+    /// Cluster CIDR(s) (pod network), v4 and/or v6; repeat or comma-separate.
+    #[arg(
+        long = "cluster-cidr",
+        env = "PODGUARD_CLUSTER_CIDRS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub cluster_cidrs: Vec<IpNet>,
+
+    /// WireGuard UDP port.
+    #[arg(long, env = "PODGUARD_LISTEN_PORT", default_value_t = mesh::DEFAULT_LISTEN_PORT)]
+    pub listen_port: u16,
+
+    /// MTU of the underlay network (the tunnel MTU is derived from it).
+    #[arg(long, env = "PODGUARD_UNDERLAY_MTU", default_value_t = 1500)]
+    pub underlay_mtu: u32,
+
+    /// Persistent keepalive towards each peer, in seconds (0 = off).
+    #[arg(long, env = "PODGUARD_KEEPALIVE", default_value_t = 25)]
+    pub keepalive: u16,
+
+    /// This node's private key (created with mode 0600 if missing).
+    #[arg(long, env = "PODGUARD_KEY_FILE", default_value = keys::store::DEFAULT_PATH)]
+    pub key_file: PathBuf,
+
+    /// Where to write the node state the CNI plugin reads.
+    #[arg(long, env = "PODGUARD_STATE_FILE", default_value = node_state::DEFAULT_PATH)]
+    pub state_file: PathBuf,
+
+    /// WireGuard implementation.
+    #[arg(long, env = "PODGUARD_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Full resync period: drift (a peer or route changed by hand) is
+    /// repaired within this time.
+    #[arg(long, env = "PODGUARD_RESYNC", default_value = "10s", value_parser = parse_duration)]
+    pub resync: Duration,
+
+    /// Print this node's public key (creating the key if needed) and exit.
+    #[arg(long)]
+    pub print_public_key: bool,
+
+    /// With --install-cni: install, then exit (the DaemonSet's init step).
+    #[arg(long, requires = "install_cni")]
+    pub install_only: bool,
+}
+
+/// Parse `10s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+    }
+}
