@@ -355,6 +355,16 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
             7,
             "bridge",
         ),
+        (
+            "delegated ipam",
+            full("ADD"),
+            conf.replace(
+                "\"type\":\"podguard\"",
+                "\"type\":\"podguard\",\"ipam\":{\"type\":\"host-local\"}",
+            ),
+            2,
+            "ipam",
+        ),
     ];
     for (what, env, stdin, want, needle) in cases {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -398,6 +408,31 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
         pings(&pod, "10.244.9.1"),
         "the existing attachment must survive a bad ADD"
     );
+
+    // Bridge gone while the node state exists: STATUS says existing pods are damaged.
+    ok(&[
+        "ip",
+        "-n",
+        &c.node,
+        "link",
+        "set",
+        "cbr0",
+        "name",
+        "cbr0-away",
+    ]);
+    let st = c.cmd("STATUS", "", "", "1.1.0");
+    assert_eq!(st.json["code"], 51, "{}", st.raw);
+    ok(&[
+        "ip",
+        "-n",
+        &c.node,
+        "link",
+        "set",
+        "cbr0-away",
+        "name",
+        "cbr0",
+    ]);
+    assert_eq!(c.cmd("STATUS", "", "", "1.1.0").code, 0);
 
     // Node state missing: ADD says try later, STATUS says not ready.
     std::fs::remove_file(&c.state_file).unwrap();

@@ -125,13 +125,27 @@ pub fn run(
     let v = req.conf.cni_version.clone();
     let r = match req.command {
         Command::Version => Ok(Some(spec::version_result(&v))),
-        Command::Status => read_node_state(&state_path(&req), code::NOT_AVAILABLE).map(|_| None),
+        Command::Status => status(&req).map(|()| None),
         Command::Add => add(&req).map(|r| Some(spec::format_add(&r, &v))),
         Command::Del => del(&req).map(|()| None),
         Command::Check => check(&req).map(|()| None),
         Command::Gc => gc(&req).map(|()| None),
     };
     r.map_err(|e| (e, v))
+}
+
+/// STATUS: 50 while the agent has not written the node state; 51 when it
+/// has but the bridge is gone (existing pods are cut off).
+fn status(req: &Request) -> Result<(), CniError> {
+    let state = read_node_state(&state_path(req), code::NOT_AVAILABLE)?;
+    let bridge = req.conf.bridge.clone().unwrap_or(state.bridge);
+    if !pod::link_exists(&bridge)? {
+        return Err(CniError::new(
+            code::NOT_AVAILABLE_DAMAGED,
+            format!("bridge {bridge} is missing: existing pods on this node have no network"),
+        ));
+    }
+    Ok(())
 }
 
 fn add(req: &Request) -> Result<AddResult, CniError> {

@@ -121,6 +121,11 @@ pub fn attach(
     Ok((host_mac, pod_mac))
 }
 
+/// Whether a link exists in this (the node's) namespace.
+pub fn link_exists(name: &str) -> Result<bool, CniError> {
+    here(async |nl: Netlink| Ok(nl.link_index(name).await.map_err(net_err)?.is_some()))
+}
+
 /// Remove the host side (and with it the pod side). Absent is success.
 pub fn detach(host: &str) -> Result<(), CniError> {
     here(async |nl: Netlink| nl.delete_link(host).await.map(|_| ()).map_err(net_err))

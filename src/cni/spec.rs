@@ -271,6 +271,20 @@ pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, C
             format!("type {:?}: this plugin is \"podguard\"", conf.plugin_type),
         ));
     }
+    if let Some(ipam) = conf.other.get("ipam")
+        && ipam
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty())
+    {
+        return Err(CniError::new(
+            code::UNSUPPORTED_FIELD,
+            format!(
+                "unsupported field ipam (type {}): podguard allocates addresses from the node's podCIDRs itself",
+                ipam["type"]
+            ),
+        ));
+    }
     if let Some(b) = &conf.bridge
         && !valid_ifname(b)
     {
