@@ -148,19 +148,25 @@ fn status(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
-fn add(req: &Request) -> Result<AddResult, CniError> {
-    let state = read_node_state(&state_path(req), code::TRY_LATER)?;
-    let netns_path = req.netns.clone().unwrap_or_default();
-    let netns = std::fs::File::open(&netns_path).map_err(|e| {
+/// Open CNI_NETNS (code 4 naming the path if it cannot be opened).
+fn open_netns(req: &Request) -> Result<(PathBuf, std::fs::File), CniError> {
+    let path = req.netns.clone().unwrap_or_default();
+    let file = std::fs::File::open(&path).map_err(|e| {
         CniError::new(
             code::INVALID_ENV,
             format!(
                 "CNI_NETNS {}: cannot open the network namespace",
-                netns_path.display()
+                path.display()
             ),
         )
         .details(e.to_string())
     })?;
+    Ok((path, file))
+}
+
+fn add(req: &Request) -> Result<AddResult, CniError> {
+    let state = read_node_state(&state_path(req), code::TRY_LATER)?;
+    let (netns_path, netns) = open_netns(req)?;
     pod::ensure_absent(&netns, &netns_path, &req.ifname)?;
     let bridge = req.conf.bridge.clone().unwrap_or(state.bridge.clone());
     let mtu = req.conf.mtu.unwrap_or(state.mtu);
@@ -192,7 +198,7 @@ fn add(req: &Request) -> Result<AddResult, CniError> {
     for stale in held {
         let _ = store.release(stale);
     }
-    match pod::attach(&netns, &netns_path, &host, &req.ifname, &bridge, mtu, &ips) {
+    match pod::attach(&netns, &host, &req.ifname, &bridge, mtu, &ips) {
         Ok((host_mac, pod_mac)) => Ok(AddResult {
             interfaces: vec![
                 ResultInterface {
@@ -226,17 +232,7 @@ fn del(req: &Request) -> Result<(), CniError> {
 fn check(req: &Request) -> Result<(), CniError> {
     let state = read_node_state(&state_path(req), code::TRY_LATER)?;
     let prev = spec::prev_result_ips(req.conf.prev_result.as_ref().unwrap_or(&Value::Null))?;
-    let netns_path = req.netns.clone().unwrap_or_default();
-    let netns = std::fs::File::open(&netns_path).map_err(|e| {
-        CniError::new(
-            code::INVALID_ENV,
-            format!(
-                "CNI_NETNS {}: cannot open the network namespace",
-                netns_path.display()
-            ),
-        )
-        .details(e.to_string())
-    })?;
+    let (_, netns) = open_netns(req)?;
     let bridge = req.conf.bridge.clone().unwrap_or(state.bridge.clone());
     let mut problems = pod::inspect(
         &netns,

@@ -73,14 +73,12 @@ pub fn ensure_absent(netns: &File, netns_path: &Path, ifname: &str) -> Result<()
 /// Create and configure the attachment; returns (host MAC, pod MAC).
 pub fn attach(
     netns: &File,
-    netns_path: &Path,
     host: &str,
     ifname: &str,
     bridge: &str,
     mtu: u32,
     ips: &[(IpNet, IpAddr)],
 ) -> Result<(String, String), CniError> {
-    let _ = netns_path;
     let host_mac = here(async |nl: Netlink| {
         // A host veth left by a crashed ADD of this attachment is replaced.
         nl.delete_link(host).await.map_err(net_err)?;
