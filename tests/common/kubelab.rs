@@ -6,15 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Netns, in_netns, ok, run, wait_for};
+use super::{Netns, ok, run, wait_for};
 
 pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
 pub const API: &str = "192.0.2.100:6443";
@@ -117,28 +116,10 @@ impl KubeLab {
     }
 
     fn try_api(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        in_netns(&self.ul, || {
-            let mut s =
-                TcpStream::connect_timeout(&API.parse().unwrap(), Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            let ct = if method == "PATCH" {
-                "application/merge-patch+json"
-            } else {
-                "application/json"
-            };
-            write!(
-                s,
-                "{method} {path} HTTP/1.1\r\nHost: lab\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .ok()?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).ok()?;
-            let code: u16 = resp.split_whitespace().nth(1)?.parse().ok()?;
-            let payload = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-            Some((code, serde_json::from_str(payload).unwrap_or(Value::Null)))
-        })
+        let body = body.map(|b| b.to_string());
+        let (code, text) =
+            podguard::lab::cluster::http(&self.ul, API, method, path, body.as_deref()).ok()?;
+        Some((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
     /// Call the API (panics if it is unreachable).
