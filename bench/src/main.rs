@@ -1,0 +1,254 @@
+//! `podguard-bench`: side-by-side throughput, latency and CPU of podguard
+//! and other WireGuard implementations on one machine, in one run.
+//!
+//! `podguard-bench throughput` builds the same two-node namespace topology
+//! for every contender and measures pod-to-pod iperf3 (1 stream both ways,
+//! 4 streams), ping RTT and the tunnel processes' CPU per Gbit/s. Results go
+//! to `bench/results/` as JSON, Markdown and an SVG chart.
+
+mod parse;
+mod report;
+mod topo;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use podguard::lab::sys;
+use topo::{Contender, Topo};
+
+/// Side-by-side WireGuard benchmarks (run as root).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Throughput, latency and CPU per contender.
+    Throughput {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        duration: u32,
+        /// Repetitions of each measurement (median, min-max reported).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Contenders to run (default: all): plain, podguard, wireguard-go,
+        /// boringtun, boringtun-1, kernel.
+        #[arg(long, value_delimiter = ',')]
+        contenders: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// Remove namespaces and processes left by an interrupted run.
+    Clean,
+}
+
+/// What one contender measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// Contender id.
+    pub id: String,
+    /// Contender name.
+    pub name: String,
+    /// Why it was skipped.
+    pub skipped: Option<String>,
+    /// MTU of the tunnel and pods.
+    pub mtu: u32,
+    /// Single stream A→B, Gbit/s.
+    pub single_ab: Option<parse::Spread>,
+    /// Single stream B→A, Gbit/s.
+    pub single_ba: Option<parse::Spread>,
+    /// 4 streams A→B, Gbit/s.
+    pub four_ab: Option<parse::Spread>,
+    /// 4 streams B→A, Gbit/s.
+    pub four_ba: Option<parse::Spread>,
+    /// Ping RTT p50, ms.
+    pub rtt_p50: Option<f64>,
+    /// Ping RTT p99, ms.
+    pub rtt_p99: Option<f64>,
+    /// CPU seconds of the tunnel processes per Gbit transferred (single stream A→B).
+    pub cpu_per_gbit: Option<parse::Spread>,
+}
+
+fn cpu_of(nodes: &[String]) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    nodes
+        .iter()
+        .flat_map(|n| {
+            sys::output(&["ip", "netns", "pids", n])
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|s| parse::proc_cpu_seconds(&s, ticks))
+        .sum()
+}
+
+/// One iperf3 run: (Gbit/s, CPU seconds of the tunnel processes).
+fn iperf(t: &Topo, secs: u32, reverse: bool, streams: u32) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = cpu_of(&t.nodes);
+    let mut args = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        t.pods[0].clone(),
+        "iperf3".into(),
+        "-J".into(),
+        "-c".into(),
+        t.pod_ips[1].clone(),
+        "-t".into(),
+        secs.to_string(),
+        "-P".into(),
+        streams.to_string(),
+    ];
+    if reverse {
+        args.push("-R".into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = sys::output(&refs)?;
+    let gbps = parse::iperf3_bps(&String::from_utf8_lossy(&o.stdout))? / 1e9;
+    Ok((gbps, cpu_of(&t.nodes) - cpu0))
+}
+
+fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow::Result<Row> {
+    let t = topo::build(c, bins)?;
+    sys::spawn_in(
+        &t.pods[1],
+        &["iperf3", "-s"],
+        &std::env::temp_dir().join("pgbench-iperf3.log"),
+        None,
+        &[],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut ab, mut ba, mut fab, mut fba, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
+    for r in 0..reps {
+        eprintln!("    {} rep {}/{reps}", c.id(), r + 1);
+        let (g, s) = iperf(&t, secs, false, 1)?;
+        ab.push(g);
+        if g > 0.0 {
+            cpu.push(s / (g * secs as f64));
+        }
+        ba.push(iperf(&t, secs, true, 1)?.0);
+        fab.push(iperf(&t, secs, false, 4)?.0);
+        fba.push(iperf(&t, secs, true, 4)?.0);
+    }
+    let ping = sys::output(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.pods[0],
+        "ping",
+        "-c",
+        "200",
+        "-i",
+        "0.005",
+        &t.pod_ips[1],
+    ])?;
+    let rtts = parse::ping_rtts(&String::from_utf8_lossy(&ping.stdout));
+    Ok(Row {
+        id: c.id().into(),
+        name: c.name().into(),
+        skipped: None,
+        mtu: topo::MTU,
+        single_ab: parse::spread(&ab),
+        single_ba: parse::spread(&ba),
+        four_ab: parse::spread(&fab),
+        four_ba: parse::spread(&fba),
+        rtt_p50: parse::quantile(&rtts, 0.5),
+        rtt_p99: parse::quantile(&rtts, 0.99),
+        cpu_per_gbit: parse::spread(&cpu),
+    })
+}
+
+/// SIGINT/SIGTERM: remove everything, then exit.
+fn cleanup_on_signal() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            eprintln!("\ninterrupted: removing the bench namespaces and processes");
+            topo::clean();
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Clean => {
+            topo::clean();
+            Ok(())
+        }
+        Cmd::Throughput {
+            duration,
+            reps,
+            contenders,
+            out,
+        } => {
+            if !nix::unistd::geteuid().is_root() {
+                bail!("the bench builds network namespaces: run it as root");
+            }
+            for tool in [
+                ("iperf3", "apt-get install -y iperf3"),
+                ("ping", "apt-get install -y iputils-ping"),
+                ("ip", "apt-get install -y iproute2"),
+            ] {
+                if !sys::have(tool.0) {
+                    bail!("`{}` is missing: {}", tool.0, tool.1);
+                }
+            }
+            cleanup_on_signal()?;
+            let bins = std::env::current_exe()?
+                .parent()
+                .context("bench binary has no directory")?
+                .to_path_buf();
+            let chosen: Vec<Contender> = Contender::ALL
+                .into_iter()
+                .filter(|c| contenders.is_empty() || contenders.iter().any(|x| x == c.id()))
+                .collect();
+            let mut rows = Vec::new();
+            for c in chosen {
+                eprintln!("  · {}", c.name());
+                let row = match c.missing(&bins) {
+                    Some(why) => {
+                        eprintln!("    skipped: {why}");
+                        report::skipped(c, why)
+                    }
+                    None => match measure(c, &bins, duration, reps) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("    failed: {e:#}");
+                            report::skipped(c, format!("failed: {e:#}"))
+                        }
+                    },
+                };
+                topo::clean();
+                rows.push(row);
+            }
+            let files = report::write(&out, &rows, duration, reps)?;
+            println!("{}", report::markdown(&rows, duration, reps));
+            for f in files {
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The two-node topology, identical for every contender: an underlay
+//! bridge, node namespaces A and B (192.0.2.1/.2), and a pod namespace
+//! behind each node's bridge `cbr0` (10.244.1.2 and 10.244.2.2, MTU 1440).
+//! Only the tunnel between the nodes differs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use podguard::lab::sys::{self, netns_add, run, spawn_in};
+
+/// Prefix of every namespace the bench creates.
+pub const PREFIX: &str = "pgbench";
+/// MTU of pods and tunnels.
+pub const MTU: u32 = 1440;
+
+/// A tunnel implementation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    /// Routed veth, no encryption: the machine's ceiling.
+    Plain,
+    /// podguard-agent with its userspace device.
+    Podguard,
+    /// wireguard-go from the distribution.
+    WireguardGo,
+    /// boringtun-cli with its default threads.
+    Boringtun,
+    /// boringtun-cli with one thread.
+    Boringtun1,
+    /// Kernel WireGuard.
+    Kernel,
+}
+
+impl Contender {
+    /// Every contender, in report order.
+    pub const ALL: [Contender; 6] = [
+        Self::Plain,
+        Self::Podguard,
+        Self::WireguardGo,
+        Self::Boringtun,
+        Self::Boringtun1,
+        Self::Kernel,
+    ];
+
+    /// Name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain veth (no encryption)",
+            Self::Podguard => "podguard (userspace)",
+            Self::WireguardGo => "wireguard-go (Debian 12)",
+            Self::Boringtun => "boringtun-cli 0.7.1",
+            Self::Boringtun1 => "boringtun-cli 0.7.1, 1 thread",
+            Self::Kernel => "kernel WireGuard",
+        }
+    }
+
+    /// Short id for --contenders.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Podguard => "podguard",
+            Self::WireguardGo => "wireguard-go",
+            Self::Boringtun => "boringtun",
+            Self::Boringtun1 => "boringtun-1",
+            Self::Kernel => "kernel",
+        }
+    }
+
+    /// Why this contender cannot run here (with the command that fixes it).
+    pub fn missing(self, bins: &Path) -> Option<String> {
+        let need = |tool: &str, fix: &str| {
+            (!sys::have(tool)).then(|| format!("`{tool}` not found: {fix}"))
+        };
+        match self {
+            Self::Plain => None,
+            Self::Podguard => (!bins.join("podguard-agent").exists())
+                .then(|| "podguard-agent not built: cargo build --release --bins".to_string()),
+            Self::WireguardGo => need("wireguard-go", "apt-get install -y wireguard-go")
+                .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
+            Self::Boringtun | Self::Boringtun1 => need(
+                "boringtun-cli",
+                "cargo install --locked boringtun-cli --version 0.7.1",
+            )
+            .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
+            Self::Kernel => {
+                let probe = format!("{PREFIX}-probe");
+                let _ = netns_add(&probe);
+                let ok = run(&[
+                    "ip",
+                    "-n",
+                    &probe,
+                    "link",
+                    "add",
+                    "wg0",
+                    "type",
+                    "wireguard",
+                ])
+                .is_ok();
+                sys::netns_destroy(&probe);
+                (!ok).then(|| "this kernel cannot create a wireguard link (no module)".to_string())
+            }
+        }
+    }
+}
+
+/// One built topology.
+#[derive(Debug)]
+pub struct Topo {
+    /// Node namespaces.
+    pub nodes: [String; 2],
+    /// Pod namespaces.
+    pub pods: [String; 2],
+    /// Pod addresses.
+    pub pod_ips: [String; 2],
+    dir: PathBuf,
+}
+
+/// Remove everything with the bench prefix.
+pub fn clean() {
+    for ns in sys::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(PREFIX))
+    {
+        sys::netns_destroy(&ns);
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        clean();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn in_node(ns: &str, wg_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec![
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
+    ];
+    let d = wg_dir.to_str().unwrap_or_default().to_string();
+    full.push(&d);
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Build the topology with `c` as the tunnel; returns when pod A reaches pod B.
+pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
+    clean();
+    std::fs::create_dir_all("/run/wireguard")?;
+    let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ul = format!("{PREFIX}-ul");
+    netns_add(&ul)?;
+    run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+    run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+    let t = Topo {
+        nodes: [format!("{PREFIX}-a"), format!("{PREFIX}-b")],
+        pods: [format!("{PREFIX}-pa"), format!("{PREFIX}-pb")],
+        pod_ips: ["10.244.1.2".into(), "10.244.2.2".into()],
+        dir: dir.clone(),
+    };
+    let mtu = MTU.to_string();
+    for i in 0..2 {
+        let (n, p) = (&t.nodes[i], &t.pods[i]);
+        let idx = i + 1;
+        netns_add(n)?;
+        netns_add(p)?;
+        let ulif = format!("ul{idx}");
+        run(&[
+            "ip", "-n", &ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0", "netns",
+            n,
+        ])?;
+        run(&["ip", "-n", &ul, "link", "set", &ulif, "master", "br0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("192.0.2.{idx}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", n, "link", "set", "eth0", "up"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        std::fs::create_dir_all(dir.join(format!("wg{idx}")))?;
+        if c != Contender::Podguard {
+            run(&[
+                "ip", "-n", n, "link", "add", "cbr0", "mtu", &mtu, "type", "bridge",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("10.244.{idx}.1/24"),
+                "dev",
+                "cbr0",
+            ])?;
+            run(&["ip", "-n", n, "link", "set", "cbr0", "up"])?;
+        }
+    }
+    let keys: Vec<(String, String)> = (1..=2)
+        .map(|i| {
+            let key = dir.join(format!("key{i}"));
+            let public = run(&[
+                bins.join("podguard-agent").to_str().unwrap_or_default(),
+                "--node-name",
+                "x",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--key-file",
+                key.to_str().unwrap_or_default(),
+                "--print-public-key",
+            ])?;
+            Ok((key.display().to_string(), public.trim().to_string()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    match c {
+        Contender::Plain => {
+            run(&[
+                "ip",
+                "-n",
+                &t.nodes[0],
+                "route",
+                "add",
+                "10.244.2.0/24",
+                "via",
+                "192.0.2.2",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &t.nodes[1],
+                "route",
+                "add",
+                "10.244.1.0/24",
+                "via",
+                "192.0.2.1",
+            ])?;
+        }
+        Contender::Podguard => {
+            let nodes = dir.join("nodes.json");
+            let list: Vec<serde_json::Value> = (0..2)
+                .map(|i| {
+                    serde_json::json!({"name": format!("n{}", i + 1), "podCIDRs": [format!("10.244.{}.0/24", i + 1)],
+                        "endpoint": format!("192.0.2.{}:51820", i + 1), "publicKey": keys[i].1})
+                })
+                .collect();
+            std::fs::write(&nodes, serde_json::to_vec(&list)?)?;
+            for (i, (key_file, _)) in keys.iter().enumerate() {
+                let wg = dir.join(format!("wg{}", i + 1));
+                spawn_in(
+                    &t.nodes[i],
+                    &[
+                        bins.join("podguard-agent").to_str().unwrap_or_default(),
+                        "--node-name",
+                        &format!("n{}", i + 1),
+                        "--nodes-file",
+                        nodes.to_str().unwrap_or_default(),
+                        "--cluster-cidr",
+                        "10.244.0.0/16",
+                        "--key-file",
+                        key_file,
+                        "--state-file",
+                        dir.join(format!("node{}.json", i + 1))
+                            .to_str()
+                            .unwrap_or_default(),
+                        "--backend",
+                        "userspace",
+                    ],
+                    &dir.join(format!("agent{}.log", i + 1)),
+                    Some(&wg),
+                    &[],
+                )?;
+                let n = t.nodes[i].clone();
+                wait("podguard's cbr0", || {
+                    run(&["ip", "-n", &n, "link", "show", "cbr0"]).is_ok()
+                })?;
+            }
+        }
+        Contender::WireguardGo
+        | Contender::Boringtun
+        | Contender::Boringtun1
+        | Contender::Kernel => {
+            for i in 0..2 {
+                let n = &t.nodes[i];
+                let wg = dir.join(format!("wg{}", i + 1));
+                let log = dir.join(format!("wg{}.log", i + 1));
+                match c {
+                    Contender::WireguardGo => {
+                        spawn_in(n, &["wireguard-go", "-f", "wg0"], &log, Some(&wg), &[])?;
+                    }
+                    Contender::Boringtun => {
+                        spawn_in(
+                            n,
+                            &[
+                                "boringtun-cli",
+                                "--foreground",
+                                "--disable-drop-privileges",
+                                "wg0",
+                            ],
+                            &log,
+                            Some(&wg),
+                            &[],
+                        )?;
+                    }
+                    Contender::Boringtun1 => {
+                        spawn_in(
+                            n,
+                            &[
+                                "boringtun-cli",
+                                "--foreground",
+                                "--disable-drop-privileges",
+                                "--threads",
+                                "1",
+                                "wg0",
+                            ],
+                            &log,
+                            Some(&wg),
+                            &[],
+                        )?;
+                    }
+                    _ => {
+                        run(&["ip", "-n", n, "link", "add", "wg0", "type", "wireguard"])?;
+                    }
+                }
+                let n2 = n.clone();
+                wait("wg0", || {
+                    run(&["ip", "-n", &n2, "link", "show", "wg0"]).is_ok()
+                })?;
+                let other = 1 - i;
+                in_node(
+                    n,
+                    &wg,
+                    &[
+                        "wg",
+                        "set",
+                        "wg0",
+                        "private-key",
+                        &keys[i].0,
+                        "listen-port",
+                        "51820",
+                        "peer",
+                        &keys[other].1,
+                        "allowed-ips",
+                        &format!("10.244.{}.0/24", other + 1),
+                        "endpoint",
+                        &format!("192.0.2.{}:51820", other + 1),
+                    ],
+                )?;
+                run(&["ip", "-n", n, "link", "set", "wg0", "mtu", &mtu, "up"])?;
+                run(&[
+                    "ip",
+                    "-n",
+                    n,
+                    "route",
+                    "add",
+                    &format!("10.244.{}.0/24", other + 1),
+                    "dev",
+                    "wg0",
+                ])?;
+            }
+        }
+    }
+    for i in 0..2 {
+        let (n, p) = (&t.nodes[i], &t.pods[i]);
+        run(&[
+            "ip", "-n", n, "link", "add", "vpod", "mtu", &mtu, "type", "veth", "peer", "name",
+            "eth0", "mtu", &mtu, "netns", p,
+        ])?;
+        run(&["ip", "-n", n, "link", "set", "vpod", "master", "cbr0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            p,
+            "addr",
+            "add",
+            &format!("{}/24", t.pod_ips[i]),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", p, "link", "set", "eth0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            p,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{}.1", i + 1),
+        ])?;
+    }
+    let (pa, ipb) = (t.pods[0].clone(), t.pod_ips[1].clone());
+    wait("pod A to reach pod B", || {
+        sys::output(&[
+            "ip", "netns", "exec", &pa, "ping", "-c", "1", "-W", "1", &ipb,
+        ])
+        .is_ok_and(|o| o.status.success())
+    })
+    .with_context(|| format!("{} did not come up", c.name()))?;
+    Ok(t)
+}
