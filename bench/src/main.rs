@@ -118,9 +118,18 @@ fn iperf(t: &Topo, secs: u32, reverse: bool, streams: u32) -> anyhow::Result<(f6
         args.push("-R".into());
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = sys::output(&refs)?;
-    let gbps = parse::iperf3_bps(&String::from_utf8_lossy(&o.stdout))? / 1e9;
-    Ok((gbps, cpu_of(&t.nodes) - cpu0))
+    // The server takes a moment to finish the previous test: retry "busy".
+    for attempt in 0.. {
+        let o = sys::output(&refs)?;
+        match parse::iperf3_bps(&String::from_utf8_lossy(&o.stdout)) {
+            Ok(bps) => return Ok((bps / 1e9, cpu_of(&t.nodes) - cpu0)),
+            Err(e) if attempt < 10 && e.to_string().contains("busy") => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the retry loop returns")
 }
 
 fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow::Result<Row> {
