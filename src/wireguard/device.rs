@@ -88,6 +88,8 @@ pub struct Device {
     ifname: String,
     tun: tun_rs::SyncDevice,
     udp: UdpSocket,
+    /// The socket is dual-stack IPv6: IPv4 peers are sent to as v4-mapped.
+    udp_v6: bool,
     state: RwLock<State>,
     /// What was dropped and why.
     pub drops: DropCounters,
@@ -230,6 +232,7 @@ impl Device {
         Ok(Arc::new(Self {
             ifname: ifname.to_string(),
             tun,
+            udp_v6: matches!(udp.local_addr(), Ok(SocketAddr::V6(_))),
             udp,
             state: RwLock::new(State {
                 key,
@@ -267,8 +270,8 @@ impl Device {
     }
 
     fn send_to(&self, buf: &[u8], to: SocketAddr) {
-        let to = match (to, self.udp.local_addr()) {
-            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+        let to = match to {
+            SocketAddr::V4(v4) if self.udp_v6 => {
                 SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
             }
             _ => to,
