@@ -23,6 +23,8 @@ pub enum Contender {
     Podguard,
     /// wireguard-go from the distribution.
     WireguardGo,
+    /// wireguard-go 0.0.20231211 (TUN offloads), from Debian trixie.
+    WireguardGoNew,
     /// boringtun-cli with its default threads.
     Boringtun,
     /// boringtun-cli with one thread.
@@ -33,10 +35,11 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Self::Plain,
         Self::Podguard,
         Self::WireguardGo,
+        Self::WireguardGoNew,
         Self::Boringtun,
         Self::Boringtun1,
         Self::Kernel,
@@ -48,6 +51,7 @@ impl Contender {
             Self::Plain => "plain veth (no encryption)",
             Self::Podguard => "podguard (userspace)",
             Self::WireguardGo => "wireguard-go (Debian 12)",
+            Self::WireguardGoNew => "wireguard-go 0.0.20231211 (trixie)",
             Self::Boringtun => "boringtun-cli 0.7.1",
             Self::Boringtun1 => "boringtun-cli 0.7.1, 1 thread",
             Self::Kernel => "kernel WireGuard",
@@ -60,6 +64,7 @@ impl Contender {
             Self::Plain => "plain",
             Self::Podguard => "podguard",
             Self::WireguardGo => "wireguard-go",
+            Self::WireguardGoNew => "wireguard-go-new",
             Self::Boringtun => "boringtun",
             Self::Boringtun1 => "boringtun-1",
             Self::Kernel => "kernel",
@@ -76,6 +81,14 @@ impl Contender {
             Self::Podguard => (!bins.join("podguard-agent").exists())
                 .then(|| "podguard-agent not built: cargo build --release --bins".to_string()),
             Self::WireguardGo => need("wireguard-go", "apt-get install -y wireguard-go")
+                .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
+            Self::WireguardGoNew => (!wireguard_go_new().exists())
+                .then(|| {
+                    format!(
+                        "{} missing: run bench/fetch-wireguard-go-trixie.sh",
+                        wireguard_go_new().display()
+                    )
+                })
                 .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
             Self::Boringtun | Self::Boringtun1 => need(
                 "boringtun-cli",
@@ -101,6 +114,14 @@ impl Contender {
             }
         }
     }
+}
+
+/// Where bench/fetch-wireguard-go-trixie.sh puts the newer wireguard-go
+/// (override with PODGUARD_BENCH_WIREGUARD_GO_NEW).
+pub fn wireguard_go_new() -> PathBuf {
+    std::env::var_os("PODGUARD_BENCH_WIREGUARD_GO_NEW")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench-tools/wireguard-go-trixie"))
 }
 
 /// One built topology.
@@ -305,6 +326,7 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
             }
         }
         Contender::WireguardGo
+        | Contender::WireguardGoNew
         | Contender::Boringtun
         | Contender::Boringtun1
         | Contender::Kernel => {
@@ -315,6 +337,16 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
                 match c {
                     Contender::WireguardGo => {
                         spawn_in(n, &["wireguard-go", "-f", "wg0"], &log, Some(&wg), &[])?;
+                    }
+                    Contender::WireguardGoNew => {
+                        let bin = std::fs::canonicalize(wireguard_go_new())?;
+                        spawn_in(
+                            n,
+                            &[bin.to_str().unwrap_or_default(), "-f", "wg0"],
+                            &log,
+                            Some(&wg),
+                            &[],
+                        )?;
                     }
                     Contender::Boringtun => {
                         spawn_in(
@@ -426,4 +458,41 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
     })
     .with_context(|| format!("{} did not come up", c.name()))?;
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_removes_bench_namespaces_and_their_processes() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "this test needs root and must run under CI"
+            );
+            eprintln!("SKIPPED: needs root");
+            return;
+        }
+        let ns = format!("{PREFIX}-cleantest{}", std::process::id());
+        netns_add(&ns).unwrap();
+        let log = std::env::temp_dir().join(format!("{ns}.log"));
+        let pid = spawn_in(&ns, &["sleep", "300"], &log, None, &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        clean();
+        assert!(!sys::netns_list().contains(&ns), "namespace left behind");
+        std::thread::sleep(Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(" Z "),
+            "process left running: {state}"
+        );
+        let _ = std::fs::remove_file(log);
+    }
+
+    #[test]
+    fn contenders_have_unique_ids() {
+        let ids: std::collections::BTreeSet<_> = Contender::ALL.iter().map(|c| c.id()).collect();
+        assert_eq!(ids.len(), Contender::ALL.len());
+    }
 }
