@@ -223,19 +223,7 @@ impl KubeLab {
     }
 
     pub fn node_cmd(&self, i: usize, args: &[&str]) -> Command {
-        let node = &self.nodes[i];
-        let mut c = Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
-            &node.ns,
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
-        ])
-        .arg(&node.wg_dir)
-        .args(args);
-        c
+        super::node_command(&self.nodes[i].ns, &self.nodes[i].wg_dir, args)
     }
 
     pub fn wg_peers(&self, i: usize) -> String {

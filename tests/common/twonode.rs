@@ -217,19 +217,7 @@ impl TwoNode {
     /// Run a command inside node `i`'s namespace with its own
     /// /run/wireguard (so `wg` finds that node's UAPI socket).
     pub fn node_cmd(&self, i: usize, args: &[&str]) -> Command {
-        let node = &self.nodes[i];
-        let mut c = Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
-            &node.ns,
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
-        ])
-        .arg(&node.wg_dir)
-        .args(args);
-        c
+        super::node_command(&self.nodes[i].ns, &self.nodes[i].wg_dir, args)
     }
 
     pub fn wg(&self, i: usize, args: &[&str]) -> Output {
