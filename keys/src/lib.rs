@@ -11,6 +11,7 @@
 
 mod base64key;
 mod key;
+pub mod rotation;
 pub mod store;
 
 pub use base64key::KeyError;

@@ -205,6 +205,143 @@ fn write_with(path: &Path, key: &PrivateKey, exclusive: bool) -> Result<(), Stor
     result
 }
 
+/// The key files of a rotation, next to the node's key (see
+/// [`crate::rotation`]): `<key>`, `<key>.next`, `<key>.old`.
+#[derive(Debug, Clone)]
+pub struct RotationFiles {
+    /// `private.key`.
+    pub current: PathBuf,
+    /// `private.key.next`.
+    pub next: PathBuf,
+    /// `private.key.old`.
+    pub old: PathBuf,
+}
+
+/// The keys found on disk, with the model [`crate::rotation::decide`] reads.
+pub struct Loaded {
+    /// What the state machine sees.
+    pub disk: crate::rotation::Disk,
+    /// The current private key, if valid.
+    pub current: Option<PrivateKey>,
+    /// The staged key, if valid.
+    pub next: Option<PrivateKey>,
+    /// The previous key, if valid.
+    pub old: Option<PrivateKey>,
+    /// Why a file that exists is unusable (never contains key material).
+    pub problems: Vec<StoreError>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("disk", &self.disk)
+            .field("problems", &self.problems)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RotationFiles {
+    /// The files for the key at `current`.
+    pub fn new(current: &Path) -> Self {
+        let with = |suffix: &str| {
+            let mut s = current.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        };
+        Self {
+            current: current.to_path_buf(),
+            next: with(".next"),
+            old: with(".old"),
+        }
+    }
+
+    /// Read all three files. A file that exists but cannot be used is
+    /// reported in `problems` and seen as [`crate::rotation::File::Unusable`].
+    pub fn load(&self) -> Loaded {
+        use crate::rotation::{Disk, File};
+        let mut problems = Vec::new();
+        let mut one = |path: &Path| -> (File, Option<PrivateKey>) {
+            match fs::symlink_metadata(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => (File::Absent, None),
+                Err(e) => {
+                    problems.push(io_err("inspecting", path)(e));
+                    (File::Unusable, None)
+                }
+                Ok(meta) => match load(path) {
+                    Ok(k) => {
+                        let since = meta.mtime().max(0) as u64;
+                        (
+                            File::Key {
+                                key: k.public_key(),
+                                since,
+                            },
+                            Some(k),
+                        )
+                    }
+                    Err(e) => {
+                        problems.push(e);
+                        (File::Unusable, None)
+                    }
+                },
+            }
+        };
+        let (current, ck) = one(&self.current);
+        let (next, nk) = one(&self.next);
+        let (old, ok) = one(&self.old);
+        Loaded {
+            disk: Disk { current, next, old },
+            current: ck,
+            next: nk,
+            old: ok,
+            problems,
+        }
+    }
+
+    /// Carry out one step of the rotation machine. Each step is one atomic
+    /// operation (an exclusive link of a fully written 0600 file, a rename,
+    /// or an unlink) followed by an fsync of the directory.
+    pub fn carry_out(&self, step: crate::rotation::Step) -> Result<(), StoreError> {
+        use crate::rotation::Step;
+        match step {
+            Step::CreateCurrent => write_new(&self.current, &PrivateKey::generate()),
+            Step::RecoverFromNext | Step::PromoteNext => self.rename(&self.next, &self.current),
+            Step::RecoverFromOld => self.rename(&self.old, &self.current),
+            Step::CreateNext => write_new(&self.next, &PrivateKey::generate()),
+            Step::SaveOld => write_new(&self.old, &load(&self.current)?),
+            Step::RetireOld | Step::DropOld => self.remove(&self.old),
+            Step::DropNext => self.remove(&self.next),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self.current.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(self.dir())
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory", self.dir()))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+        // Check what is renamed into place like any key we load.
+        load(from)?;
+        fs::rename(from, to).map_err(io_err("renaming into place", to))?;
+        self.sync_dir()
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), StoreError> {
+        match fs::remove_file(path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", path)(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +450,78 @@ mod tests {
         let e = load(&path).unwrap_err();
         let msg = format!("{e} {e:?}");
         assert!(!msg.contains(&s[..20]), "{msg}");
+    }
+
+    /// Real files, a crash (a fresh load) after every step: the machine
+    /// always finds a current key and ends with the staged one, alone, 0600.
+    #[test]
+    fn rotation_on_real_files_survives_a_crash_after_every_step() {
+        use crate::rotation::{Ack, Inputs, Phase, Policy, decide};
+        let dir = tempfile::tempdir().unwrap();
+        let files = RotationFiles::new(&dir.path().join("private.key"));
+        let first = load_or_generate(&files.current).unwrap().public_key();
+        let mut inputs = Inputs {
+            now: u64::MAX / 2,
+            requested: Some("n".into()),
+            done: None,
+            ack: Ack::Unknown,
+        };
+        let mut steps = Vec::new();
+        let mut staged = None;
+        for _ in 0..20 {
+            // A fresh process every round: nothing but the files.
+            let loaded = files.load();
+            assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+            assert!(loaded.current.is_some(), "the current key went missing");
+            let d = decide(&loaded.disk, &inputs, &Policy::default());
+            if let Phase::Staged { next, .. } = d.phase {
+                staged = Some(next);
+            }
+            if let Some(done) = d.publish.done {
+                inputs.done = Some(done);
+            }
+            let Some(step) = d.step else { break };
+            files.carry_out(step).unwrap();
+            steps.push(step);
+        }
+        use crate::rotation::Step::*;
+        assert_eq!(steps, [CreateNext, SaveOld, PromoteNext, RetireOld]);
+        let now = load(&files.current).unwrap().public_key();
+        assert_ne!(now, first);
+        assert_eq!(Some(now), staged);
+        assert!(!files.next.exists() && !files.old.exists());
+        let mode = fs::metadata(&files.current).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["private.key"], "leftovers: {names:?}");
+        // The old private key is gone from the disk.
+        assert!(!fs::read_to_string(&files.current).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unusable_rotation_files_are_reported_and_rolled_back() {
+        use crate::rotation::{Ack, File as F, Inputs, Policy, Step, decide};
+        let dir = tempfile::tempdir().unwrap();
+        let files = RotationFiles::new(&dir.path().join("private.key"));
+        let first = load_or_generate(&files.current).unwrap().public_key();
+        fs::write(&files.next, "garbage\n").unwrap();
+        fs::set_permissions(&files.next, fs::Permissions::from_mode(0o600)).unwrap();
+        let loaded = files.load();
+        assert_eq!(loaded.disk.next, F::Unusable);
+        assert_eq!(loaded.problems.len(), 1);
+        let inputs = Inputs {
+            now: 0,
+            requested: None,
+            done: None,
+            ack: Ack::Unknown,
+        };
+        let d = decide(&loaded.disk, &inputs, &Policy::default());
+        assert_eq!(d.step, Some(Step::DropNext));
+        files.carry_out(Step::DropNext).unwrap();
+        assert!(!files.next.exists());
+        assert_eq!(load(&files.current).unwrap().public_key(), first);
     }
 }
