@@ -18,6 +18,7 @@ fn plan() -> mesh::Plan {
             pod_cidrs: vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
             endpoint: Some("192.0.2.1:51820".into()),
             public_key: Some(k.to_base64()),
+            next_public_key: None,
             internal_ips: vec![],
         },
         NodeInfo {
@@ -25,6 +26,7 @@ fn plan() -> mesh::Plan {
             pod_cidrs: vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()],
             endpoint: Some("192.0.2.2:51820".into()),
             public_key: Some(PrivateKey::generate().public_key().to_base64()),
+            next_public_key: None,
             internal_ips: vec![],
         },
     ];

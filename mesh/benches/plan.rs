@@ -40,6 +40,7 @@ fn cluster(n: usize) -> (Local, Vec<NodeInfo>, MeshConfig) {
         Local {
             name: "node-00000".into(),
             public_key: local_key,
+            next_public_key: None,
         },
         nodes,
         cfg,

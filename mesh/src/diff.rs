@@ -102,7 +102,37 @@ pub fn accept_roaming(observed: &mut Observed, plan: &Plan, last_applied: Option
     }
 }
 
+/// Peers whose key changed: an observed peer that is not planned, whose
+/// AllowedIPs are exactly those of a planned peer that is not observed, is
+/// that node under its new key (a rotation). The userspace device renames
+/// such a peer in place — sessions, endpoint and AllowedIPs stay, so no
+/// packet is lost — before [`diff`] runs; a backend that cannot rename
+/// gets the remove + set of the diff (a short gap).
+pub fn renames(plan: &Plan, observed: &Observed) -> Vec<(PublicKey, PublicKey)> {
+    let mut by_ips: BTreeMap<&BTreeSet<IpNet>, PublicKey> = BTreeMap::new();
+    for (k, p) in &plan.peers {
+        if !observed.peers.contains_key(k) && !p.allowed_ips.is_empty() {
+            by_ips.insert(&p.allowed_ips, *k);
+        }
+    }
+    observed
+        .peers
+        .iter()
+        .filter(|(k, _)| !plan.peers.contains_key(*k))
+        .filter_map(|(old, o)| by_ips.remove(&o.allowed_ips).map(|new| (*old, new)))
+        .collect()
+}
+
 impl Observed {
+    /// Rename peers as [`renames`] found (what the device does).
+    pub fn rename(&mut self, renames: &[(PublicKey, PublicKey)]) {
+        for (old, new) in renames {
+            if let Some(p) = self.peers.remove(old) {
+                self.peers.insert(*new, p);
+            }
+        }
+    }
+
     /// The state after carrying out `actions` (used by tests, and by the
     /// shell to predict what it should observe next).
     pub fn apply(&mut self, actions: &[Action]) {
@@ -154,6 +184,7 @@ mod tests {
                 } else {
                     PrivateKey::generate().public_key().to_base64()
                 }),
+                next_public_key: None,
                 internal_ips: vec![],
             })
             .collect();
@@ -232,5 +263,36 @@ mod tests {
                 Action::RemoveRoute(stale),
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_key_with_the_same_allowed_ips_is_a_rename() {
+        let p = sample();
+        let mut observed = Observed::default();
+        observed.apply(&diff(&p, &observed));
+        // n2 rotates: same podCIDRs, new key.
+        let mut nodes_p = p.clone();
+        let (old, peer) = nodes_p
+            .peers
+            .iter()
+            .find(|(_, v)| v.node == "n2")
+            .map(|(k, v)| (*k, v.clone()))
+            .unwrap();
+        let new = PrivateKey::generate().public_key();
+        nodes_p.peers.remove(&old);
+        nodes_p.peers.insert(
+            new,
+            Peer {
+                public_key: new,
+                ..peer
+            },
+        );
+        let r = renames(&nodes_p, &observed);
+        assert_eq!(r, vec![(old, new)]);
+        observed.rename(&r);
+        assert!(diff(&nodes_p, &observed).is_empty(), "renamed = converged");
+        // Nothing to rename when converged, or when AllowedIPs differ.
+        assert!(renames(&nodes_p, &observed).is_empty());
+        assert!(renames(&p, &Observed::default()).is_empty());
     }
 }

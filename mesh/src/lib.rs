@@ -14,15 +14,18 @@
 //! * [`mtu`]: the one MTU computation.
 
 pub mod diff;
+pub mod digest;
 pub mod ipam;
 pub mod mtu;
 pub mod node;
 pub mod plan;
 pub mod publish;
 
-pub use diff::{Action, Observed, ObservedPeer, accept_roaming, diff};
+pub use diff::{Action, Observed, ObservedPeer, accept_roaming, diff, renames};
 pub use node::{NodeInfo, Rejection};
-pub use plan::{Local, MeshConfig, Peer, Plan, PlanError, Route, RouteTarget, plan};
+pub use plan::{
+    Local, MeshConfig, NextKeyIgnored, Peer, Plan, PlanError, Route, RouteTarget, plan,
+};
 
 /// Name of the WireGuard interface.
 pub const WG_IFNAME: &str = "podguard0";

@@ -28,6 +28,11 @@ pub struct NodeInfo {
     /// The `podguard.dev/public-key` annotation (base64).
     #[serde(default)]
     pub public_key: Option<String>,
+    /// The `podguard.dev/next-public-key` annotation (base64): the key the
+    /// node is rotating to. Peers pre-stage it; a bad value is ignored (the
+    /// node stays a peer under its current key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<String>,
     /// `status.addresses` of type InternalIP, in order. Used for the
     /// endpoint when no endpoint annotation exists.
     #[serde(default, rename = "internalIPs")]
@@ -328,6 +333,7 @@ mod tests {
             pod_cidrs: vec!["10.9.0.0/24".into(), "x".into()],
             endpoint: Some("nope".into()),
             public_key: Some("AAAA".into()),
+            next_public_key: None,
             internal_ips: vec![],
         };
         let (_, r) = parse_node(&n, 51820, &cluster());
@@ -346,6 +352,7 @@ mod tests {
             pod_cidrs: vec!["10.244.1.0/24".into()],
             endpoint: None,
             public_key: None,
+            next_public_key: None,
             internal_ips: vec!["192.0.2.7".into()],
         };
         let (p, _) = parse_node(&n, 51999, &cluster());

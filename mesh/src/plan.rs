@@ -109,6 +109,47 @@ pub struct Peer {
     pub allowed_ips: BTreeSet<IpNet>,
     /// Keepalive interval in seconds.
     pub persistent_keepalive: Option<u16>,
+    /// The key the node is rotating to, when valid: the device accepts it
+    /// next to `public_key` and prefers it once a handshake with it works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<PublicKey>,
+}
+
+/// Why a node's `podguard.dev/next-public-key` is not used. The node stays
+/// a peer under its current key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "reason", rename_all = "camelCase")]
+pub enum NextKeyIgnored {
+    /// The value is not a valid key.
+    Invalid {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// It is this node's own key.
+    LocalKey,
+    /// It equals the node's current public key.
+    SameAsCurrent,
+    /// Another node publishes it as its public or next key.
+    Duplicate {
+        /// The other node(s).
+        other_nodes: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for NextKeyIgnored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("podguard.dev/next-public-key ignored: ")?;
+        match self {
+            Self::Invalid { problem } => write!(f, "not a valid key: {problem}"),
+            Self::LocalKey => f.write_str("it is this node's own key"),
+            Self::SameAsCurrent => f.write_str("it equals the node's current public key"),
+            Self::Duplicate { other_nodes } => write!(
+                f,
+                "node(s) {} already publish this key",
+                other_nodes.join(", ")
+            ),
+        }
+    }
 }
 
 /// Desired state of this node's data plane.
@@ -131,6 +172,11 @@ pub struct Plan {
     pub routes: BTreeSet<Route>,
     /// Nodes that are not peers, with every reason.
     pub rejections: BTreeMap<String, Vec<Rejection>>,
+    /// Peers whose next key is not used, and why.
+    pub ignored_next_keys: BTreeMap<String, NextKeyIgnored>,
+    /// Digest of the mesh this plan describes (see [`crate::digest`]):
+    /// the value of `podguard.dev/mesh-digest` once applied.
+    pub digest: String,
 }
 
 /// Compute the plan. The node list normally includes the local node; the
@@ -261,9 +307,79 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
                 endpoint,
                 allowed_ips: p.pod_cidrs.iter().copied().collect(),
                 persistent_keepalive: config.persistent_keepalive,
+                next_public_key: None,
             },
         );
     }
+
+    // Next keys: used only when valid and unique; otherwise ignored with a
+    // reason, and the peer keeps its current key.
+    let mut ignored_next_keys = BTreeMap::new();
+    let mut next_of: BTreeMap<String, PublicKey> = BTreeMap::new();
+    for (n, _) in &parsed {
+        let Some(raw) = &n.next_public_key else {
+            continue;
+        };
+        match PublicKey::from_base64(raw) {
+            Ok(k) => {
+                next_of.insert(n.name.clone(), k);
+            }
+            Err(e) => {
+                ignored_next_keys.insert(
+                    n.name.clone(),
+                    NextKeyIgnored::Invalid {
+                        problem: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+    let mut users: BTreeMap<PublicKey, BTreeSet<&str>> = BTreeMap::new();
+    for (n, p) in &parsed {
+        if let Some(k) = p.key {
+            users.entry(k).or_default().insert(n.name.as_str());
+        }
+    }
+    for (name, k) in &next_of {
+        users.entry(*k).or_default().insert(name.as_str());
+    }
+    if let Some(k) = local_node
+        .next_public_key
+        .as_deref()
+        .and_then(|s| PublicKey::from_base64(s).ok())
+    {
+        users.entry(k).or_default().insert(local.name.as_str());
+    }
+    for peer in peers.values_mut() {
+        let Some(k) = next_of.get(&peer.node).copied() else {
+            continue;
+        };
+        let why = if k == local.public_key {
+            Some(NextKeyIgnored::LocalKey)
+        } else if k == peer.public_key {
+            Some(NextKeyIgnored::SameAsCurrent)
+        } else {
+            let others: Vec<String> = users
+                .get(&k)
+                .into_iter()
+                .flatten()
+                .filter(|o| **o != peer.node)
+                .map(|o| o.to_string())
+                .collect();
+            (!others.is_empty()).then_some(NextKeyIgnored::Duplicate {
+                other_nodes: others,
+            })
+        };
+        match why {
+            Some(w) => {
+                ignored_next_keys.insert(peer.node.clone(), w);
+            }
+            None => peer.next_public_key = Some(k),
+        }
+    }
+    // Reasons only for nodes that are peers (a rejected node is reported
+    // as rejected).
+    ignored_next_keys.retain(|name, _| peers.values().any(|p| p.node == *name));
     for v in rejections.values_mut() {
         v.sort();
         v.dedup();
@@ -313,6 +429,27 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
         Some(SocketAddr::V4(_)) => Outer::V4,
         _ => Outer::V6,
     };
+    let local_next = local_node
+        .next_public_key
+        .as_deref()
+        .and_then(|s| PublicKey::from_base64(s).ok())
+        .filter(|k| *k != local.public_key);
+    let digest = crate::digest::digest(
+        peers
+            .values()
+            .map(|p| crate::digest::Entry {
+                node: &p.node,
+                public_key: p.public_key,
+                next_public_key: p.next_public_key,
+                pod_cidrs: p.allowed_ips.iter().copied().collect(),
+            })
+            .chain(std::iter::once(crate::digest::Entry {
+                node: &local.name,
+                public_key: local.public_key,
+                next_public_key: local_next,
+                pod_cidrs: pod_cidrs.iter().copied().collect(),
+            })),
+    );
     Ok(Plan {
         node: local.name.clone(),
         pod_cidrs,
@@ -322,6 +459,8 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
         peers,
         routes,
         rejections,
+        ignored_next_keys,
+        digest,
     })
 }
 
@@ -386,6 +525,7 @@ mod tests {
             ],
             endpoint: Some(format!("192.168.50.{}:51820", i + 10)),
             public_key: k.map(|k| k.to_base64()),
+            next_public_key: None,
             internal_ips: vec![],
         }
     }
@@ -402,6 +542,74 @@ mod tests {
             node("c", 3, Some(key())),
         ];
         (local, nodes)
+    }
+
+    fn peer<'p>(p: &'p Plan, name: &str) -> &'p Peer {
+        p.peers.values().find(|p| p.node == name).unwrap()
+    }
+
+    #[test]
+    fn next_key_is_staged_when_valid() {
+        let (local, mut nodes) = setup();
+        let next = key();
+        nodes[1].next_public_key = Some(next.to_base64());
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert_eq!(peer(&p, "b").next_public_key, Some(next));
+        assert!(p.ignored_next_keys.is_empty());
+        assert!(p.rejections.is_empty());
+    }
+
+    #[test]
+    fn bad_next_keys_are_ignored_and_the_peer_stays() {
+        let (local, mut nodes) = setup();
+        let c_key = nodes[2].public_key.clone();
+        let b_key = nodes[1].public_key.clone();
+        let cases: Vec<(Option<String>, &str)> = vec![
+            (Some("garbage".into()), "not a valid key"),
+            (Some(local.public_key.to_base64()), "this node's own key"),
+            (b_key, "equals the node's current public key"),
+            (c_key, "already publish this key"),
+        ];
+        for (value, why) in cases {
+            nodes[1].next_public_key = value;
+            let p = plan(&local, &nodes, &cfg()).unwrap();
+            assert_eq!(p.peers.len(), 2, "{why}: the mesh must not break");
+            assert_eq!(peer(&p, "b").next_public_key, None, "{why}");
+            let reason = p.ignored_next_keys["b"].to_string();
+            assert!(reason.contains(why), "{reason}");
+            assert!(p.rejections.is_empty());
+        }
+        // Two nodes announcing the same next key: both ignored.
+        let shared = key();
+        nodes[1].next_public_key = Some(shared.to_base64());
+        nodes[2].next_public_key = Some(shared.to_base64());
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        assert_eq!(p.ignored_next_keys.len(), 2);
+        assert!(p.peers.values().all(|p| p.next_public_key.is_none()));
+    }
+
+    #[test]
+    fn digest_agrees_across_nodes_and_follows_keys() {
+        let ka = key();
+        let kb = key();
+        let nodes = vec![node("a", 1, Some(ka)), node("b", 2, Some(kb))];
+        let la = Local {
+            name: "a".into(),
+            public_key: ka,
+        };
+        let lb = Local {
+            name: "b".into(),
+            public_key: kb,
+        };
+        let pa = plan(&la, &nodes, &cfg()).unwrap();
+        let pb = plan(&lb, &nodes, &cfg()).unwrap();
+        assert_eq!(pa.digest, pb.digest, "converged nodes agree");
+        assert_eq!(pa.digest, crate::digest::expected(&nodes));
+        let mut rotated = nodes.clone();
+        rotated[1].next_public_key = Some(key().to_base64());
+        let pa2 = plan(&la, &rotated, &cfg()).unwrap();
+        assert_ne!(pa.digest, pa2.digest);
+        assert_eq!(pa2.digest, crate::digest::expected(&rotated));
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn arb_node() -> impl Strategy<Value = NodeInfo> {
             pod_cidrs,
             endpoint,
             public_key,
+            next_public_key: None,
             internal_ips: if e == 0 && n % 2 == 0 {
                 vec![format!("198.51.100.{n}")]
             } else {
@@ -86,6 +87,7 @@ fn local_node() -> (Local, NodeInfo) {
             pod_cidrs: vec!["10.244.100.0/24".into(), "fd00:10:244:64::/64".into()],
             endpoint: Some("192.0.2.250:51820".into()),
             public_key: Some(k.to_base64()),
+            next_public_key: None,
             internal_ips: vec![],
         },
     )

@@ -86,6 +86,22 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_RESYNC", default_value = "10s", value_parser = parse_duration)]
     pub resync: Duration,
 
+    /// Rotate this node's key when it is this old (e.g. `30d`, `12h`); off
+    /// unless set. Each node adds its own delay of up to a fifth of the
+    /// period, so nodes do not rotate together. Needs the Kubernetes API.
+    #[arg(long, env = "PODGUARD_ROTATE_EVERY", value_parser = parse_duration)]
+    pub rotate_every: Option<Duration>,
+
+    /// During a rotation, how long to wait for every peer to take the next
+    /// key before switching anyway (an absent peer must not block it).
+    #[arg(long, env = "PODGUARD_ROTATION_STAGE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub rotation_stage_timeout: Duration,
+
+    /// After the switch, how long the old key stays accepted at most
+    /// (it is dropped earlier once every peer uses the new one).
+    #[arg(long, env = "PODGUARD_ROTATION_RETIRE_TIMEOUT", default_value = "3m", value_parser = parse_duration)]
+    pub rotation_retire_timeout: Duration,
+
     /// Print this node's public key (creating the key if needed) and exit.
     #[arg(long)]
     pub print_public_key: bool,
@@ -95,7 +111,7 @@ pub struct Args {
     pub install_only: bool,
 }
 
-/// Parse `10s`, `500ms`, `2m`.
+/// Parse `10s`, `500ms`, `2m`, `12h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -103,11 +119,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .unwrap_or((s, "s"));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 2m, 12h or 30d"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("{s:?}: unit must be ms, s, m, h or d")),
     }
 }

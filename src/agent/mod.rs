@@ -10,6 +10,7 @@ pub mod install;
 pub mod metrics;
 pub mod node_state;
 pub mod nodes_file;
+pub mod rotation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +67,12 @@ pub struct Report {
     pub peers: usize,
     /// Rejected nodes.
     pub rejections: BTreeMap<String, Vec<Rejection>>,
+    /// Peers whose next key is not used, and why.
+    pub ignored_next_keys: BTreeMap<String, mesh::NextKeyIgnored>,
+    /// Digest of the mesh now applied (`podguard.dev/mesh-digest`).
+    pub digest: String,
+    /// Peers renamed in place to a new key (rotation).
+    pub renamed: usize,
 }
 
 /// The agent: a WireGuard client, netlink, and what it last logged.
@@ -78,6 +85,10 @@ pub struct Agent {
     last_rejections: BTreeMap<String, Vec<Rejection>>,
     /// The plan applied last, so a roamed endpoint is not taken for drift.
     last_plan: Option<Plan>,
+    /// Our userspace device, which can rename peers and stage next keys
+    /// (hitless rotation); `None` on the kernel backend.
+    device: Option<std::sync::Arc<Device>>,
+    last_ignored: BTreeMap<String, mesh::NextKeyIgnored>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -133,7 +144,21 @@ impl Agent {
             nl,
             last_rejections: BTreeMap::new(),
             last_plan: None,
+            device: None,
+            last_ignored: BTreeMap::new(),
         }
+    }
+
+    /// Use our userspace device directly for what UAPI cannot say: rename
+    /// a peer in place and stage peers' next keys.
+    pub fn with_device(mut self, device: Option<std::sync::Arc<Device>>) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// The key this node's device now uses as its primary (after a switch).
+    pub fn set_local_key(&mut self, key: keys::PublicKey) {
+        self.local.public_key = key;
     }
 
     /// Plan from `nodes`, observe, diff, apply. Idempotent: a converged
@@ -150,8 +175,35 @@ impl Agent {
             routes: self.nl.observe_routes().await?,
         };
         mesh::accept_roaming(&mut observed, &plan, self.last_plan.as_ref());
+        // A peer whose key changed (rotation): the userspace device renames
+        // it in place, keeping its sessions; the kernel gets remove + set.
+        let mut renamed = 0;
+        if let Some(dev) = &self.device {
+            let renames = mesh::renames(&plan, &observed);
+            if !renames.is_empty() {
+                renamed = dev.rename_peers(&renames);
+                for (old, new) in &renames {
+                    tracing::info!(old = %old.fingerprint(), new = %new.fingerprint(), "peer key changed: renamed in place");
+                }
+                observed.rename(&renames);
+            }
+        }
         let actions = mesh::diff(&plan, &observed);
         self.wg.apply(&actions)?;
+        if let Some(dev) = &self.device {
+            let next: BTreeMap<keys::PublicKey, keys::PublicKey> = plan
+                .peers
+                .values()
+                .filter_map(|p| Some((p.public_key, p.next_public_key?)))
+                .collect();
+            dev.set_next_keys(&next);
+        }
+        if plan.ignored_next_keys != self.last_ignored {
+            for (node, why) in &plan.ignored_next_keys {
+                tracing::warn!(node = %node, reason = %why, "next key ignored; the peer keeps its current key");
+            }
+            self.last_ignored = plan.ignored_next_keys.clone();
+        }
         for a in &actions {
             match a {
                 Action::AddRoute(r) => self.nl.add_route(r).await?,
@@ -195,6 +247,9 @@ impl Agent {
             actions,
             peers: plan.peers.len(),
             rejections: plan.rejections,
+            ignored_next_keys: plan.ignored_next_keys,
+            digest: plan.digest,
+            renamed,
         })
     }
 }

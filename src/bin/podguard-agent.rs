@@ -19,7 +19,20 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let key = keys::store::load_or_generate(&args.key_file)
+    // Finish or roll back a rotation a killed agent left behind, then load
+    // the key(s) the device starts with.
+    let every = args.rotate_every.map(|d| d.as_secs());
+    let policy = keys::rotation::Policy {
+        stage_timeout: args.rotation_stage_timeout.as_secs(),
+        retire_timeout: args.rotation_retire_timeout.as_secs(),
+        every,
+        jitter: every
+            .map(|e| keys::rotation::jitter(&args.node_name, e))
+            .unwrap_or(0),
+    };
+    let mut rotator = podguard::agent::rotation::Rotator::new(&args.key_file, policy);
+    let (key, extra_key) = rotator
+        .recover()
         .with_context(|| format!("loading the node key {}", args.key_file.display()))?;
     if args.print_public_key {
         println!("{}", key.public_key());
@@ -59,6 +72,10 @@ fn main() -> anyhow::Result<()> {
         let backend = select_backend(args.backend, kernel)?;
         tracing::info!(?backend, "WireGuard backend selected");
         let (wg, device) = start_device(backend, &key, args.listen_port)?;
+        if let (Some(d), Some(extra)) = (&device, &extra_key) {
+            d.set_keys(&key, Some(extra));
+        }
+        rotator.set_device(device.clone());
         let cfg = AgentConfig {
             node_name: args.node_name,
             mesh: mesh::MeshConfig {
@@ -70,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             state_file: args.state_file,
         };
         let metrics = std::sync::Arc::new(Metrics::default());
-        if let Some(d) = device {
+        if let Some(d) = device.clone() {
             let _ = metrics.device.set(d);
         }
         metrics
@@ -78,23 +95,28 @@ fn main() -> anyhow::Result<()> {
             .serve(args.metrics_addr)
             .await
             .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
-        let public_key = key.public_key();
         let node_name = cfg.node_name.clone();
-        let agent = Agent::new(cfg, &key, wg, nl);
+        let agent = Agent::new(cfg, &key, wg, nl).with_device(device);
         let source = async {
             match args.nodes_file {
-                Some(path) => run_nodes_file(agent, path, args.resync, metrics).await,
+                Some(path) => {
+                    if args.rotate_every.is_some() {
+                        tracing::warn!(
+                            "--rotate-every needs the Kubernetes API; ignored with --nodes-file"
+                        );
+                    }
+                    run_nodes_file(agent, path, args.resync, metrics).await
+                }
                 None => {
                     let client = kube::Client::try_default().await.context(
                         "connecting to the Kubernetes API (in-cluster config or $KUBECONFIG)",
                     )?;
                     let sc = podguard::k8s::source::SourceConfig {
                         node_name,
-                        public_key,
                         listen_port: args.listen_port,
                         resync: args.resync,
                     };
-                    podguard::k8s::source::run(agent, client, sc, metrics).await
+                    podguard::k8s::source::run(agent, rotator, client, sc, metrics).await
                 }
             }
         };

@@ -49,6 +49,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         pod_cidrs,
         endpoint: get(ANN_FORCE_ENDPOINT).or_else(|| get(ANN_ENDPOINT)),
         public_key: get(ANN_PUBLIC_KEY),
+        next_public_key: None,
         internal_ips: internal_ips(node),
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use keys::PublicKey;
+use keys::rotation::{Decision, Phase};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -21,6 +21,7 @@ use mesh::{PlanError, Rejection};
 
 use super::convert::{internal_ips, node_info};
 use crate::agent::metrics::Metrics;
+use crate::agent::rotation::{Rotator, unix_now};
 use crate::agent::{Agent, ReconcileError};
 
 /// Field manager for everything the agent writes.
@@ -31,8 +32,6 @@ pub const FIELD_MANAGER: &str = "podguard";
 pub struct SourceConfig {
     /// This node's name.
     pub node_name: String,
-    /// This node's public key.
-    pub public_key: PublicKey,
     /// WireGuard port (for the published endpoint).
     pub listen_port: u16,
     /// Full resync period.
@@ -42,6 +41,7 @@ pub struct SourceConfig {
 /// Run until the process ends.
 pub async fn run(
     mut agent: Agent,
+    mut rotator: Rotator,
     client: Client,
     cfg: SourceConfig,
     metrics: Arc<Metrics>,
@@ -86,12 +86,42 @@ pub async fn run(
     );
     let mut announced: BTreeMap<String, Vec<Rejection>> = BTreeMap::new();
     let mut waiting_logged = false;
+    let mut decision: Option<Decision> = None;
     loop {
         let snapshot: Vec<Arc<Node>> = reader.state();
-        publish_own(&api, &snapshot, &cfg).await;
+        let own = snapshot
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()));
+        let ann = |k: &str| {
+            own.and_then(|n| n.metadata.annotations.as_ref())
+                .and_then(|a| a.get(k))
+                .filter(|v| v.len() <= mesh::publish::MAX_VALUE_LEN)
+                .cloned()
+        };
+        // Rotation first: the device must hold every key before it is
+        // published, and the plan must know our current key.
+        let mut stepped = false;
+        match rotator.tick(
+            unix_now(),
+            ann(mesh::publish::ANN_ROTATE_REQUESTED),
+            ann(mesh::publish::ANN_ROTATE_DONE),
+        ) {
+            Ok((d, s)) => {
+                stepped = s;
+                if let Some(k) = d.publish.public_key {
+                    agent.set_local_key(k);
+                }
+                decision = Some(d);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "key rotation step failed; retrying");
+            }
+        }
         let infos: Vec<mesh::NodeInfo> = snapshot.iter().map(|n| node_info(n)).collect();
+        let mut digest = None;
         match agent.reconcile(&infos).await {
             Ok(report) => {
+                digest = Some(report.digest.clone());
                 waiting_logged = false;
                 metrics.record(Some(&report));
                 for (name, reasons) in &report.rejections {
@@ -139,18 +169,38 @@ pub async fn run(
                 tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; the data plane keeps its last state");
             }
         }
+        if let Some(d) = &decision {
+            publish_own(&api, &snapshot, &cfg, d, digest).await;
+        }
+        // While a rotation runs, come back soon; otherwise at the next
+        // change, resync, or rotation deadline.
+        let mut wait = cfg.resync;
+        if let Some(d) = &decision {
+            if stepped || d.phase != Phase::Idle || d.step.is_some() {
+                wait = wait.min(Duration::from_millis(500));
+            }
+            if let Some(at) = d.wake_at {
+                wait = wait.min(Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
+            }
+        }
         tokio::select! {
             _ = changed.notified() => {
                 // Coalesce a burst of changes.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            _ = tokio::time::sleep(cfg.resync) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
 /// Patch this node's annotations if they are missing or were changed.
-async fn publish_own(api: &Api<Node>, snapshot: &[Arc<Node>], cfg: &SourceConfig) {
+async fn publish_own(
+    api: &Api<Node>,
+    snapshot: &[Arc<Node>],
+    cfg: &SourceConfig,
+    decision: &Decision,
+    mesh_digest: Option<String>,
+) {
     let Some(me) = snapshot
         .iter()
         .find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()))
@@ -165,7 +215,19 @@ async fn publish_own(api: &Api<Node>, snapshot: &[Arc<Node>], cfg: &SourceConfig
     if endpoint.is_none() {
         tracing::warn!(node = %cfg.node_name, "this Node has no InternalIP and no podguard.dev/force-endpoint: peers cannot reach it");
     }
-    let desired = mesh::publish::desired(&cfg.public_key, endpoint);
+    let Some(public_key) = decision.publish.public_key else {
+        return;
+    };
+    let own = mesh::publish::Own {
+        public_key,
+        endpoint,
+        next_public_key: decision.publish.next_public_key,
+        rotation_state: Some(decision.publish.state),
+        rotate_done: decision.publish.done.clone(),
+        key_created: decision.publish.key_created,
+        mesh_digest,
+    };
+    let desired = mesh::publish::desired(&own);
     let Some(patch) = mesh::publish::patch(&current, &desired) else {
         return;
     };

@@ -5,6 +5,14 @@
 //! per-packet path takes a read lock on the peer table and the peer's own
 //! `Tunn` lock; no allocation per packet.
 //!
+//! Key rotation without loss: the device can hold two local keys (the
+//! current one and the next or old one) and a peer can carry two remote
+//! keys (its current and its next). Each (local key, remote key) pair that
+//! is in use is a *link* with its own `Tunn` and receiver index, so a new
+//! handshake never disturbs the sessions of the old one. Outbound traffic
+//! uses the best established link (newest local key first, then the peer's
+//! next key); incoming handshakes are matched against every local key.
+//!
 //! Cryptokey routing:
 //! * outbound: destination → peer by longest-prefix AllowedIPs; no peer →
 //!   the packet is dropped and counted (never sent in plaintext);
@@ -48,10 +56,30 @@ pub struct DropCounters {
     pub invalid: AtomicU64,
 }
 
-struct Peer {
-    public_key: PublicKey,
+/// One (local key, remote key) pair with its own noise state.
+struct Link {
     index: u32,
+    /// Generation of the local key it uses (higher = newer).
+    generation: u64,
+    local: x25519::PublicKey,
+    remote: PublicKey,
     tunn: Mutex<Tunn>,
+}
+
+impl Link {
+    fn established(&self) -> bool {
+        self.tunn.lock().time_since_last_handshake().is_some()
+    }
+}
+
+struct Peer {
+    /// The key peers are configured by (UAPI `public_key`).
+    public_key: RwLock<PublicKey>,
+    /// A second key the peer may use: its announced next key.
+    next_key: RwLock<Option<PublicKey>>,
+    links: RwLock<Vec<Arc<Link>>>,
+    /// The link outbound packets use.
+    active: RwLock<Arc<Link>>,
     endpoint: RwLock<Option<SocketAddr>>,
     allowed_ips: RwLock<Vec<IpNet>>,
     keepalive: u16,
@@ -71,16 +99,191 @@ impl Peer {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.rx_packets.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn key(&self) -> PublicKey {
+        *self.public_key.read()
+    }
+
+    /// Rank of a remote key: the announced next key beats the current one;
+    /// any other key (left over from a rename) is draining.
+    fn remote_rank(&self, k: &PublicKey) -> i8 {
+        if *self.next_key.read() == Some(*k) {
+            1
+        } else if *self.public_key.read() == *k {
+            0
+        } else {
+            -1
+        }
+    }
+
+    /// Pick the best established link, if it beats the active one.
+    fn reselect(&self) {
+        let links = self.links.read();
+        let best = links
+            .iter()
+            .filter(|l| l.established())
+            .max_by_key(|l| (l.generation, self.remote_rank(&l.remote)))
+            .cloned();
+        if let Some(best) = best {
+            let mut active = self.active.write();
+            if !Arc::ptr_eq(&active, &best) {
+                *active = best;
+            }
+        }
+    }
+}
+
+struct LocalKey {
+    secret: x25519::StaticSecret,
+    public: x25519::PublicKey,
+    generation: u64,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 struct State {
-    key: Option<(x25519::StaticSecret, x25519::PublicKey)>,
+    /// Local keys; `keys[0]` is the primary (initiates, is published).
+    keys: Vec<LocalKey>,
+    next_generation: u64,
     listen_port: u16,
     peers: BTreeMap<PublicKey, Arc<Peer>>,
-    by_index: HashMap<u32, Arc<Peer>>,
+    /// Next key → the peer's primary key.
+    next_keys: HashMap<PublicKey, PublicKey>,
+    by_index: HashMap<u32, (Arc<Peer>, Arc<Link>)>,
     table: IpNetworkTable<Arc<Peer>>,
     next_index: u32,
-    rate_limiter: Arc<RateLimiter>,
+}
+
+impl State {
+    fn local_key(&self, public: &x25519::PublicKey) -> Option<&LocalKey> {
+        self.keys.iter().find(|k| k.public == *public)
+    }
+
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            let i = self.next_index;
+            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+            if !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    /// A new link for `peer` with local key `local` and remote key `remote`.
+    fn new_link(
+        &mut self,
+        peer: &Arc<Peer>,
+        local: &x25519::PublicKey,
+        remote: PublicKey,
+    ) -> Option<Arc<Link>> {
+        let lk = self.local_key(local)?;
+        let (secret, public, generation, rl) = (
+            lk.secret.clone(),
+            lk.public,
+            lk.generation,
+            lk.rate_limiter.clone(),
+        );
+        let index = self.alloc_index();
+        let keepalive = peer.keepalive;
+        let link = Arc::new(Link {
+            index,
+            generation,
+            local: public,
+            remote,
+            tunn: Mutex::new(Tunn::new(
+                secret,
+                x25519::PublicKey::from(*remote.as_bytes()),
+                None,
+                (keepalive > 0).then_some(keepalive),
+                index,
+                Some(rl),
+            )),
+        });
+        self.by_index.insert(index, (peer.clone(), link.clone()));
+        peer.links.write().push(link.clone());
+        Some(link)
+    }
+
+    /// Make the links of `peer` match the local keys and its remote keys:
+    /// drop links whose local key is gone, drop draining links that are no
+    /// longer needed, make sure the preferred link exists. Returns links
+    /// that should start a handshake now.
+    fn sync_links(&mut self, peer: &Arc<Peer>) -> Vec<Arc<Link>> {
+        let Some(primary) = self.keys.first().map(|k| k.public) else {
+            return Vec::new();
+        };
+        let remote = peer.key();
+        let next = *peer.next_key.read();
+        // Drop links of retired local keys.
+        let gone: Vec<Arc<Link>> = peer
+            .links
+            .read()
+            .iter()
+            .filter(|l| self.local_key(&l.local).is_none())
+            .cloned()
+            .collect();
+        for l in &gone {
+            self.drop_link(peer, l);
+        }
+        let mut kick = Vec::new();
+        let has = |p: &Peer, local: &x25519::PublicKey, remote: &PublicKey| {
+            p.links
+                .read()
+                .iter()
+                .any(|l| l.local == *local && l.remote == *remote)
+        };
+        if !has(peer, &primary, &remote)
+            && let Some(l) = self.new_link(peer, &primary, remote)
+        {
+            if !peer.active.read().established()
+                || gone.iter().any(|g| Arc::ptr_eq(g, &peer.active.read()))
+            {
+                *peer.active.write() = l.clone();
+            }
+            kick.push(l);
+        }
+        if let Some(n) = next
+            && !has(peer, &primary, &n)
+            && let Some(l) = self.new_link(peer, &primary, n)
+        {
+            // Probe the announced key; traffic moves over once it answers.
+            kick.push(l);
+        }
+        // The active link must be a live one.
+        {
+            let active = peer.active.read().clone();
+            if !peer.links.read().iter().any(|l| Arc::ptr_eq(l, &active)) {
+                let fallback = peer
+                    .links
+                    .read()
+                    .iter()
+                    .find(|l| l.local == primary && l.remote == remote)
+                    .cloned();
+                if let Some(f) = fallback {
+                    *peer.active.write() = f;
+                }
+            }
+        }
+        peer.reselect();
+        // Draining links (a remote key the peer no longer has) go once
+        // they are not the active one.
+        let active = peer.active.read().clone();
+        let draining: Vec<Arc<Link>> = peer
+            .links
+            .read()
+            .iter()
+            .filter(|l| peer.remote_rank(&l.remote) < 0 && !Arc::ptr_eq(l, &active))
+            .cloned()
+            .collect();
+        for l in &draining {
+            self.drop_link(peer, l);
+        }
+        kick
+    }
+
+    fn drop_link(&mut self, peer: &Peer, link: &Arc<Link>) {
+        self.by_index.remove(&link.index);
+        peer.links.write().retain(|l| !Arc::ptr_eq(l, link));
+    }
 }
 
 /// The shared core of a running device.
@@ -218,33 +421,27 @@ impl Device {
             port: listen_port,
             source,
         })?;
-        let key = key.map(|k| {
-            let s = k.as_static_secret().clone();
-            let p = x25519::PublicKey::from(&s);
-            (s, p)
-        });
-        let rate_limiter = Arc::new(RateLimiter::new(
-            &key.as_ref()
-                .map(|k| k.1)
-                .unwrap_or_else(|| x25519::PublicKey::from([0u8; 32])),
-            HANDSHAKE_RATE_LIMIT,
-        ));
-        Ok(Arc::new(Self {
+        let dev = Arc::new(Self {
             ifname: ifname.to_string(),
             tun,
             udp_v6: matches!(udp.local_addr(), Ok(SocketAddr::V6(_))),
             udp,
             state: RwLock::new(State {
-                key,
+                keys: Vec::new(),
+                next_generation: 1,
                 listen_port,
                 peers: BTreeMap::new(),
+                next_keys: HashMap::new(),
                 by_index: HashMap::new(),
                 table: IpNetworkTable::new(),
                 next_index: rand_index(),
-                rate_limiter,
             }),
             drops: DropCounters::default(),
-        }))
+        });
+        if let Some(k) = key {
+            dev.set_keys(k, None);
+        }
+        Ok(dev)
     }
 
     /// The interface name.
@@ -309,7 +506,8 @@ impl Device {
                 self.drops.no_endpoint.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let mut t = peer.tunn.lock();
+            let link = peer.active.read().clone();
+            let mut t = link.tunn.lock();
             match t.encapsulate(pkt, &mut dst) {
                 TunnResult::WriteToNetwork(b) => {
                     peer.sent(b.len());
@@ -321,20 +519,42 @@ impl Device {
         }
     }
 
-    fn peer_for(&self, packet: &Packet<'_>) -> Option<Arc<Peer>> {
-        let st = self.state.read();
-        match packet {
+    /// The peer and link a datagram belongs to. A handshake initiation is
+    /// tried against every local key; a link for a (local, remote) pair
+    /// seen for the first time is created here.
+    fn link_for(&self, packet: &Packet<'_>) -> Option<(Arc<Peer>, Arc<Link>)> {
+        let idx = match packet {
             Packet::HandshakeInit(p) => {
-                let (sk, pk) = st.key.as_ref()?;
-                let hh = parse_handshake_anon(sk, pk, p).ok()?;
-                st.peers
-                    .get(&PublicKey::from_bytes(hh.peer_static_public))
-                    .cloned()
+                let (local, remote, peer) = {
+                    let st = self.state.read();
+                    st.keys.iter().find_map(|k| {
+                        let hh = parse_handshake_anon(&k.secret, &k.public, p).ok()?;
+                        let remote = PublicKey::from_bytes(hh.peer_static_public);
+                        let primary = st.next_keys.get(&remote).copied().unwrap_or(remote);
+                        let peer = st.peers.get(&primary)?.clone();
+                        Some((k.public, remote, peer))
+                    })?
+                };
+                let found = peer
+                    .links
+                    .read()
+                    .iter()
+                    .find(|l| l.local == local && l.remote == remote)
+                    .cloned();
+                let link = match found {
+                    Some(l) => l,
+                    None => {
+                        let mut st = self.state.write();
+                        st.new_link(&peer, &local, remote)?
+                    }
+                };
+                return Some((peer, link));
             }
-            Packet::HandshakeResponse(p) => st.by_index.get(&(p.receiver_idx >> 8)).cloned(),
-            Packet::PacketCookieReply(p) => st.by_index.get(&(p.receiver_idx >> 8)).cloned(),
-            Packet::PacketData(p) => st.by_index.get(&(p.receiver_idx >> 8)).cloned(),
-        }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => p.receiver_idx,
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        self.state.read().by_index.get(&(idx >> 8)).cloned()
     }
 
     fn source_allowed(&self, peer: &Arc<Peer>, src: IpAddr) -> bool {
@@ -354,7 +574,7 @@ impl Device {
         let n = self.drops.bad_source.fetch_add(1, Ordering::Relaxed);
         if n.is_power_of_two() || n == 0 {
             tracing::warn!(
-                peer = %peer.public_key.fingerprint(),
+                peer = %peer.key().fingerprint(),
                 %src,
                 dropped_total = n + 1,
                 "dropped a packet whose source is outside the sending peer's AllowedIPs"
@@ -376,17 +596,18 @@ impl Device {
             };
             let from = normalize(from);
             let datagram = &buf[..n];
-            let peer = match Tunn::parse_incoming_packet(datagram) {
-                Ok(p) => self.peer_for(&p),
+            let found = match Tunn::parse_incoming_packet(datagram) {
+                Ok(p) => self.link_for(&p),
                 Err(_) => None,
             };
-            let Some(peer) = peer else {
+            let Some((peer, link)) = found else {
                 self.drops.invalid.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let mut t = peer.tunn.lock();
+            let mut t = link.tunn.lock();
             let mut authenticated = true;
-            match t.decapsulate(Some(from.ip()), datagram, &mut out) {
+            let res = t.decapsulate(Some(from.ip()), datagram, &mut out);
+            match res {
                 TunnResult::WriteToNetwork(b) => {
                     peer.sent(b.len());
                     self.send_to(b, from);
@@ -395,27 +616,39 @@ impl Device {
                         peer.sent(b.len());
                         self.send_to(b, from);
                     }
+                    drop(t);
                 }
+                // The link's lock is released before delivery: delivery
+                // reads the peer table, and nothing may wait for the table
+                // while holding a link.
                 TunnResult::WriteToTunnelV4(pkt, src) => {
+                    drop(t);
                     self.deliver(&peer, pkt, IpAddr::V4(src));
                 }
                 TunnResult::WriteToTunnelV6(pkt, src) => {
+                    drop(t);
                     self.deliver(&peer, pkt, IpAddr::V6(src));
                 }
-                TunnResult::Done => {}
+                TunnResult::Done => drop(t),
                 TunnResult::Err(e) => {
+                    drop(t);
                     authenticated = false;
                     self.drops.invalid.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(?e, %from, "decapsulate");
                 }
             }
-            drop(t);
             if authenticated {
                 peer.received(n);
                 // Roaming: the peer's endpoint follows its last authenticated packet.
                 let mut ep = peer.endpoint.write();
                 if *ep != Some(from) {
                     *ep = Some(from);
+                }
+                drop(ep);
+                // A packet on another link than the active one: a newer
+                // handshake may have completed there.
+                if !Arc::ptr_eq(&peer.active.read(), &link) {
+                    peer.reselect();
                 }
             }
         }
@@ -427,24 +660,184 @@ impl Device {
             std::thread::sleep(Duration::from_millis(250));
             let peers: Vec<Arc<Peer>> = self.state.read().peers.values().cloned().collect();
             for peer in peers {
-                let mut t = peer.tunn.lock();
-                if let TunnResult::WriteToNetwork(b) = t.update_timers(&mut dst)
-                    && let Some(ep) = *peer.endpoint.read()
-                {
-                    peer.sent(b.len());
-                    self.send_to(b, ep);
+                let links: Vec<Arc<Link>> = peer.links.read().clone();
+                for link in links {
+                    let mut t = link.tunn.lock();
+                    if let TunnResult::WriteToNetwork(b) = t.update_timers(&mut dst)
+                        && let Some(ep) = *peer.endpoint.read()
+                    {
+                        peer.sent(b.len());
+                        self.send_to(b, ep);
+                    }
+                }
+                peer.reselect();
+                // Only a peer in the middle of a key change has more than
+                // one link; the others need no work here.
+                if peer.links.read().len() > 1 {
+                    let kick = self.state.write().sync_links(&peer);
+                    self.kick(&peer, &kick);
                 }
             }
         }
     }
 
-    /// The device's private key, for a UAPI `get` (stays on the node).
+    /// Send a handshake initiation on each of `links`.
+    fn kick(&self, peer: &Peer, links: &[Arc<Link>]) {
+        let Some(ep) = *peer.endpoint.read() else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        for l in links {
+            if let TunnResult::WriteToNetwork(b) =
+                l.tunn.lock().format_handshake_initiation(&mut buf, false)
+            {
+                peer.sent(b.len());
+                self.send_to(b, ep);
+            }
+        }
+    }
+
+    /// The device's primary private key, for a UAPI `get` (stays on the node).
     pub fn private_key(&self) -> Option<PrivateKey> {
         self.state
             .read()
-            .key
-            .as_ref()
-            .map(|(s, _)| PrivateKey::from_bytes(s.to_bytes()))
+            .keys
+            .first()
+            .map(|k| PrivateKey::from_bytes(k.secret.to_bytes()))
+    }
+
+    /// Set the local keys: `primary` initiates and is what peers know;
+    /// `extra` (the next or the old key) is accepted for handshakes too.
+    /// Keys already held keep their links and sessions; links of a key
+    /// that is no longer held are dropped.
+    pub fn set_keys(&self, primary: &PrivateKey, extra: Option<&PrivateKey>) {
+        let mut st = self.state.write();
+        let mut keys = Vec::new();
+        for k in std::iter::once(primary).chain(extra) {
+            let public = x25519::PublicKey::from(*k.public_key().as_bytes());
+            if keys.iter().any(|x: &LocalKey| x.public == public) {
+                continue;
+            }
+            let existing = st.keys.iter().position(|x| x.public == public);
+            let lk = match existing {
+                Some(i) => st.keys.remove(i),
+                None => {
+                    let generation = st.next_generation;
+                    st.next_generation += 1;
+                    LocalKey {
+                        secret: k.as_static_secret().clone(),
+                        public,
+                        generation,
+                        rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+                    }
+                }
+            };
+            keys.push(lk);
+        }
+        st.keys = keys;
+        self.resync(&mut st);
+    }
+
+    /// Remove every local key (UAPI `private_key=` all zeros).
+    fn clear_keys(&self) {
+        let mut st = self.state.write();
+        st.keys.clear();
+        for peer in st.peers.values().cloned().collect::<Vec<_>>() {
+            for l in peer.links.read().clone() {
+                st.by_index.remove(&l.index);
+            }
+            peer.links.write().clear();
+        }
+    }
+
+    /// Announced next keys of peers (by their current key). Peers not in
+    /// the map have none. The device probes each new next key with a
+    /// handshake and moves traffic to it once it answers.
+    pub fn set_next_keys(&self, next: &BTreeMap<PublicKey, PublicKey>) {
+        let mut st = self.state.write();
+        let mut index = HashMap::new();
+        for (primary, peer) in &st.peers {
+            let want = next.get(primary).copied();
+            if *peer.next_key.read() != want {
+                *peer.next_key.write() = want;
+            }
+            if let Some(n) = want {
+                index.insert(n, *primary);
+            }
+        }
+        st.next_keys = index;
+        self.resync(&mut st);
+    }
+
+    /// Rename peers (old key → new key) in place: AllowedIPs, endpoint,
+    /// counters and the links of the old key stay, so traffic keeps
+    /// flowing while the new key takes over. Pairs whose old key is not a
+    /// peer, or whose new key already is one, are skipped.
+    pub fn rename_peers(&self, renames: &[(PublicKey, PublicKey)]) -> usize {
+        let mut st = self.state.write();
+        let mut done = 0;
+        for (old, new) in renames {
+            if st.peers.contains_key(new) {
+                continue;
+            }
+            let Some(peer) = st.peers.remove(old) else {
+                continue;
+            };
+            *peer.public_key.write() = *new;
+            if *peer.next_key.read() == Some(*new) {
+                *peer.next_key.write() = None;
+                st.next_keys.remove(new);
+            }
+            st.peers.insert(*new, peer);
+            done += 1;
+        }
+        self.resync(&mut st);
+        done
+    }
+
+    /// Bring every peer's links in line with keys and next keys, and send
+    /// the handshakes that a new link needs.
+    fn resync(&self, st: &mut State) {
+        let peers: Vec<Arc<Peer>> = st.peers.values().cloned().collect();
+        let mut kicks = Vec::new();
+        for peer in peers {
+            let k = st.sync_links(&peer);
+            if !k.is_empty() {
+                kicks.push((peer, k));
+            }
+        }
+        for (peer, k) in kicks {
+            self.kick(&peer, &k);
+        }
+    }
+
+    /// The local public keys on which every peer has an established session
+    /// (every local key when there are no peers): what the rotation
+    /// machine waits for.
+    pub fn key_acks(&self) -> std::collections::BTreeSet<PublicKey> {
+        let st = self.state.read();
+        st.keys
+            .iter()
+            .filter(|k| {
+                st.peers.values().all(|p| {
+                    p.links
+                        .read()
+                        .iter()
+                        .any(|l| l.local == k.public && l.established())
+                })
+            })
+            .map(|k| PublicKey::from_bytes(*k.public.as_bytes()))
+            .collect()
+    }
+
+    /// Local public keys held, primary first.
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.state
+            .read()
+            .keys
+            .iter()
+            .map(|k| PublicKey::from_bytes(*k.public.as_bytes()))
+            .collect()
     }
 
     /// Packets dropped so far, by reason.
@@ -469,13 +862,18 @@ impl Device {
         st.peers
             .values()
             .map(|p| {
-                let since = p.tunn.lock().time_since_last_handshake();
+                let since = p
+                    .links
+                    .read()
+                    .iter()
+                    .filter_map(|l| l.tunn.lock().time_since_last_handshake())
+                    .min();
                 let last_handshake = since
                     .and_then(|d| now_epoch().checked_sub(d))
                     .map(|t| (t.as_secs(), t.subsec_nanos()))
                     .unwrap_or((0, 0));
                 PeerStatus {
-                    public_key: p.public_key,
+                    public_key: p.key(),
                     endpoint: *p.endpoint.read(),
                     allowed_ips: p.allowed_ips.read().clone(),
                     last_handshake,
@@ -491,32 +889,33 @@ impl Device {
 
     /// Apply a UAPI `set`. Returns an errno (0 = success) and a message.
     pub fn apply(&self, req: SetRequest) -> Result<(), (i32, String)> {
-        let mut st = self.state.write();
-        if let Some(port) = req.listen_port
-            && port != st.listen_port
         {
-            return Err((
-                super::uapi::EINVAL,
-                format!(
-                    "changing listen_port at runtime is not supported (is {})",
-                    st.listen_port
-                ),
-            ));
+            let st = self.state.read();
+            if let Some(port) = req.listen_port
+                && port != st.listen_port
+            {
+                return Err((
+                    super::uapi::EINVAL,
+                    format!(
+                        "changing listen_port at runtime is not supported (is {})",
+                        st.listen_port
+                    ),
+                ));
+            }
         }
         if req.clear_private_key {
-            st.key = None;
+            self.clear_keys();
         }
-        if let Some(k) = req.private_key {
-            let s = k.as_static_secret().clone();
-            let p = x25519::PublicKey::from(&s);
-            st.rate_limiter = Arc::new(RateLimiter::new(&p, HANDSHAKE_RATE_LIMIT));
-            for peer in st.peers.values() {
-                peer.tunn
-                    .lock()
-                    .set_static_private(s.clone(), p, Some(st.rate_limiter.clone()));
+        if let Some(k) = &req.private_key {
+            let same =
+                self.state.read().keys.first().is_some_and(|x| {
+                    x.public == x25519::PublicKey::from(*k.public_key().as_bytes())
+                }) && self.state.read().keys.len() == 1;
+            if !same {
+                self.set_keys(k, None);
             }
-            st.key = Some((s, p));
         }
+        let mut st = self.state.write();
         if req.replace_peers {
             let keys: Vec<PublicKey> = st.peers.keys().copied().collect();
             for k in keys {
@@ -546,7 +945,7 @@ impl Device {
             let peer = match existing {
                 Some(p) if !keepalive_changed => p,
                 old => {
-                    let Some((sk, _)) = st.key.clone() else {
+                    let Some(primary) = st.keys.first().map(|k| k.public) else {
                         return Err((
                             super::uapi::EPROTO,
                             "no private key set on the device".into(),
@@ -556,27 +955,6 @@ impl Device {
                         .persistent_keepalive
                         .or(old.as_ref().map(|o| o.keepalive))
                         .unwrap_or(0);
-                    let index = st.next_index;
-                    st.next_index = (st.next_index + 1) & 0x00ff_ffff;
-                    let peer = Arc::new(Peer {
-                        public_key: pk,
-                        index,
-                        tunn: Mutex::new(Tunn::new(
-                            sk,
-                            x25519::PublicKey::from(*pk.as_bytes()),
-                            None,
-                            (keepalive > 0).then_some(keepalive),
-                            index,
-                            Some(st.rate_limiter.clone()),
-                        )),
-                        endpoint: RwLock::new(old.as_ref().and_then(|o| *o.endpoint.read())),
-                        allowed_ips: RwLock::new(Vec::new()),
-                        keepalive,
-                        rx_bytes: AtomicU64::new(0),
-                        tx_bytes: AtomicU64::new(0),
-                        rx_packets: AtomicU64::new(0),
-                        tx_packets: AtomicU64::new(0),
-                    });
                     let keep: Vec<IpNet> = match &old {
                         Some(o) => {
                             let ips = o.allowed_ips.read().clone();
@@ -585,8 +963,13 @@ impl Device {
                         }
                         None => Vec::new(),
                     };
-                    st.peers.insert(pk, peer.clone());
-                    st.by_index.insert(index, peer.clone());
+                    let peer = new_peer(
+                        &mut st,
+                        pk,
+                        &primary,
+                        keepalive,
+                        old.as_ref().and_then(|o| *o.endpoint.read()),
+                    );
                     for net in keep {
                         add_allowed(&mut st, &peer, net);
                     }
@@ -610,6 +993,53 @@ impl Device {
     }
 }
 
+/// A new peer with one link (primary local key, its public key).
+fn new_peer(
+    st: &mut State,
+    pk: PublicKey,
+    primary: &x25519::PublicKey,
+    keepalive: u16,
+    endpoint: Option<SocketAddr>,
+) -> Arc<Peer> {
+    let (secret, generation, rl) = {
+        let lk = st
+            .local_key(primary)
+            .unwrap_or_else(|| unreachable!("primary key is held"));
+        (lk.secret.clone(), lk.generation, lk.rate_limiter.clone())
+    };
+    let index = st.alloc_index();
+    let link = Arc::new(Link {
+        index,
+        generation,
+        local: *primary,
+        remote: pk,
+        tunn: Mutex::new(Tunn::new(
+            secret,
+            x25519::PublicKey::from(*pk.as_bytes()),
+            None,
+            (keepalive > 0).then_some(keepalive),
+            index,
+            Some(rl),
+        )),
+    });
+    let peer = Arc::new(Peer {
+        public_key: RwLock::new(pk),
+        next_key: RwLock::new(None),
+        links: RwLock::new(vec![link.clone()]),
+        active: RwLock::new(link.clone()),
+        endpoint: RwLock::new(endpoint),
+        allowed_ips: RwLock::new(Vec::new()),
+        keepalive,
+        rx_bytes: AtomicU64::new(0),
+        tx_bytes: AtomicU64::new(0),
+        rx_packets: AtomicU64::new(0),
+        tx_packets: AtomicU64::new(0),
+    });
+    st.by_index.insert(index, (peer.clone(), link));
+    st.peers.insert(pk, peer.clone());
+    peer
+}
+
 fn add_allowed(st: &mut State, peer: &Arc<Peer>, net: IpNet) {
     if let Some(prev) = st.table.insert(to_network(&net), peer.clone())
         && !Arc::ptr_eq(&prev, peer)
@@ -624,7 +1054,12 @@ fn add_allowed(st: &mut State, peer: &Arc<Peer>, net: IpNet) {
 
 fn remove_peer(st: &mut State, pk: &PublicKey) {
     if let Some(p) = st.peers.remove(pk) {
-        st.by_index.remove(&p.index);
+        for l in p.links.read().iter() {
+            st.by_index.remove(&l.index);
+        }
+        if let Some(n) = *p.next_key.read() {
+            st.next_keys.remove(&n);
+        }
         for net in p.allowed_ips.read().iter() {
             if st
                 .table

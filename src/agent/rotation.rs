@@ -1,0 +1,202 @@
+//! The shell around `keys::rotation`: read the key files, ask the machine,
+//! carry out its one step, give the device the keys it must hold.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use keys::rotation::{Ack, Decision, DeviceKeys, Inputs, Phase, Policy, Step, decide};
+use keys::store::{Loaded, RotationFiles};
+use keys::{PrivateKey, PublicKey};
+
+use crate::wireguard::device::Device;
+
+/// Now, in unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Drives rotation for this node.
+pub struct Rotator {
+    files: RotationFiles,
+    policy: Policy,
+    device: Option<Arc<Device>>,
+    applied: Option<DeviceKeys>,
+    last_problems: Vec<String>,
+}
+
+impl std::fmt::Debug for Rotator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotator")
+            .field("files", &self.files)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pick(loaded: &Loaded, k: &PublicKey) -> Option<PrivateKey> {
+    [&loaded.current, &loaded.next, &loaded.old]
+        .into_iter()
+        .flatten()
+        .find(|p| p.public_key() == *k)
+        .map(|p| PrivateKey::from_bytes(*p.as_bytes()))
+}
+
+impl Rotator {
+    /// A rotator for the key at `key_file`.
+    pub fn new(key_file: &std::path::Path, policy: Policy) -> Self {
+        Self {
+            files: RotationFiles::new(key_file),
+            policy,
+            device: None,
+            applied: None,
+            last_problems: Vec::new(),
+        }
+    }
+
+    /// The userspace device whose keys follow the rotation (without one,
+    /// the machine runs on timeouts alone).
+    pub fn set_device(&mut self, device: Option<Arc<Device>>) {
+        self.device = device;
+    }
+
+    /// At start-up, before the device exists: finish or roll back whatever
+    /// a killed agent left on disk (creating the first key if there is
+    /// none), and return the keys the device must start with.
+    pub fn recover(&mut self) -> anyhow::Result<(PrivateKey, Option<PrivateKey>)> {
+        for _ in 0..8 {
+            let loaded = self.files.load();
+            self.report(&loaded);
+            let inputs = Inputs {
+                now: unix_now(),
+                requested: None,
+                done: None,
+                ack: Ack::Unknown,
+            };
+            let d = decide(&loaded.disk, &inputs, &self.policy);
+            match d.step {
+                // Recovery and cleanup happen now; rotation steps wait for
+                // the loop (they need the peers).
+                Some(
+                    step @ (Step::CreateCurrent
+                    | Step::RecoverFromNext
+                    | Step::RecoverFromOld
+                    | Step::PromoteNext
+                    | Step::DropNext
+                    | Step::DropOld),
+                ) => {
+                    tracing::info!(?step, reason = d.reason, "key files: recovering");
+                    self.files.carry_out(step)?;
+                }
+                _ => {
+                    let dk = d.device.with_context(|| {
+                        format!(
+                            "no usable key at {}: {}",
+                            self.files.current.display(),
+                            loaded
+                                .problems
+                                .iter()
+                                .map(|p| p.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })?;
+                    let primary = pick(&loaded, &dk.primary).context("current key vanished")?;
+                    let extra = dk.extra.and_then(|k| pick(&loaded, &k));
+                    if d.phase != Phase::Idle {
+                        tracing::info!(phase = d.phase.name(), "resuming a key rotation");
+                    }
+                    self.applied = Some(dk);
+                    return Ok((primary, extra));
+                }
+            }
+        }
+        anyhow::bail!(
+            "the key files under {} do not settle",
+            self.files.current.display()
+        )
+    }
+
+    fn report(&mut self, loaded: &Loaded) {
+        let problems: Vec<String> = loaded
+            .problems
+            .iter()
+            .map(|p| {
+                let mut s = p.to_string();
+                let mut src = std::error::Error::source(p);
+                while let Some(e) = src {
+                    s.push_str(": ");
+                    s.push_str(&e.to_string());
+                    src = e.source();
+                }
+                s
+            })
+            .collect();
+        if problems != self.last_problems {
+            for p in &problems {
+                tracing::warn!(problem = %p, "key file unusable");
+            }
+            self.last_problems = problems;
+        }
+    }
+
+    /// One round: decide, carry out at most one step, decide again on the
+    /// new disk, and give the device its keys. The caller publishes the
+    /// returned decision's annotations (after the device holds the keys).
+    pub fn tick(
+        &mut self,
+        now: u64,
+        requested: Option<String>,
+        done: Option<String>,
+    ) -> anyhow::Result<(Decision, bool)> {
+        let ack = match &self.device {
+            Some(d) => Ack::Keys(d.key_acks()),
+            None => Ack::Unknown,
+        };
+        let inputs = Inputs {
+            now,
+            requested,
+            done,
+            ack,
+        };
+        let loaded = self.files.load();
+        self.report(&loaded);
+        let mut d = decide(&loaded.disk, &inputs, &self.policy);
+        let mut stepped = false;
+        let loaded = if let Some(step) = d.step {
+            tracing::info!(
+                ?step,
+                reason = d.reason,
+                phase = d.phase.name(),
+                "key rotation step"
+            );
+            self.files
+                .carry_out(step)
+                .with_context(|| format!("key rotation step {step:?}"))?;
+            stepped = true;
+            let l = self.files.load();
+            d = decide(&l.disk, &inputs, &self.policy);
+            l
+        } else {
+            loaded
+        };
+        if let Some(dk) = d.device
+            && self.applied != Some(dk)
+        {
+            if let (Some(dev), Some(primary)) = (&self.device, pick(&loaded, &dk.primary)) {
+                let extra = dk.extra.and_then(|k| pick(&loaded, &k));
+                dev.set_keys(&primary, extra.as_ref());
+            }
+            tracing::info!(
+                primary = %dk.primary.fingerprint(),
+                extra = ?dk.extra.map(|k| k.fingerprint()),
+                "device keys"
+            );
+            self.applied = Some(dk);
+        }
+        Ok((d, stepped))
+    }
+}
