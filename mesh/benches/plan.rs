@@ -25,6 +25,7 @@ fn cluster(n: usize) -> (Local, Vec<NodeInfo>, MeshConfig) {
                 } else {
                     PrivateKey::generate().public_key().to_base64()
                 }),
+                next_public_key: None,
                 internal_ips: vec![],
             }
         })
@@ -40,7 +41,6 @@ fn cluster(n: usize) -> (Local, Vec<NodeInfo>, MeshConfig) {
         Local {
             name: "node-00000".into(),
             public_key: local_key,
-            next_public_key: None,
         },
         nodes,
         cfg,

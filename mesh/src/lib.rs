@@ -20,6 +20,7 @@ pub mod mtu;
 pub mod node;
 pub mod plan;
 pub mod publish;
+pub mod status;
 
 pub use diff::{Action, Observed, ObservedPeer, accept_roaming, diff, renames};
 pub use node::{NodeInfo, Rejection};

@@ -26,6 +26,8 @@ pub struct Rotator {
     device: Option<Arc<Device>>,
     applied: Option<DeviceKeys>,
     last_problems: Vec<String>,
+    /// Kernel WireGuard interface whose private key follows the primary.
+    kernel_ifname: Option<String>,
 }
 
 impl std::fmt::Debug for Rotator {
@@ -54,7 +56,17 @@ impl Rotator {
             device: None,
             applied: None,
             last_problems: Vec::new(),
+            kernel_ifname: None,
         }
+    }
+
+    /// Kernel WireGuard: the interface's private key follows the primary
+    /// key (`wg set IF private-key FILE`). Kernel WireGuard holds one key,
+    /// so peers see a short gap at the switch (documented).
+    pub fn set_kernel(&mut self, ifname: &str) {
+        self.kernel_ifname = Some(ifname.to_string());
+        // Apply on the first tick, whatever the interface had.
+        self.applied = None;
     }
 
     /// The userspace device whose keys follow the rotation (without one,
@@ -109,7 +121,9 @@ impl Rotator {
                     if d.phase != Phase::Idle {
                         tracing::info!(phase = d.phase.name(), "resuming a key rotation");
                     }
-                    self.applied = Some(dk);
+                    if self.kernel_ifname.is_none() {
+                        self.applied = Some(dk);
+                    }
                     return Ok((primary, extra));
                 }
             }
@@ -189,6 +203,23 @@ impl Rotator {
             if let (Some(dev), Some(primary)) = (&self.device, pick(&loaded, &dk.primary)) {
                 let extra = dk.extra.and_then(|k| pick(&loaded, &k));
                 dev.set_keys(&primary, extra.as_ref());
+            }
+            if let Some(ifname) = &self.kernel_ifname
+                && self.applied.map(|a| a.primary) != Some(dk.primary)
+            {
+                let path = if loaded.disk.current.key() == Some(dk.primary) {
+                    &self.files.current
+                } else {
+                    &self.files.next
+                };
+                let st = std::process::Command::new("wg")
+                    .args(["set", ifname, "private-key"])
+                    .arg(path)
+                    .status()
+                    .context("running wg set (wireguard-tools) for the kernel backend")?;
+                if !st.success() {
+                    anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
+                }
             }
             tracing::info!(
                 primary = %dk.primary.fingerprint(),

@@ -76,6 +76,9 @@ fn main() -> anyhow::Result<()> {
             d.set_keys(&key, Some(extra));
         }
         rotator.set_device(device.clone());
+        if backend == podguard::wireguard::Backend::Kernel {
+            rotator.set_kernel(mesh::WG_IFNAME);
+        }
         let cfg = AgentConfig {
             node_name: args.node_name,
             mesh: mesh::MeshConfig {

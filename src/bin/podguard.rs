@@ -18,6 +18,47 @@ enum Command {
     /// A local multi-node cluster in network namespaces.
     #[command(subcommand)]
     Lab(Lab),
+    /// Rotate nodes' WireGuard keys without a traffic gap.
+    ///
+    /// Sets `podguard.dev/rotate-requested` on each node; the node's agent
+    /// creates a next key, publishes it (`podguard.dev/next-public-key`),
+    /// waits until every peer has a session on it, switches, and retires
+    /// the old key. On the userspace device no packet is lost; on kernel
+    /// WireGuard peers see a short gap at the switch. Refused for an
+    /// unknown node, a node without agent, or one already rotating.
+    Rotate {
+        /// The node to rotate.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        node: Option<String>,
+        /// Rotate every node, one at a time (waits for each).
+        #[arg(long)]
+        all: bool,
+        /// Wait until the new key is in place everywhere (every node's
+        /// podguard.dev/mesh-digest agrees) and print the result.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting for one node after this long (e.g. 90s, 5m).
+        #[arg(long, default_value = "5m", value_parser = podguard::agent::cli::parse_duration)]
+        timeout: std::time::Duration,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Talk to the local lab's API server (`podguard lab up`) instead
+        /// of the cluster in $KUBECONFIG.
+        #[arg(long)]
+        lab: bool,
+    },
+    /// Per node: key fingerprint, key age, rotation state, and whether its
+    /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster.
+    /// Exit code 1 if a node has not converged.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Talk to the local lab's API server instead of $KUBECONFIG.
+        #[arg(long)]
+        lab: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,9 +140,67 @@ fn print_report(r: &check::Report, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn target(lab: bool) -> podguard::k8s::ops::Target {
+    if lab {
+        podguard::k8s::ops::Target::Lab
+    } else {
+        podguard::k8s::ops::Target::Default
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Rotate {
+            node,
+            all,
+            wait,
+            timeout,
+            output,
+            lab,
+        } => {
+            use podguard::k8s::ops;
+            let results = ops::with_client(target(lab), |client| async move {
+                let names = match node {
+                    Some(n) => vec![n],
+                    None if all => ops::all_nodes(&client).await?,
+                    None => anyhow::bail!("give --node NAME or --all"),
+                };
+                ops::rotate(&client, &names, wait, timeout, &mut |m| eprintln!("{m}")).await
+            })?;
+            match output {
+                Output::Table => print!("{}", ops::render_rotate(&results)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+            }
+            let (expect, what) = if wait || results.len() > 1 {
+                ("done", "finished")
+            } else {
+                ("requested", "requested")
+            };
+            if results.iter().any(|r| r.result != expect) {
+                eprintln!("not every rotation {what}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Status { output, lab } => {
+            use podguard::k8s::ops;
+            let views = ops::with_client(target(lab), |client| async move {
+                ops::node_views(&client).await
+            })?;
+            let rows = mesh::status::rows(&views, podguard::agent::rotation::unix_now());
+            match output {
+                Output::Table => print!("{}", ops::render_status(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+            if rows
+                .iter()
+                .any(|r| r.digest != mesh::status::Agreement::Agrees)
+            {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Lab(Lab::Up { up }) => {
             let bins = cluster::Binaries::find()?;
             eprintln!("podguard lab up: building the lab");

@@ -4,7 +4,9 @@
 
 use k8s_openapi::api::core::v1::Node;
 use mesh::NodeInfo;
-use mesh::publish::{ANN_ENDPOINT, ANN_FORCE_ENDPOINT, ANN_PUBLIC_KEY, MAX_VALUE_LEN};
+use mesh::publish::{
+    ANN_ENDPOINT, ANN_FORCE_ENDPOINT, ANN_NEXT_PUBLIC_KEY, ANN_PUBLIC_KEY, MAX_VALUE_LEN,
+};
 
 fn bounded(v: &str) -> String {
     if v.len() > MAX_VALUE_LEN {
@@ -49,7 +51,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         pod_cidrs,
         endpoint: get(ANN_FORCE_ENDPOINT).or_else(|| get(ANN_ENDPOINT)),
         public_key: get(ANN_PUBLIC_KEY),
-        next_public_key: None,
+        next_public_key: get(ANN_NEXT_PUBLIC_KEY),
         internal_ips: internal_ips(node),
     }
 }
@@ -66,13 +68,15 @@ mod tests {
     fn dual_stack_node_with_annotations() {
         let n = node(serde_json::json!({
             "metadata": {"name": "a", "annotations": {
-                "podguard.dev/public-key": "k", "podguard.dev/endpoint": "192.0.2.1:51820"}},
+                "podguard.dev/public-key": "k", "podguard.dev/next-public-key": "n",
+                "podguard.dev/endpoint": "192.0.2.1:51820"}},
             "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00::/64"]},
             "status": {"addresses": [{"type": "Hostname", "address": "a"}, {"type": "InternalIP", "address": "192.0.2.1"}]}
         }));
         let i = node_info(&n);
         assert_eq!(i.pod_cidrs, vec!["10.244.1.0/24", "fd00::/64"]);
         assert_eq!(i.public_key.as_deref(), Some("k"));
+        assert_eq!(i.next_public_key.as_deref(), Some("n"));
         assert_eq!(i.endpoint.as_deref(), Some("192.0.2.1:51820"));
         assert_eq!(i.internal_ips, vec!["192.0.2.1"]);
     }

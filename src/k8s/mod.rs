@@ -3,4 +3,5 @@
 //! level-triggered over the whole snapshot.
 
 pub mod convert;
+pub mod ops;
 pub mod source;

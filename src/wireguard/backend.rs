@@ -198,6 +198,7 @@ mod tests {
                 .map(|s| s.parse().unwrap())
                 .collect(),
             persistent_keepalive: Some(25),
+            next_public_key: None,
         };
         let wg = peer_config(&p);
         assert_eq!(wg.public_key.as_array(), *pk.as_bytes());

@@ -1,0 +1,342 @@
+//! What `podguard status` and `podguard rotate` conclude from the Nodes'
+//! annotations: per-node key, rotation state and digest agreement, whether
+//! a rotation may start, and whether one has finished. Pure: the CLI reads
+//! the Nodes and prints.
+
+use std::collections::BTreeMap;
+
+use keys::PublicKey;
+use serde::Serialize;
+
+use crate::NodeInfo;
+use crate::publish::{
+    ANN_KEY_CREATED, ANN_MESH_DIGEST, ANN_NEXT_PUBLIC_KEY, ANN_PUBLIC_KEY, ANN_ROTATE_DONE,
+    ANN_ROTATE_REQUESTED, ANN_ROTATION_STATE,
+};
+
+/// A Node as the CLI sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeView {
+    /// What the planner reads.
+    pub info: NodeInfo,
+    /// All annotations (podguard's are read from here).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl NodeView {
+    fn ann(&self, k: &str) -> Option<&str> {
+        self.annotations.get(k).map(String::as_str)
+    }
+
+    fn key(&self) -> Option<PublicKey> {
+        self.ann(ANN_PUBLIC_KEY)
+            .and_then(|s| PublicKey::from_base64(s).ok())
+    }
+}
+
+/// Whether a node's applied mesh matches what the annotations say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Agreement {
+    /// Its digest equals the one computed from every Node.
+    Agrees,
+    /// It publishes another digest: it has not applied the current state
+    /// (or rejects a node the annotations make valid).
+    Differs,
+    /// It publishes none (no agent, or an old one).
+    Missing,
+}
+
+/// One line of `podguard status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    /// Node name.
+    pub node: String,
+    /// Fingerprint of its public key (`None`: no valid key published).
+    pub key: Option<String>,
+    /// Age of its current key in seconds, if published.
+    pub key_age_secs: Option<u64>,
+    /// `idle`, `staged`, `switched`, or `unknown`.
+    pub rotation: String,
+    /// Fingerprint of the next key during a rotation.
+    pub next_key: Option<String>,
+    /// A rotation was requested and not yet taken on.
+    pub rotation_requested: bool,
+    /// Digest agreement.
+    pub digest: Agreement,
+}
+
+/// The status of every node, sorted by name.
+pub fn rows(nodes: &[NodeView], now: u64) -> Vec<Row> {
+    let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
+    let expected = crate::digest::expected(&infos);
+    let mut out: Vec<Row> = nodes
+        .iter()
+        .map(|n| Row {
+            node: n.info.name.clone(),
+            key: n.key().map(|k| k.fingerprint()),
+            key_age_secs: n
+                .ann(ANN_KEY_CREATED)
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|t| now.saturating_sub(t)),
+            rotation: n.ann(ANN_ROTATION_STATE).unwrap_or("unknown").to_string(),
+            next_key: n
+                .ann(ANN_NEXT_PUBLIC_KEY)
+                .and_then(|s| PublicKey::from_base64(s).ok())
+                .map(|k| k.fingerprint()),
+            rotation_requested: requested_pending(n),
+            digest: match n.ann(ANN_MESH_DIGEST) {
+                None => Agreement::Missing,
+                Some(d) if d == expected => Agreement::Agrees,
+                Some(_) => Agreement::Differs,
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    out
+}
+
+fn requested_pending(n: &NodeView) -> bool {
+    match n.ann(ANN_ROTATE_REQUESTED) {
+        Some(r) => n.ann(ANN_ROTATE_DONE) != Some(r),
+        None => false,
+    }
+}
+
+/// Why `podguard rotate` refuses a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No Node by that name.
+    #[error("node {name:?} not found (nodes: {known})")]
+    UnknownNode {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        known: String,
+    },
+    /// The node has no valid public key: no agent runs there.
+    #[error(
+        "node {0:?} publishes no valid podguard.dev/public-key: is podguard-agent running there?"
+    )]
+    NoAgent(String),
+    /// A rotation is already under way.
+    #[error("node {name:?} is already rotating ({what}); wait for it to finish")]
+    InProgress {
+        /// The node.
+        name: String,
+        /// What shows it.
+        what: String,
+    },
+}
+
+/// May a rotation of `name` start now?
+pub fn may_rotate(nodes: &[NodeView], name: &str) -> Result<(), Refused> {
+    let Some(n) = nodes.iter().find(|n| n.info.name == name) else {
+        let mut known: Vec<&str> = nodes.iter().map(|n| n.info.name.as_str()).collect();
+        known.sort();
+        return Err(Refused::UnknownNode {
+            name: name.to_string(),
+            known: known.join(", "),
+        });
+    };
+    if n.key().is_none() {
+        return Err(Refused::NoAgent(name.to_string()));
+    }
+    if requested_pending(n) {
+        return Err(Refused::InProgress {
+            name: name.to_string(),
+            what: "a request is pending".into(),
+        });
+    }
+    match n.ann(ANN_ROTATION_STATE) {
+        Some("staged") | Some("switched") => Err(Refused::InProgress {
+            name: name.to_string(),
+            what: format!("state {}", n.ann(ANN_ROTATION_STATE).unwrap_or_default()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// How far a requested rotation has come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Progress {
+    /// Not finished: what is still missing.
+    Pending {
+        /// The first thing still missing.
+        waiting_for: String,
+    },
+    /// Finished: new key in place, old key gone, every node agrees.
+    Done {
+        /// Fingerprint of the new key.
+        new_key: String,
+    },
+}
+
+/// Has the rotation of `name` requested with `nonce` (old key `old`)
+/// finished everywhere?
+pub fn progress(nodes: &[NodeView], name: &str, nonce: &str, old: &PublicKey) -> Progress {
+    let pending = |w: String| Progress::Pending { waiting_for: w };
+    let Some(n) = nodes.iter().find(|n| n.info.name == name) else {
+        return pending(format!("node {name} to exist"));
+    };
+    if n.ann(ANN_ROTATE_DONE) != Some(nonce) {
+        return pending(format!("the agent on {name} to take the request on"));
+    }
+    let Some(key) = n.key() else {
+        return pending(format!("{name} to publish a valid key"));
+    };
+    if key == *old {
+        return pending(format!(
+            "{name} to switch keys (state {})",
+            n.ann(ANN_ROTATION_STATE).unwrap_or("unknown")
+        ));
+    }
+    if n.ann(ANN_ROTATION_STATE) != Some("idle") || n.ann(ANN_NEXT_PUBLIC_KEY).is_some() {
+        return pending(format!(
+            "{name} to retire its old key (state {})",
+            n.ann(ANN_ROTATION_STATE).unwrap_or("unknown")
+        ));
+    }
+    let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
+    let expected = crate::digest::expected(&infos);
+    let mut behind: Vec<&str> = nodes
+        .iter()
+        .filter(|m| m.key().is_some() && m.ann(ANN_MESH_DIGEST) != Some(expected.as_str()))
+        .map(|m| m.info.name.as_str())
+        .collect();
+    behind.sort();
+    if !behind.is_empty() {
+        return pending(format!(
+            "node(s) {} to apply the new key",
+            behind.join(", ")
+        ));
+    }
+    Progress::Done {
+        new_key: key.fingerprint(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keys::PrivateKey;
+
+    fn view(name: &str, i: u8, key: &PublicKey, extra: &[(&str, &str)]) -> NodeView {
+        let mut annotations: BTreeMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        annotations.insert(ANN_PUBLIC_KEY.into(), key.to_base64());
+        NodeView {
+            info: NodeInfo {
+                name: name.into(),
+                pod_cidrs: vec![format!("10.244.{i}.0/24")],
+                public_key: Some(key.to_base64()),
+                next_public_key: annotations.get(ANN_NEXT_PUBLIC_KEY).cloned(),
+                ..Default::default()
+            },
+            annotations,
+        }
+    }
+
+    fn with_digests(mut nodes: Vec<NodeView>) -> Vec<NodeView> {
+        let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
+        let d = crate::digest::expected(&infos);
+        for n in &mut nodes {
+            n.annotations.insert(ANN_MESH_DIGEST.into(), d.clone());
+        }
+        nodes
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let k = PrivateKey::generate().public_key();
+        let nodes = vec![
+            view("a", 1, &k, &[(ANN_ROTATION_STATE, "idle")]),
+            view(
+                "b",
+                2,
+                &PrivateKey::generate().public_key(),
+                &[(ANN_ROTATION_STATE, "staged")],
+            ),
+            view(
+                "c",
+                3,
+                &PrivateKey::generate().public_key(),
+                &[(ANN_ROTATE_REQUESTED, "x")],
+            ),
+        ];
+        assert_eq!(may_rotate(&nodes, "a"), Ok(()));
+        let e = may_rotate(&nodes, "zz").unwrap_err().to_string();
+        assert!(
+            e.contains("\"zz\" not found") && e.contains("a, b, c"),
+            "{e}"
+        );
+        let e = may_rotate(&nodes, "b").unwrap_err().to_string();
+        assert!(
+            e.contains("already rotating") && e.contains("staged"),
+            "{e}"
+        );
+        let e = may_rotate(&nodes, "c").unwrap_err().to_string();
+        assert!(e.contains("request is pending"), "{e}");
+        let mut no_key = nodes.clone();
+        no_key[0].annotations.remove(ANN_PUBLIC_KEY);
+        assert!(matches!(may_rotate(&no_key, "a"), Err(Refused::NoAgent(_))));
+    }
+
+    #[test]
+    fn progress_until_every_node_agrees() {
+        let (old, new) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let kb = PrivateKey::generate().public_key();
+        let nodes = vec![
+            view("a", 1, &old, &[(ANN_ROTATE_REQUESTED, "n")]),
+            view("b", 2, &kb, &[]),
+        ];
+        assert!(
+            matches!(progress(&nodes, "a", "n", &old), Progress::Pending { waiting_for } if waiting_for.contains("take the request"))
+        );
+        let staged = vec![
+            view(
+                "a",
+                1,
+                &old,
+                &[
+                    (ANN_ROTATE_DONE, "n"),
+                    (ANN_ROTATION_STATE, "staged"),
+                    (ANN_NEXT_PUBLIC_KEY, &new.to_base64()),
+                ],
+            ),
+            view("b", 2, &kb, &[]),
+        ];
+        assert!(
+            matches!(progress(&staged, "a", "n", &old), Progress::Pending { waiting_for } if waiting_for.contains("switch"))
+        );
+        let switched = vec![
+            view(
+                "a",
+                1,
+                &new,
+                &[(ANN_ROTATE_DONE, "n"), (ANN_ROTATION_STATE, "idle")],
+            ),
+            view("b", 2, &kb, &[]),
+        ];
+        assert!(
+            matches!(progress(&switched, "a", "n", &old), Progress::Pending { waiting_for } if waiting_for.contains("a, b"))
+        );
+        let done = with_digests(switched);
+        assert_eq!(
+            progress(&done, "a", "n", &old),
+            Progress::Done {
+                new_key: new.fingerprint()
+            }
+        );
+        let r = rows(&done, 0);
+        assert!(r.iter().all(|r| r.digest == Agreement::Agrees));
+        assert_eq!(r[0].rotation, "idle");
+    }
+}

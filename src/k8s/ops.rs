@@ -1,0 +1,264 @@
+//! Operator commands on the Kubernetes API: `podguard rotate` and
+//! `podguard status`. Decisions come from `mesh::status`; this module reads
+//! Nodes, patches annotations and waits.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
+use keys::PublicKey;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use mesh::publish::{ANN_PUBLIC_KEY, ANN_ROTATE_REQUESTED};
+use mesh::status::{NodeView, Progress, may_rotate, progress};
+use serde::Serialize;
+
+use super::convert::node_info;
+use super::source::FIELD_MANAGER;
+
+/// Where the API is: the default kubeconfig, or the local lab's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// In-cluster config or `$KUBECONFIG` / `~/.kube/config`.
+    Default,
+    /// The `podguard lab` API server, reached from inside the lab underlay.
+    Lab,
+}
+
+/// Run `f` with a client for `target`. For the lab, the work runs on a
+/// thread inside the lab's underlay namespace (where its API server
+/// listens), with the lab's kubeconfig.
+pub fn with_client<T, F, Fut>(target: Target, f: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: FnOnce(Client) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let body = move || -> anyhow::Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let client = match target {
+                Target::Default => Client::try_default().await.context(
+                    "connecting to the Kubernetes API (in-cluster config or $KUBECONFIG); for the local lab use --lab",
+                )?,
+                Target::Lab => {
+                    let path = std::path::Path::new(crate::lab::cluster::STATE_DIR).join("kubeconfig");
+                    let kc = kube::config::Kubeconfig::read_from(&path).with_context(|| {
+                        format!("reading {} (is a lab up? `podguard lab up`)", path.display())
+                    })?;
+                    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                    Client::try_from(cfg)?
+                }
+            };
+            f(client).await
+        })
+    };
+    match target {
+        Target::Default => body(),
+        Target::Lab => crate::lab::sys::in_netns(&crate::lab::plan::underlay_netns(), body)?,
+    }
+}
+
+/// Every Node as the status logic sees it.
+pub async fn node_views(client: &Client) -> anyhow::Result<Vec<NodeView>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .context("listing Nodes")?;
+    Ok(list
+        .items
+        .iter()
+        .map(|n| NodeView {
+            info: node_info(n),
+            annotations: n.metadata.annotations.clone().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// What `podguard rotate` reports per node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateResult {
+    /// The node.
+    pub node: String,
+    /// Fingerprint of the key before.
+    pub old_key: String,
+    /// Fingerprint of the key after (when waited for).
+    pub new_key: Option<String>,
+    /// `requested`, `done`, or `timeout: <what is missing>`.
+    pub result: String,
+    /// Seconds from request to done (when waited for).
+    pub seconds: Option<f64>,
+}
+
+fn nonce() -> String {
+    let mut b = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Request a rotation of each node in `names`, one at a time. With `wait`
+/// (always for more than one node), block until each has finished.
+pub async fn rotate(
+    client: &Client,
+    names: &[String],
+    wait: bool,
+    timeout: Duration,
+    progress_out: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<RotateResult>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let views = node_views(client).await?;
+    // Refuse up front, before any node is touched.
+    for n in names {
+        may_rotate(&views, n)?;
+    }
+    let wait = wait || names.len() > 1;
+    let mut results = Vec::new();
+    for name in names {
+        let views = node_views(client).await?;
+        may_rotate(&views, name)?;
+        let old: PublicKey = views
+            .iter()
+            .find(|v| v.info.name == *name)
+            .and_then(|v| v.annotations.get(ANN_PUBLIC_KEY))
+            .and_then(|s| PublicKey::from_base64(s).ok())
+            .with_context(|| format!("node {name} has no valid key"))?;
+        let n = nonce();
+        let body = serde_json::json!({"metadata": {"annotations": {ANN_ROTATE_REQUESTED: n}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(name, &params, &Patch::Merge(&body))
+            .await
+            .with_context(|| format!("requesting a rotation of {name}"))?;
+        progress_out(&format!("{name}: rotation requested"));
+        let start = Instant::now();
+        let mut res = RotateResult {
+            node: name.clone(),
+            old_key: old.fingerprint(),
+            new_key: None,
+            result: "requested".into(),
+            seconds: None,
+        };
+        if wait {
+            let mut last = String::new();
+            loop {
+                let views = node_views(client).await?;
+                match progress(&views, name, &n, &old) {
+                    Progress::Done { new_key } => {
+                        res.new_key = Some(new_key);
+                        res.result = "done".into();
+                        res.seconds = Some(start.elapsed().as_secs_f64());
+                        progress_out(&format!(
+                            "{name}: done in {:.1}s",
+                            start.elapsed().as_secs_f64()
+                        ));
+                        break;
+                    }
+                    Progress::Pending { waiting_for } => {
+                        if start.elapsed() > timeout {
+                            res.result = format!("timeout: waiting for {waiting_for}");
+                            results.push(res);
+                            return Ok(results);
+                        }
+                        if waiting_for != last {
+                            progress_out(&format!("{name}: waiting for {waiting_for}"));
+                            last = waiting_for;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        results.push(res);
+    }
+    Ok(results)
+}
+
+/// The table `podguard rotate` prints.
+pub fn render_rotate(rs: &[RotateResult]) -> String {
+    let mut out = format!(
+        "{:<16} {:<10} {:<10} {:>8}  {}\n",
+        "NODE", "OLD KEY", "NEW KEY", "SECONDS", "RESULT"
+    );
+    for r in rs {
+        out.push_str(&format!(
+            "{:<16} {:<10} {:<10} {:>8}  {}\n",
+            r.node,
+            r.old_key,
+            r.new_key.as_deref().unwrap_or("-"),
+            r.seconds
+                .map(|s| format!("{s:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            r.result
+        ));
+    }
+    out
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The table `podguard status` prints.
+pub fn render_status(rows: &[mesh::status::Row]) -> String {
+    let mut out = format!(
+        "{:<16} {:<10} {:>8}  {:<10} {:<10} {}\n",
+        "NODE", "KEY", "KEY AGE", "ROTATION", "NEXT KEY", "MESH DIGEST"
+    );
+    for r in rows {
+        let rotation = if r.rotation_requested {
+            format!("{}*", r.rotation)
+        } else {
+            r.rotation.clone()
+        };
+        out.push_str(&format!(
+            "{:<16} {:<10} {:>8}  {:<10} {:<10} {}\n",
+            r.node,
+            r.key.as_deref().unwrap_or("(none)"),
+            r.key_age_secs.map(age).unwrap_or_else(|| "-".into()),
+            rotation,
+            r.next_key.as_deref().unwrap_or("-"),
+            match r.digest {
+                mesh::status::Agreement::Agrees => "agrees",
+                mesh::status::Agreement::Differs => "DIFFERS (not converged)",
+                mesh::status::Agreement::Missing => "missing (no agent?)",
+            }
+        ));
+    }
+    if rows.iter().any(|r| r.rotation_requested) {
+        out.push_str("* a rotation was requested and not yet taken on\n");
+    }
+    out
+}
+
+/// All node names, sorted (for `rotate --all`).
+pub async fn all_nodes(client: &Client) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = node_views(client)
+        .await?
+        .into_iter()
+        .map(|v| v.info.name)
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!("the cluster has no Nodes");
+    }
+    Ok(names)
+}
+
+/// Annotations of one node (for tests and diagnostics).
+pub async fn annotations(client: &Client, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let n = api.get(name).await?;
+    Ok(n.metadata.annotations.unwrap_or_default())
+}
