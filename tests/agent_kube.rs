@@ -265,3 +265,90 @@ fn agent_restart_keeps_key_and_tcp_stream() {
     let restarts = lab.log(a).matches("podguard-agent starting").count();
     assert_eq!(restarts, 2);
 }
+
+/// A rotation interrupted by kill -9 resumes with the key it had staged
+/// (it is not regenerated), waits for an absent peer, and finishes once
+/// the peer is back; traffic flows afterwards.
+#[test]
+fn rotation_resumes_after_kill_9_and_waits_for_an_absent_peer() {
+    if !require_root("rotation_resumes_after_kill_9_and_waits_for_an_absent_peer") {
+        return;
+    }
+    let mut lab = KubeLab::new("kx");
+    let a = lab.add_node("a", 1);
+    let b = lab.add_node("b", 2);
+    lab.attach_pod(a);
+    lab.attach_pod(b);
+    let (pa, _) = lab.pod(a);
+    let (_, ipb) = lab.pod(b);
+    wait_for("pod a -> pod b", Duration::from_secs(20), || {
+        pings(&pa, &ipb)
+    });
+    let old = lab.public_key(a);
+
+    // b is absent: a's rotation cannot finish its stage.
+    lab.kill_agent(b);
+    lab.api(
+        "PATCH",
+        "/api/v1/nodes/a",
+        Some(&json!({"metadata": {"annotations": {"podguard.dev/rotate-requested": "crash-1"}}})),
+    );
+    let mut next = String::new();
+    wait_for("a to stage a next key", Duration::from_secs(20), || {
+        next = lab
+            .annotations("a")
+            .get("podguard.dev/next-public-key")
+            .cloned()
+            .unwrap_or_default();
+        !next.is_empty()
+    });
+    let key_file = lab.nodes[a].key_file.clone();
+    let next_file = std::path::PathBuf::from(format!("{}.next", key_file.display()));
+    assert!(
+        next_file.exists(),
+        "the next key is persisted before it is published"
+    );
+    assert_eq!(
+        lab.annotations("a")["podguard.dev/rotation-state"],
+        "staged"
+    );
+
+    // kill -9 mid-rotation, restart: same staged key, still staged.
+    lab.kill_agent(a);
+    lab.start_agent(a);
+    wait_for("a to come back", Duration::from_secs(20), || {
+        lab.log(a).matches("resuming a key rotation").count() == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let ann = lab.annotations("a");
+    assert_eq!(
+        ann["podguard.dev/next-public-key"], next,
+        "the staged key was regenerated"
+    );
+    assert_eq!(
+        ann["podguard.dev/public-key"], old,
+        "switched without its peer"
+    );
+    assert_eq!(ann["podguard.dev/rotate-done"], "crash-1");
+
+    // b returns, takes the next key; a switches and retires the old one.
+    lab.start_agent(b);
+    wait_for("a to finish the rotation", Duration::from_secs(30), || {
+        let ann = lab.annotations("a");
+        ann.get("podguard.dev/public-key") == Some(&next)
+            && ann.get("podguard.dev/rotation-state").map(String::as_str) == Some("idle")
+            && !ann.contains_key("podguard.dev/next-public-key")
+    });
+    assert!(!next_file.exists());
+    assert!(!std::path::Path::new(&format!("{}.old", key_file.display())).exists());
+    assert_eq!(lab.public_key(a), next);
+    wait_for("b to use a's new key", Duration::from_secs(20), || {
+        let peers = lab.wg_peers(b);
+        peers.contains(&next) && !peers.contains(&old)
+    });
+    wait_for(
+        "pod a -> pod b after the rotation",
+        Duration::from_secs(20),
+        || pings(&pa, &ipb),
+    );
+}

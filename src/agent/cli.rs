@@ -134,3 +134,56 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => Err(format!("{s:?}: unit must be ms, s, m, h or d")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert!(parse_duration("5w").unwrap_err().contains("unit"));
+        assert!(parse_duration("x").unwrap_err().contains("\"x\""));
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn rotate_every_is_off_unless_set() {
+        let a = Args::try_parse_from([
+            "podguard-agent",
+            "--node-name",
+            "n",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        assert_eq!(a.rotate_every, None);
+        let a = Args::try_parse_from([
+            "podguard-agent",
+            "--node-name",
+            "n",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--rotate-every",
+            "30d",
+        ])
+        .unwrap();
+        assert_eq!(a.rotate_every, Some(Duration::from_secs(30 * 86_400)));
+        assert!(
+            Args::try_parse_from([
+                "podguard-agent",
+                "--node-name",
+                "n",
+                "--cluster-cidr",
+                "10.0.0.0/8",
+                "--rotate-every",
+                "soon",
+            ])
+            .is_err()
+        );
+    }
+}

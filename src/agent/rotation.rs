@@ -160,15 +160,19 @@ impl Rotator {
     /// One round: decide, carry out at most one step, decide again on the
     /// new disk, and give the device its keys. The caller publishes the
     /// returned decision's annotations (after the device holds the keys).
+    /// `peers_applied`: the device has this process's full peer set (a
+    /// reconcile succeeded); before that, an empty device would look like
+    /// "every peer acknowledged".
     pub fn tick(
         &mut self,
         now: u64,
         requested: Option<String>,
         done: Option<String>,
+        peers_applied: bool,
     ) -> anyhow::Result<(Decision, bool)> {
         let ack = match &self.device {
-            Some(d) => Ack::Keys(d.key_acks()),
-            None => Ack::Unknown,
+            Some(d) if peers_applied => Ack::Keys(d.key_acks()),
+            _ => Ack::Unknown,
         };
         let inputs = Inputs {
             now,

@@ -19,6 +19,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    if args.print_public_key {
+        // Read-only: never take rotation steps for a query.
+        let key = keys::store::load_or_generate(&args.key_file)
+            .with_context(|| format!("loading the node key {}", args.key_file.display()))?;
+        println!("{}", key.public_key());
+        return Ok(());
+    }
     // Finish or roll back a rotation a killed agent left behind, then load
     // the key(s) the device starts with.
     let every = args.rotate_every.map(|d| d.as_secs());
@@ -34,10 +41,6 @@ fn main() -> anyhow::Result<()> {
     let (key, extra_key) = rotator
         .recover()
         .with_context(|| format!("loading the node key {}", args.key_file.display()))?;
-    if args.print_public_key {
-        println!("{}", key.public_key());
-        return Ok(());
-    }
     tracing::info!(node = %args.node_name, public_key = %key.public_key(), "podguard-agent starting");
     if args.install_cni {
         let plugin = std::env::current_exe()?

@@ -87,6 +87,7 @@ pub async fn run(
     let mut announced: BTreeMap<String, Vec<Rejection>> = BTreeMap::new();
     let mut waiting_logged = false;
     let mut decision: Option<Decision> = None;
+    let mut reconciled = false;
     loop {
         let snapshot: Vec<Arc<Node>> = reader.state();
         let own = snapshot
@@ -105,6 +106,7 @@ pub async fn run(
             unix_now(),
             ann(mesh::publish::ANN_ROTATE_REQUESTED),
             ann(mesh::publish::ANN_ROTATE_DONE),
+            reconciled,
         ) {
             Ok((d, s)) => {
                 stepped = s;
@@ -121,6 +123,7 @@ pub async fn run(
         let mut digest = None;
         match agent.reconcile(&infos).await {
             Ok(report) => {
+                reconciled = true;
                 digest = Some(report.digest.clone());
                 waiting_logged = false;
                 metrics.record(Some(&report));
