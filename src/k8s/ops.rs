@@ -58,7 +58,13 @@ where
     };
     match target {
         Target::Default => body(),
-        Target::Lab => crate::lab::sys::in_netns(&crate::lab::plan::underlay_netns(), body)?,
+        Target::Lab => {
+            let ul = crate::lab::plan::underlay_netns();
+            if !std::path::Path::new("/run/netns").join(&ul).exists() {
+                bail!("no lab is up (namespace {ul} is missing): run `podguard lab up` first");
+            }
+            crate::lab::sys::in_netns(&ul, body)?
+        }
     }
 }
 
