@@ -13,12 +13,14 @@
 //! * [`ipam`]: address allocation within a podCIDR.
 //! * [`mtu`]: the one MTU computation.
 
+pub mod audit;
 pub mod diff;
 pub mod digest;
 pub mod ipam;
 pub mod mtu;
 pub mod node;
 pub mod plan;
+pub mod policy;
 pub mod publish;
 pub mod status;
 

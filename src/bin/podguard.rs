@@ -48,6 +48,31 @@ enum Command {
         #[arg(long)]
         lab: bool,
     },
+    /// Which traffic NetworkPolicy allows, and whether podguard encrypts it.
+    ///
+    /// Reads Nodes, Pods, Namespaces and NetworkPolicies (networking.k8s.io/v1)
+    /// and each agent's published state, evaluates the policies, and shows a
+    /// namespace matrix: denied, local (same node, never on the wire),
+    /// encrypted, stale (a node has not converged), PLAINTEXT (a host-network
+    /// pod: not covered by podguard) or BROKEN (a node without a valid key:
+    /// dropped, fail closed). Exit code 1 when a policy-allowed flow is
+    /// unencrypted or broken.
+    Audit {
+        /// Also list every pod pair.
+        #[arg(long)]
+        pods: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Talk to the local lab's API server instead of $KUBECONFIG.
+        #[arg(long)]
+        lab: bool,
+        /// Also generate traffic between every pair of pods and capture the
+        /// underlay for a bounded time, counting encrypted and plaintext
+        /// packets (lab only: needs root and the lab's namespaces).
+        #[arg(long, requires = "lab")]
+        probe: bool,
+    },
     /// Per node: key fingerprint, key age, rotation state, and whether its
     /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster.
     /// Exit code 1 if a node has not converged.
@@ -179,6 +204,54 @@ fn main() -> anyhow::Result<()> {
             };
             if results.iter().any(|r| r.result != expect) {
                 eprintln!("not every rotation {what}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Audit {
+            pods,
+            output,
+            lab,
+            probe,
+        } => {
+            use podguard::k8s::ops;
+            let (report, warnings) =
+                ops::with_client(
+                    target(lab),
+                    |client| async move { ops::audit(&client).await },
+                )?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let probe_result = if probe {
+                let r = check::check(false)?;
+                Some(r.capture)
+            } else {
+                None
+            };
+            let probe_ok = probe_result
+                .as_ref()
+                .is_none_or(|c| c.plaintext_packets == 0 && c.marker_hits == 0);
+            match output {
+                Output::Table => {
+                    print!("{}", mesh::audit::render(&report, pods));
+                    if let Some(c) = &probe_result {
+                        println!(
+                            "probe: {} encrypted packets, {} plaintext packets, {} plaintext marker hits on the underlay",
+                            c.encrypted_packets, c.plaintext_packets, c.marker_hits
+                        );
+                    }
+                }
+                Output::Json => {
+                    let mut v = serde_json::to_value(&report)?;
+                    if let Some(c) = &probe_result {
+                        v["probe"] = serde_json::to_value(c)?;
+                    }
+                    v["warnings"] = serde_json::to_value(&warnings)?;
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+            }
+            if !report.ok || !probe_ok {
                 std::process::exit(1);
             }
             Ok(())

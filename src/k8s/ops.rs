@@ -268,3 +268,99 @@ pub async fn annotations(client: &Client, name: &str) -> anyhow::Result<BTreeMap
     let n = api.get(name).await?;
     Ok(n.metadata.annotations.unwrap_or_default())
 }
+
+/// Read what `podguard audit` needs and run it.
+pub async fn audit(client: &Client) -> anyhow::Result<(mesh::audit::Report, Vec<String>)> {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let nodes = node_views(client).await?;
+    let lp = ListParams::default();
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing Pods")?;
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing Namespaces")?;
+    let policies = Api::<NetworkPolicy>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing NetworkPolicies (networking.k8s.io/v1)")?;
+    let mut warnings = Vec::new();
+    let pods: Vec<mesh::policy::Pod> = pods
+        .items
+        .iter()
+        .map(|p| {
+            let spec = p.spec.as_ref();
+            let status = p.status.as_ref();
+            let mut ips: Vec<std::net::IpAddr> = status
+                .and_then(|s| s.pod_ips.as_ref())
+                .map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect())
+                .unwrap_or_default();
+            if ips.is_empty()
+                && let Some(ip) = status
+                    .and_then(|s| s.pod_ip.as_ref())
+                    .and_then(|i| i.parse().ok())
+            {
+                ips.push(ip);
+            }
+            mesh::policy::Pod {
+                namespace: p
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name: p.metadata.name.clone().unwrap_or_default(),
+                labels: p.metadata.labels.clone().unwrap_or_default(),
+                ips,
+                node: spec.and_then(|s| s.node_name.clone()),
+                host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+                ports: spec
+                    .map(|s| {
+                        s.containers
+                            .iter()
+                            .flat_map(|c| c.ports.iter().flatten())
+                            .filter_map(|cp| {
+                                Some(mesh::policy::NamedPort {
+                                    name: cp.name.clone()?,
+                                    port: u16::try_from(cp.container_port).ok()?,
+                                    protocol: cp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    let mut cluster = mesh::policy::Cluster::default();
+    for ns in &namespaces.items {
+        if let Some(name) = &ns.metadata.name {
+            cluster
+                .namespaces
+                .insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+        }
+    }
+    for np in &policies.items {
+        let ns = np
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = np.metadata.name.clone().unwrap_or_default();
+        let spec = serde_json::to_value(&np.spec).unwrap_or_default();
+        match serde_json::from_value::<mesh::policy::PolicySpec>(spec) {
+            Ok(spec) => cluster.policies.push(mesh::policy::Policy {
+                namespace: ns,
+                name,
+                spec,
+            }),
+            Err(e) => warnings.push(format!(
+                "NetworkPolicy {ns}/{name} could not be read and is left out: {e}"
+            )),
+        }
+    }
+    let now = crate::agent::rotation::unix_now();
+    Ok((mesh::audit::audit(&nodes, &pods, &cluster, now), warnings))
+}

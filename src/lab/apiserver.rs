@@ -2,7 +2,8 @@
 //!
 //! Nodes: list, get, watch (with resourceVersion, 410 Gone for a version
 //! it no longer has), create, update, merge patch, delete. Events
-//! (events.k8s.io/v1 and core/v1): create, merge patch, list. Plain HTTP,
+//! (events.k8s.io/v1 and core/v1): create, merge patch, list. Namespaces,
+//! Pods and NetworkPolicies: create, get, list, delete. Plain HTTP,
 //! no authentication: it listens only inside a lab network namespace.
 //! State is kept in a JSON file so a restarted server continues where it
 //! stopped (watches from before the restart get 410 and re-list, as
@@ -37,6 +38,10 @@ struct Persisted {
     rv: u64,
     nodes: BTreeMap<String, Value>,
     events: BTreeMap<String, Value>,
+    /// Namespaces, Pods and NetworkPolicies (list, create, delete; no
+    /// watch): what `podguard audit` reads. Key: `kind/namespace/name`.
+    #[serde(default)]
+    objects: BTreeMap<String, Value>,
 }
 
 #[derive(Debug)]
@@ -138,6 +143,60 @@ impl ApiServer {
                 axum::routing::patch(patch_event),
             )
             .route("/apis/events.k8s.io/v1/events", get(list_events_all))
+            .route(
+                "/api/v1/namespaces",
+                get(|s, q| list_objects(s, q, Kind::Namespace, None)).post(
+                    |s: State<ApiServer>, b: Bytes| create_object(s, Kind::Namespace, None, b),
+                ),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}",
+                get(|s, Path(n): Path<String>| get_object(s, Kind::Namespace, None, n))
+                    .delete(|s, Path(n): Path<String>| delete_object(s, Kind::Namespace, None, n)),
+            )
+            .route(
+                "/api/v1/pods",
+                get(|s, q| list_objects(s, q, Kind::Pod, None)),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/pods",
+                get(|s, q, Path(ns): Path<String>| list_objects(s, q, Kind::Pod, Some(ns))).post(
+                    |s: State<ApiServer>, Path(ns): Path<String>, b: Bytes| {
+                        create_object(s, Kind::Pod, Some(ns), b)
+                    },
+                ),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}",
+                get(|s, Path((ns, n)): Path<(String, String)>| {
+                    get_object(s, Kind::Pod, Some(ns), n)
+                })
+                .delete(|s, Path((ns, n)): Path<(String, String)>| {
+                    delete_object(s, Kind::Pod, Some(ns), n)
+                }),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/networkpolicies",
+                get(|s, q| list_objects(s, q, Kind::NetworkPolicy, None)),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+                get(|s, q, Path(ns): Path<String>| {
+                    list_objects(s, q, Kind::NetworkPolicy, Some(ns))
+                })
+                .post(|s: State<ApiServer>, Path(ns): Path<String>, b: Bytes| {
+                    create_object(s, Kind::NetworkPolicy, Some(ns), b)
+                }),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
+                get(|s, Path((ns, n)): Path<(String, String)>| {
+                    get_object(s, Kind::NetworkPolicy, Some(ns), n)
+                })
+                .delete(|s, Path((ns, n)): Path<(String, String)>| {
+                    delete_object(s, Kind::NetworkPolicy, Some(ns), n)
+                }),
+            )
             .with_state(self)
     }
 
@@ -447,6 +506,141 @@ async fn list_events_all(State(s): State<ApiServer>) -> Response {
     let g = s.inner.lock().await;
     let items: Vec<Value> = g.data.events.values().cloned().collect();
     axum::Json(json!({"kind": "EventList", "apiVersion": "events.k8s.io/v1", "metadata": {"resourceVersion": g.data.rv.to_string()}, "items": items})).into_response()
+}
+
+/// The simple kinds: stored whole, listed, no watch.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Namespace => "Namespace",
+            Self::Pod => "Pod",
+            Self::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+    fn api_version(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+    fn plural(self) -> &'static str {
+        match self {
+            Self::Namespace => "namespaces",
+            Self::Pod => "pods",
+            Self::NetworkPolicy => "networkpolicies",
+        }
+    }
+    fn key(self, ns: Option<&str>, name: &str) -> String {
+        format!("{}/{}/{name}", self.name(), ns.unwrap_or(""))
+    }
+}
+
+async fn list_objects(
+    State(s): State<ApiServer>,
+    Query(_q): Query<BTreeMap<String, String>>,
+    kind: Kind,
+    ns: Option<String>,
+) -> Response {
+    let g = s.inner.lock().await;
+    let prefix = match &ns {
+        Some(ns) => format!("{}/{ns}/", kind.name()),
+        None => format!("{}/", kind.name()),
+    };
+    let items: Vec<Value> = g
+        .data
+        .objects
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v.clone())
+        .collect();
+    axum::Json(
+        json!({"kind": format!("{}List", kind.name()), "apiVersion": kind.api_version(),
+        "metadata": {"resourceVersion": g.data.rv.to_string()}, "items": items}),
+    )
+    .into_response()
+}
+
+async fn get_object(
+    State(s): State<ApiServer>,
+    kind: Kind,
+    ns: Option<String>,
+    name: String,
+) -> Response {
+    let g = s.inner.lock().await;
+    match g.data.objects.get(&kind.key(ns.as_deref(), &name)) {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", kind.plural()),
+        ),
+    }
+}
+
+async fn create_object(
+    State(s): State<ApiServer>,
+    kind: Kind,
+    ns: Option<String>,
+    body: Bytes,
+) -> Response {
+    let mut obj = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let Some(name) = obj["metadata"]["name"].as_str().map(String::from) else {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name is required".into(),
+        );
+    };
+    let mut g = s.inner.lock().await;
+    let key = kind.key(ns.as_deref(), &name);
+    if g.data.objects.contains_key(&key) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", kind.plural()),
+        );
+    }
+    g.data.rv += 1;
+    obj["kind"] = kind.name().into();
+    obj["apiVersion"] = kind.api_version().into();
+    if let Some(ns) = &ns {
+        obj["metadata"]["namespace"] = ns.clone().into();
+    }
+    obj["metadata"]["resourceVersion"] = g.data.rv.to_string().into();
+    obj["metadata"]["uid"] = format!("lab-{key}").into();
+    g.data.objects.insert(key, obj.clone());
+    s.persist(&g.data);
+    (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+async fn delete_object(
+    State(s): State<ApiServer>,
+    kind: Kind,
+    ns: Option<String>,
+    name: String,
+) -> Response {
+    let mut g = s.inner.lock().await;
+    match g.data.objects.remove(&kind.key(ns.as_deref(), &name)) {
+        Some(v) => {
+            s.persist(&g.data);
+            axum::Json(v).into_response()
+        }
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", kind.plural()),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use super::cluster::{self, LabState, Pod};
 use super::plan;
 use super::sys::{self, in_netns};
 
-const ECHO_PORT: u16 = 7777;
+/// Port of the lab pods' echo servers (also their named container port `echo`).
+pub const ECHO_PORT: u16 = 7777;
 
 /// IP packets on the underlay that could carry pod data in the clear:
 /// everything except WireGuard (UDP 51820), the lab API server's TCP,

@@ -252,10 +252,32 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
         nodes.len() * spec.pods_per_node as usize
     ));
     let mut pods = Vec::new();
+    for ns in plan::NAMESPACES {
+        api(
+            &ul,
+            "POST",
+            "/api/v1/namespaces",
+            Some(&json!({"metadata": {"name": ns, "labels": {"team": ns}}})),
+        )?;
+    }
     for n in &nodes {
         for p in &n.pods {
             netns_add(&p.netns)?;
             let ips = cni_add(bins, n, &p.name, &p.netns)?;
+            // The Pod object a kubelet would have: what `podguard audit` reads.
+            let ns = plan::pod_namespace(n);
+            api(
+                &ul,
+                "POST",
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                Some(&json!({
+                    "metadata": {"name": p.name, "labels": {"app": p.name, "team": ns}},
+                    "spec": {"nodeName": n.name, "containers": [{"name": "echo", "image": "lab",
+                        "ports": [{"name": "echo", "containerPort": super::check::ECHO_PORT, "protocol": "TCP"}]}]},
+                    "status": {"phase": "Running", "podIP": ips.first(),
+                        "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()},
+                })),
+            )?;
             pods.push(Pod {
                 name: p.name.clone(),
                 node: n.name.clone(),

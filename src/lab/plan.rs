@@ -107,6 +107,15 @@ pub struct PodPlan {
     pub netns: String,
 }
 
+/// The Kubernetes namespaces lab pods are put in (for `podguard audit`).
+pub const NAMESPACES: [&str; 2] = ["team-a", "team-b"];
+
+/// The namespace of the pods on node `n`: odd nodes team-a, even team-b.
+pub fn pod_namespace(n: &NodePlan) -> &'static str {
+    let i: u32 = n.name.trim_start_matches("node-").parse().unwrap_or(1);
+    NAMESPACES[((i + 1) % 2) as usize]
+}
+
 /// The underlay namespace.
 pub fn underlay_netns() -> String {
     format!("{PREFIX}-ul")

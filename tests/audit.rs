@@ -1,0 +1,190 @@
+//! `podguard audit` against the lab: NetworkPolicy verdicts next to how
+//! traffic travels, the exit code, and the probe. The lab uses fixed names
+//! (prefix pglab): one test, in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn podguard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_podguard"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+struct Down;
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = podguard(&["lab", "down"]);
+    }
+}
+
+fn api(method: &str, path: &str, body: Option<Value>) -> Value {
+    podguard::lab::cluster::api(
+        &podguard::lab::plan::underlay_netns(),
+        method,
+        path,
+        body.as_ref(),
+    )
+    .unwrap()
+}
+
+fn audit() -> (i32, Value) {
+    let o = podguard(&["audit", "--lab", "--pods", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "audit output: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap(), v)
+}
+
+fn cell(r: &Value, from: &str, to: &str) -> Value {
+    r["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["from"] == from && c["to"] == to)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn audit_matrix_policies_findings_and_probe() {
+    if !require_root("audit_matrix_policies_findings_and_probe") {
+        return;
+    }
+    let _guard = Down;
+    let _ = podguard(&["lab", "down"]);
+    let up = podguard(&[
+        "lab",
+        "up",
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--ipv4-only",
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    // No policy: everything allowed, every cross-node flow encrypted.
+    let (code, r) = audit();
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["pods"].as_array().unwrap().len(), 6);
+    assert!(
+        r["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["transport"] == "encrypted")
+    );
+
+    // The probe sees WireGuard and nothing else.
+    let o = podguard(&["audit", "--lab", "--probe", "--output", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        p["probe"]["encrypted_packets"].as_u64().unwrap() > 0,
+        "{p:#}"
+    );
+    assert_eq!(p["probe"]["plaintext_packets"], 0);
+
+    // Default-deny ingress in team-b: team-a -> team-b is denied, the
+    // other direction still encrypted.
+    api(
+        "POST",
+        "/apis/networking.k8s.io/v1/namespaces/team-b/networkpolicies",
+        Some(json!({"metadata": {"name": "default-deny-ingress"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})),
+    );
+    let (code, r) = audit();
+    assert_eq!(code, 0);
+    assert_eq!(cell(&r, "team-a", "team-b")["allowed"], 0, "{r:#}");
+    assert_eq!(cell(&r, "team-b", "team-a")["worst"], "encrypted");
+    // Allow team-a on the named port `echo` only: allowed again.
+    api(
+        "POST",
+        "/apis/networking.k8s.io/v1/namespaces/team-b/networkpolicies",
+        Some(json!({"metadata": {"name": "allow-team-a-echo"},
+                    "spec": {"podSelector": {}, "ingress": [{
+                        "from": [{"namespaceSelector": {"matchLabels": {"team": "team-a"}}}],
+                        "ports": [{"port": "echo"}]}]}})),
+    );
+    let (_, r) = audit();
+    assert_eq!(cell(&r, "team-a", "team-b")["allowed"], 2, "{r:#}");
+
+    // A host-network pod that policy lets talk: plaintext, exit 1.
+    api(
+        "POST",
+        "/api/v1/namespaces/team-a/pods",
+        Some(
+            json!({"metadata": {"name": "node-exporter", "labels": {"app": "exporter"}},
+                    "spec": {"nodeName": "node-1", "hostNetwork": true, "containers": [{"name": "x", "image": "x"}]},
+                    "status": {"podIP": "192.0.2.1"}}),
+        ),
+    );
+    let (code, r) = audit();
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "high"
+                && f["subject"].as_str().unwrap().contains("node-exporter")
+                && f["message"].as_str().unwrap().contains("not covered")),
+        "{r:#}"
+    );
+    let table = String::from_utf8_lossy(&podguard(&["audit", "--lab"]).stdout).into_owned();
+    assert!(
+        table.contains("PLAINTEXT") && table.contains("FAIL"),
+        "{table}"
+    );
+    api(
+        "DELETE",
+        "/api/v1/namespaces/team-a/pods/node-exporter",
+        None,
+    );
+
+    // A node whose agent is gone and whose key is removed: flows to its
+    // pods are broken (dropped, fail closed), exit 1.
+    for pid in ok(&["ip", "netns", "pids", "pglab-n3"]).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    api(
+        "PATCH",
+        "/api/v1/nodes/node-3",
+        Some(json!({"metadata": {"annotations": {"podguard.dev/public-key": null}}})),
+    );
+    let (code, r) = audit();
+    assert_eq!(code, 1, "{r:#}");
+    assert!(
+        r["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["to"] == "team-a/pod-3-1" && p["transport"] == "broken"),
+        "{r:#}"
+    );
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["subject"] == "node node-3")
+    );
+}
