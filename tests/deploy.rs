@@ -71,7 +71,7 @@ fn kustomization_renders_and_validates_against_1_30() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "schema validation failed:\n{out}");
-    assert_eq!(out.matches(" passed for resource ").count(), 5, "{out}");
+    assert_eq!(out.matches(" passed for resource ").count(), 7, "{out}");
 }
 
 #[derive(Deserialize)]
