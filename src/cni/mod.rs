@@ -74,17 +74,24 @@ pub fn read_node_state(path: &Path, missing_code: u32) -> Result<NodeState, CniE
             .details(e.to_string()));
         }
     };
-    let state: NodeState = serde_json::from_slice(&bytes).map_err(|e| {
-        CniError::new(
-            code::DECODE,
-            format!("node state file {} is not valid", path.display()),
-        )
-        .details(e.to_string())
+    parse_node_state(&path.display().to_string(), &bytes, missing_code)
+}
+
+/// Parse and validate the node state file's content (`what` names it in
+/// errors).
+pub fn parse_node_state(
+    what: &str,
+    bytes: &[u8],
+    missing_code: u32,
+) -> Result<NodeState, CniError> {
+    let state: NodeState = serde_json::from_slice(bytes).map_err(|e| {
+        CniError::new(code::DECODE, format!("node state file {what} is not valid"))
+            .details(e.to_string())
     })?;
     if state.pod_cidrs.is_empty() {
         return Err(CniError::new(
             missing_code,
-            format!("node state file {} lists no podCIDRs", path.display()),
+            format!("node state file {what} lists no podCIDRs"),
         ));
     }
     Ok(state)

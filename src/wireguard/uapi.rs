@@ -76,6 +76,18 @@ impl std::fmt::Debug for SetRequest {
     }
 }
 
+/// A value as it appears in an error: quoted, and cut after 24 characters,
+/// so that no error can carry a whole key, whatever line it came from
+/// (found by fuzzing: a key pasted into another field was echoed).
+fn shown(value: &str) -> String {
+    if value.chars().count() <= 24 {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(24).collect();
+        format!("{head:?}… ({} characters)", value.chars().count())
+    }
+}
+
 fn parse_hex_key(value: &str) -> Result<[u8; 32], String> {
     if value.len() != 64 {
         return Err(format!(
@@ -95,7 +107,7 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(format!("{value:?} is not true or false")),
+        _ => Err(format!("{} is not true or false", shown(value))),
     }
 }
 
@@ -126,13 +138,13 @@ pub fn parse_set(lines: &[String]) -> Result<SetRequest, UapiError> {
                 req.listen_port = Some(
                     value
                         .parse()
-                        .map_err(|_| err(format!("listen_port {value:?} is not a port")))?,
+                        .map_err(|_| err(format!("listen_port {} is not a port", shown(value))))?,
                 )
             }
             "fwmark" => {
                 value
                     .parse::<u32>()
-                    .map_err(|_| err(format!("fwmark {value:?} is not a number")))?;
+                    .map_err(|_| err(format!("fwmark {} is not a number", shown(value))))?;
             }
             "replace_peers" => req.replace_peers = parse_bool(value).map_err(err)?,
             "public_key" => {
@@ -148,7 +160,7 @@ pub fn parse_set(lines: &[String]) -> Result<SetRequest, UapiError> {
             _ => {
                 let p = peer
                     .as_mut()
-                    .ok_or_else(|| err(format!("{key} before any public_key")))?;
+                    .ok_or_else(|| err(format!("{} before any public_key", shown(key))))?;
                 match key {
                     "remove" => p.remove = parse_bool(value).map_err(err)?,
                     "update_only" => p.update_only = parse_bool(value).map_err(err)?,
@@ -158,16 +170,15 @@ pub fn parse_set(lines: &[String]) -> Result<SetRequest, UapiError> {
                         p.preshared_key = value.bytes().any(|b| b != b'0');
                     }
                     "endpoint" => {
-                        p.endpoint = Some(
-                            value
-                                .parse()
-                                .map_err(|_| err(format!("endpoint {value:?} is not ip:port")))?,
-                        )
+                        p.endpoint = Some(value.parse().map_err(|_| {
+                            err(format!("endpoint {} is not ip:port", shown(value)))
+                        })?)
                     }
                     "persistent_keepalive_interval" => {
                         p.persistent_keepalive = Some(value.parse().map_err(|_| {
                             err(format!(
-                                "persistent_keepalive_interval {value:?} is not 0-65535"
+                                "persistent_keepalive_interval {} is not 0-65535",
+                                shown(value)
                             ))
                         })?)
                     }
@@ -175,17 +186,20 @@ pub fn parse_set(lines: &[String]) -> Result<SetRequest, UapiError> {
                         p.replace_allowed_ips = parse_bool(value).map_err(err)?
                     }
                     "allowed_ip" => {
-                        let net: IpNet = value
-                            .parse()
-                            .map_err(|_| err(format!("allowed_ip {value:?} is not a CIDR")))?;
+                        let net: IpNet = value.parse().map_err(|_| {
+                            err(format!("allowed_ip {} is not a CIDR", shown(value)))
+                        })?;
                         p.allowed_ips.push(net.trunc());
                     }
                     "protocol_version" => {
                         if value != "1" {
-                            return Err(err(format!("protocol_version {value:?} unsupported")));
+                            return Err(err(format!(
+                                "protocol_version {} unsupported",
+                                shown(value)
+                            )));
                         }
                     }
-                    _ => return Err(err(format!("unknown key {key:?}"))),
+                    _ => return Err(err(format!("unknown key {}", shown(key)))),
                 }
             }
         }
@@ -328,5 +342,20 @@ mod tests {
         assert!(out.starts_with("listen_port=51820\npublic_key="));
         assert!(out.contains("allowed_ip=10.0.0.0/24\n"));
         assert!(out.ends_with("errno=0\n\n"));
+    }
+
+    /// Fuzzing found that a key pasted into another field was echoed
+    /// whole in the error: values are cut.
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        let key = "01".repeat(32);
+        let lines = vec![format!("listen_port=f6ae_key={key}")];
+        let e = parse_set(&lines).unwrap_err().to_string();
+        assert!(!e.contains(&key), "{e}");
+        assert!(e.contains("listen_port") && e.contains("characters"), "{e}");
+        // And in a key name before any public_key (also found by fuzzing).
+        let lines = vec![format!("priv{key}=x")];
+        let e = parse_set(&lines).unwrap_err().to_string();
+        assert!(!e.contains(&key), "{e}");
     }
 }

@@ -1,0 +1,74 @@
+//! Annotation and Node values into the planner: never panics, and every
+//! plan keeps its invariants (AllowedIPs of different peers never overlap;
+//! a peer's AllowedIPs are exactly valid podCIDRs; next keys are unique).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mesh::{Local, MeshConfig, NodeInfo};
+
+fn field(parts: &mut std::str::Split<'_, char>) -> Option<String> {
+    parts.next().filter(|s| !s.is_empty()).map(String::from)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // One node per line: name|podCIDRs (comma-separated)|endpoint|key|next key|internal IP
+    let local_key = keys::PrivateKey::from_bytes([7; 32]).public_key();
+    let mut nodes = vec![NodeInfo {
+        name: "local".into(),
+        pod_cidrs: vec!["10.244.0.0/24".into()],
+        endpoint: Some("192.0.2.1:51820".into()),
+        public_key: Some(local_key.to_base64()),
+        ..Default::default()
+    }];
+    for line in text.lines().take(64) {
+        let mut p = line.split('|');
+        let name = field(&mut p).unwrap_or_default();
+        let cidrs = field(&mut p)
+            .map(|c| c.split(',').map(String::from).collect())
+            .unwrap_or_default();
+        nodes.push(NodeInfo {
+            name,
+            pod_cidrs: cidrs,
+            endpoint: field(&mut p),
+            public_key: field(&mut p),
+            next_public_key: field(&mut p),
+            internal_ips: field(&mut p).into_iter().collect(),
+        });
+    }
+    let cfg = MeshConfig {
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00::/48".parse().unwrap(),
+        ],
+        ..Default::default()
+    };
+    let local = Local {
+        name: "local".into(),
+        public_key: local_key,
+    };
+    let Ok(plan) = mesh::plan(&local, &nodes, &cfg) else {
+        return;
+    };
+    let nets: Vec<_> = plan
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter())
+        .collect();
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            assert!(!a.contains(*b) && !b.contains(*a), "overlapping AllowedIPs");
+        }
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for p in plan.peers.values() {
+        assert!(keys.insert(p.public_key));
+        assert_ne!(p.public_key, local_key);
+        if let Some(n) = p.next_public_key {
+            assert!(keys.insert(n), "a next key duplicates another key");
+            assert_ne!(n, local_key);
+        }
+    }
+    let _ = mesh::digest::expected(&nodes);
+});
