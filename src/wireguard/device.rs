@@ -36,10 +36,16 @@ use ipnet::IpNet;
 use keys::{PrivateKey, PublicKey};
 use parking_lot::{Mutex, RwLock};
 
+use super::batch;
 use super::uapi::{PeerStatus, SetRequest};
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Largest datagram we handle (TUN MTU is at most this minus overhead).
 const BUF: usize = 65_536;
+/// Largest single packet (after GSO splitting): a jumbo-frame MTU.
+const PKT_MAX: usize = 9216;
+/// Datagrams per `recvmmsg`.
+const RX_BATCH: usize = 64;
 /// Handshakes per second before boringtun answers with cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
@@ -293,6 +299,8 @@ pub struct Device {
     udp: UdpSocket,
     /// The socket is dual-stack IPv6: IPv4 peers are sent to as v4-mapped.
     udp_v6: bool,
+    /// UDP GSO works (turned off after the first refusal).
+    gso: std::sync::atomic::AtomicBool,
     state: RwLock<State>,
     /// What was dropped and why.
     pub drops: DropCounters,
@@ -412,6 +420,7 @@ impl Device {
         let tun = tun_rs::DeviceBuilder::new()
             .name(ifname)
             .layer(tun_rs::Layer::L3)
+            .offload(true)
             .build_sync()
             .map_err(tun_err)?;
         if persist {
@@ -425,6 +434,7 @@ impl Device {
             ifname: ifname.to_string(),
             tun,
             udp_v6: matches!(udp.local_addr(), Ok(SocketAddr::V6(_))),
+            gso: std::sync::atomic::AtomicBool::new(true),
             udp,
             state: RwLock::new(State {
                 keys: Vec::new(),
@@ -478,43 +488,136 @@ impl Device {
         }
     }
 
+    /// Send one encrypted datagram, or a GSO batch of them.
+    fn send_batch(&self, buf: &[u8], seg: usize, to: SocketAddr) {
+        if buf.len() <= seg || !self.gso.load(Ordering::Relaxed) {
+            for chunk in buf.chunks(seg.max(1)) {
+                self.send_to(chunk, to);
+            }
+            return;
+        }
+        if let Err(e) = batch::send_gso(&self.udp, buf, seg as u16, to, self.udp_v6) {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+            ) {
+                tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                self.gso.store(false, Ordering::Relaxed);
+                for chunk in buf.chunks(seg) {
+                    self.send_to(chunk, to);
+                }
+            } else {
+                tracing::debug!(error = %e, %to, "udp gso send failed");
+            }
+        }
+    }
+
+    /// TUN → UDP. With TUN offloads the kernel hands over TCP super-packets
+    /// (up to 64 KB); tun-rs splits them into MTU-sized packets, which are
+    /// encrypted back to back into one buffer and sent with UDP GSO: one
+    /// TUN read and one UDP send per super-packet instead of ~45 each.
     fn run_outbound(&self) {
-        let mut src = vec![0u8; BUF];
-        let mut dst = vec![0u8; BUF + 32];
+        let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+        let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; PKT_MAX]; IDEAL_BATCH_SIZE];
+        let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+        let mut out = vec![0u8; batch::MAX_GSO_BYTES + PKT_MAX + 64];
         loop {
-            let n = match self.tun.recv(&mut src) {
+            let n = match self.tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
                     tracing::error!(error = %e, "TUN read failed; outbound path stops");
                     return;
                 }
-            };
-            let pkt = &src[..n];
-            let Some(dst_ip) = Tunn::dst_address(pkt) else {
-                continue;
-            };
-            let peer = {
-                let st = self.state.read();
-                st.table.longest_match(dst_ip).map(|(_, p)| p.clone())
-            };
-            let Some(peer) = peer else {
-                self.drops.no_peer.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let Some(endpoint) = *peer.endpoint.read() else {
-                self.drops.no_endpoint.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let link = peer.active.read().clone();
-            let mut t = link.tunn.lock();
-            match t.encapsulate(pkt, &mut dst) {
-                TunnResult::WriteToNetwork(b) => {
-                    peer.sent(b.len());
-                    self.send_to(b, endpoint);
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read");
+                    continue;
                 }
-                TunnResult::Err(e) => tracing::debug!(?e, "encapsulate"),
-                _ => {}
+            };
+            // The pending GSO batch: `pos` bytes of segments of `seg` bytes to `to`.
+            let mut pos = 0usize;
+            let mut seg = 0usize;
+            let mut count = 0usize;
+            let mut to: Option<SocketAddr> = None;
+            let mut cached: Option<(IpAddr, Arc<Peer>)> = None;
+            for i in 0..n {
+                let pkt = &bufs[i][..sizes[i]];
+                let Some(dst_ip) = Tunn::dst_address(pkt) else {
+                    continue;
+                };
+                let peer = match &cached {
+                    Some((ip, p)) if *ip == dst_ip => p.clone(),
+                    _ => {
+                        let found = {
+                            let st = self.state.read();
+                            st.table.longest_match(dst_ip).map(|(_, p)| p.clone())
+                        };
+                        let Some(p) = found else {
+                            self.drops.no_peer.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        cached = Some((dst_ip, p.clone()));
+                        p
+                    }
+                };
+                let Some(endpoint) = *peer.endpoint.read() else {
+                    self.drops.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                // A different endpoint ends the batch.
+                if to.is_some_and(|t| t != endpoint) && pos > 0 {
+                    self.send_batch(&out[..pos], seg, to.unwrap_or(endpoint));
+                    (pos, count) = (0, 0);
+                }
+                to = Some(endpoint);
+                let link = peer.active.read().clone();
+                let mut t = link.tunn.lock();
+                // boringtun wants room for the overhead and at least a
+                // handshake message (148 bytes).
+                let room = (pkt.len() + 64).max(256);
+                let len = match t.encapsulate(pkt, &mut out[pos..pos + room]) {
+                    TunnResult::WriteToNetwork(b) => b.len(),
+                    TunnResult::Err(e) => {
+                        tracing::debug!(?e, "encapsulate");
+                        continue;
+                    }
+                    // Queued while a handshake is under way; the handshake
+                    // initiation (if any) went out through the result below.
+                    _ => continue,
+                };
+                drop(t);
+                peer.sent(len);
+                if pos == 0 {
+                    seg = len;
+                    pos = len;
+                    count = 1;
+                } else if len == seg {
+                    pos += len;
+                    count += 1;
+                } else if len < seg {
+                    // A shorter datagram may end a GSO batch.
+                    pos += len;
+                    self.send_batch(&out[..pos], seg, endpoint);
+                    (pos, count) = (0, 0);
+                    continue;
+                } else {
+                    // Longer than the batch's segments: send the batch, and
+                    // start a new one with this datagram.
+                    self.send_batch(&out[..pos], seg, endpoint);
+                    out.copy_within(pos..pos + len, 0);
+                    seg = len;
+                    pos = len;
+                    count = 1;
+                }
+                if count >= batch::MAX_GSO_SEGMENTS || pos + seg > batch::MAX_GSO_BYTES {
+                    self.send_batch(&out[..pos], seg, endpoint);
+                    (pos, count) = (0, 0);
+                }
+            }
+            if pos > 0
+                && let Some(t) = to
+            {
+                self.send_batch(&out[..pos], seg, t);
             }
         }
     }
@@ -564,13 +667,7 @@ impl Device {
             .is_some_and(|(_, p)| Arc::ptr_eq(p, peer))
     }
 
-    /// Write a decrypted packet to the TUN if its source lies in the
-    /// sending peer's AllowedIPs; otherwise drop and count it.
-    fn deliver(&self, peer: &Arc<Peer>, pkt: &[u8], src: IpAddr) {
-        if self.source_allowed(peer, src) {
-            let _ = self.tun.send(pkt);
-            return;
-        }
+    fn bad_source(&self, peer: &Arc<Peer>, src: IpAddr) {
         let n = self.drops.bad_source.fetch_add(1, Ordering::Relaxed);
         if n.is_power_of_two() || n == 0 {
             tracing::warn!(
@@ -582,74 +679,107 @@ impl Device {
         }
     }
 
+    /// UDP → TUN: datagrams arrive in batches (`recvmmsg`); decrypted
+    /// packets of one batch are coalesced (TCP/UDP GRO in tun-rs) and
+    /// written to the TUN as few super-packets.
     fn run_inbound(&self) {
-        let mut buf = vec![0u8; BUF];
-        let mut out = vec![0u8; BUF];
+        let mut rb = batch::RecvBatch::new(RX_BATCH, PKT_MAX + 64);
+        let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(RX_BATCH);
+        let mut outs: Vec<batch::PktBuf> = (0..RX_BATCH)
+            .map(|_| batch::PktBuf::new(VIRTIO_NET_HDR_LEN + PKT_MAX + 64))
+            .collect();
+        let mut gro = GROTable::default();
+        let mut net = vec![0u8; PKT_MAX + 64];
         loop {
-            let (n, from) = match self.udp.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "UDP read failed; inbound path stops");
-                    return;
+            if let Err(e) = batch::recv_batch(&self.udp, &mut rb, &mut got) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
-            };
-            let from = normalize(from);
-            let datagram = &buf[..n];
-            let found = match Tunn::parse_incoming_packet(datagram) {
-                Ok(p) => self.link_for(&p),
-                Err(_) => None,
-            };
-            let Some((peer, link)) = found else {
-                self.drops.invalid.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let mut t = link.tunn.lock();
-            let mut authenticated = true;
-            let res = t.decapsulate(Some(from.ip()), datagram, &mut out);
-            match res {
-                TunnResult::WriteToNetwork(b) => {
-                    peer.sent(b.len());
-                    self.send_to(b, from);
-                    // Flush packets queued while the handshake was pending.
-                    while let TunnResult::WriteToNetwork(b) = t.decapsulate(None, &[], &mut out) {
+                tracing::error!(error = %e, "UDP read failed; inbound path stops");
+                return;
+            }
+            let mut ready = 0usize;
+            for (i, &(n, from)) in got.iter().enumerate() {
+                let from = normalize(from);
+                let datagram = &rb.bufs[i][..n];
+                let found = match Tunn::parse_incoming_packet(datagram) {
+                    Ok(p) => self.link_for(&p),
+                    Err(_) => None,
+                };
+                let Some((peer, link)) = found else {
+                    self.drops.invalid.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let mut t = link.tunn.lock();
+                let mut authenticated = true;
+                let out = &mut outs[ready];
+                let res = t.decapsulate(
+                    Some(from.ip()),
+                    datagram,
+                    &mut out.space()[VIRTIO_NET_HDR_LEN..],
+                );
+                match res {
+                    TunnResult::WriteToNetwork(b) => {
                         peer.sent(b.len());
                         self.send_to(b, from);
+                        // Flush packets queued while the handshake was pending.
+                        while let TunnResult::WriteToNetwork(b) = t.decapsulate(None, &[], &mut net)
+                        {
+                            peer.sent(b.len());
+                            self.send_to(b, from);
+                        }
+                        drop(t);
                     }
-                    drop(t);
+                    // The link's lock is released before delivery: delivery
+                    // reads the peer table, and nothing may wait for the table
+                    // while holding a link.
+                    TunnResult::WriteToTunnelV4(pkt, src) => {
+                        drop(t);
+                        let len = pkt.len();
+                        if self.source_allowed(&peer, IpAddr::V4(src)) {
+                            out.set_len(VIRTIO_NET_HDR_LEN + len);
+                            ready += 1;
+                        } else {
+                            self.bad_source(&peer, IpAddr::V4(src));
+                        }
+                    }
+                    TunnResult::WriteToTunnelV6(pkt, src) => {
+                        drop(t);
+                        let len = pkt.len();
+                        if self.source_allowed(&peer, IpAddr::V6(src)) {
+                            out.set_len(VIRTIO_NET_HDR_LEN + len);
+                            ready += 1;
+                        } else {
+                            self.bad_source(&peer, IpAddr::V6(src));
+                        }
+                    }
+                    TunnResult::Done => drop(t),
+                    TunnResult::Err(e) => {
+                        drop(t);
+                        authenticated = false;
+                        self.drops.invalid.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?e, %from, "decapsulate");
+                    }
                 }
-                // The link's lock is released before delivery: delivery
-                // reads the peer table, and nothing may wait for the table
-                // while holding a link.
-                TunnResult::WriteToTunnelV4(pkt, src) => {
-                    drop(t);
-                    self.deliver(&peer, pkt, IpAddr::V4(src));
-                }
-                TunnResult::WriteToTunnelV6(pkt, src) => {
-                    drop(t);
-                    self.deliver(&peer, pkt, IpAddr::V6(src));
-                }
-                TunnResult::Done => drop(t),
-                TunnResult::Err(e) => {
-                    drop(t);
-                    authenticated = false;
-                    self.drops.invalid.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(?e, %from, "decapsulate");
+                if authenticated {
+                    peer.received(n);
+                    // Roaming: the peer's endpoint follows its last authenticated packet.
+                    if *peer.endpoint.read() != Some(from) {
+                        *peer.endpoint.write() = Some(from);
+                    }
+                    // A packet on another link than the active one: a newer
+                    // handshake may have completed there.
+                    if !Arc::ptr_eq(&peer.active.read(), &link) {
+                        peer.reselect();
+                    }
                 }
             }
-            if authenticated {
-                peer.received(n);
-                // Roaming: the peer's endpoint follows its last authenticated packet.
-                let mut ep = peer.endpoint.write();
-                if *ep != Some(from) {
-                    *ep = Some(from);
-                }
-                drop(ep);
-                // A packet on another link than the active one: a newer
-                // handshake may have completed there.
-                if !Arc::ptr_eq(&peer.active.read(), &link) {
-                    peer.reselect();
-                }
+            if ready > 0
+                && let Err(e) =
+                    self.tun
+                        .send_multiple(&mut gro, &mut outs[..ready], VIRTIO_NET_HDR_LEN)
+            {
+                tracing::debug!(error = %e, "TUN write");
             }
         }
     }

@@ -3,6 +3,7 @@
 //! `WireguardInterfaceApi` (netlink for the kernel, UAPI for ours).
 
 pub mod backend;
+pub mod batch;
 pub mod device;
 pub mod uapi;
 pub mod uapi_server;
