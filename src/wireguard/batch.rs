@@ -8,8 +8,8 @@ use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage,
-    recvmmsg, sendmsg,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6,
+    SockaddrLike, SockaddrStorage, recvmmsg, sendmsg, setsockopt, sockopt,
 };
 
 /// Most datagrams one `UDP_SEGMENT` send may carry (kernel limit).
@@ -138,20 +138,42 @@ impl RecvBatch {
     /// `n` slots of `size` bytes.
     pub fn new(n: usize, size: usize) -> Self {
         Self {
-            headers: MultiHeaders::preallocate(n, None),
+            headers: MultiHeaders::preallocate(n, Some(nix::cmsg_space!(i32))),
             bufs: vec![vec![0; size]; n],
         }
     }
 }
 
-/// Receive up to `out.len()` datagrams (blocking for the first one); fills
-/// `out` with (length, source) and returns how many arrived.
+/// Ask for UDP GRO: the kernel may hand over many datagrams of one sender
+/// as one buffer (with their segment size), e.g. a peer's UDP GSO send
+/// arriving whole. Returns whether the kernel accepted.
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    setsockopt(sock, sockopt::UdpGroSegment, &true).is_ok()
+}
+
+/// One received buffer: `len` bytes from `from`; with UDP GRO, datagrams
+/// of `seg` bytes back to back (the last one possibly shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// Sender.
+    pub from: SocketAddr,
+    /// Segment size when several datagrams were coalesced.
+    pub seg: Option<usize>,
+}
+
+/// Receive up to `rb.bufs.len()` buffers (blocking for the first one).
 pub fn recv_batch(
     sock: &UdpSocket,
     rb: &mut RecvBatch,
-    out: &mut Vec<(usize, SocketAddr)>,
+    out: &mut Vec<Received>,
 ) -> io::Result<usize> {
     out.clear();
+    // nix sets each header's control length once, and the kernel shrinks
+    // it to what a call used: fresh headers per call, or a later UDP_GRO
+    // segment size would be cut off (MSG_CTRUNC).
+    rb.headers = MultiHeaders::preallocate(rb.bufs.len(), Some(nix::cmsg_space!(i32)));
     let mut iovs: Vec<[IoSliceMut<'_>; 1]> = rb
         .bufs
         .iter_mut()
@@ -167,10 +189,17 @@ pub fn recv_batch(
     .map_err(io::Error::from)?;
     for r in res {
         let from = r.address.and_then(|a: SockaddrStorage| to_std(&a));
-        match from {
-            Some(f) => out.push((r.bytes, f)),
-            None => out.push((0, SocketAddr::from(([0, 0, 0, 0], 0)))),
-        }
+        let seg = r.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|m| match m {
+                ControlMessageOwned::UdpGroSegments(s) if s > 0 => Some(s as usize),
+                _ => None,
+            })
+        });
+        out.push(Received {
+            len: if from.is_some() { r.bytes } else { 0 },
+            from: from.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            seg,
+        });
     }
     Ok(out.len())
 }
@@ -212,9 +241,10 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < 6 {
             recv_batch(&rx, &mut rb, &mut out).unwrap();
-            for (i, (n, from)) in out.iter().enumerate() {
-                assert_eq!(*from, tx.local_addr().unwrap());
-                got.push(rb.bufs[i][..*n].to_vec());
+            for (i, r) in out.iter().enumerate() {
+                assert_eq!(r.from, tx.local_addr().unwrap());
+                assert_eq!(r.seg, None, "no GRO asked for");
+                got.push(rb.bufs[i][..r.len].to_vec());
             }
         }
         assert_eq!(got.len(), 6);
@@ -239,5 +269,51 @@ mod tests {
         assert_eq!(b.buf_capacity(), 64);
         b.buf_extend_from_slice(&[1; 100]);
         assert_eq!(b.as_ref().len(), 107);
+    }
+
+    #[test]
+    fn gro_receives_a_gso_send_whole_or_in_parts() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !enable_gro(&rx) {
+            return;
+        }
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut buf = Vec::new();
+        for i in 0..10u8 {
+            buf.extend(std::iter::repeat_n(i, 200));
+        }
+        if send_gso(&tx, &buf, 200, to, false).is_err() {
+            return;
+        }
+        let mut rb = RecvBatch::new(4, 65_536);
+        let mut out = Vec::new();
+        let mut datagrams: Vec<Vec<u8>> = Vec::new();
+        while datagrams.len() < 10 {
+            recv_batch(&rx, &mut rb, &mut out).unwrap();
+            for (i, r) in out.iter().enumerate() {
+                let seg = r.seg.unwrap_or(r.len);
+                for d in rb.bufs[i][..r.len].chunks(seg) {
+                    datagrams.push(d.to_vec());
+                }
+            }
+        }
+        for (i, d) in datagrams.iter().enumerate() {
+            assert_eq!(d, &vec![i as u8; 200]);
+        }
+        // Again: the segment size must survive a second call (nix leaves a
+        // shrunken control length in reused headers).
+        send_gso(&tx, &buf, 200, to, false).unwrap();
+        let mut n = 0;
+        while n < 10 {
+            recv_batch(&rx, &mut rb, &mut out).unwrap();
+            for (i, r) in out.iter().enumerate() {
+                let seg = r.seg.unwrap_or(r.len);
+                for (j, d) in rb.bufs[i][..r.len].chunks(seg).enumerate() {
+                    assert_eq!(d.len(), 200, "datagram {j} of a receive: {}", r.len);
+                    n += 1;
+                }
+            }
+        }
     }
 }

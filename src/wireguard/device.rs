@@ -683,9 +683,17 @@ impl Device {
     /// packets of one batch are coalesced (TCP/UDP GRO in tun-rs) and
     /// written to the TUN as few super-packets.
     fn run_inbound(&self) {
-        let mut rb = batch::RecvBatch::new(RX_BATCH, PKT_MAX + 64);
-        let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(RX_BATCH);
-        let mut outs: Vec<batch::PktBuf> = (0..RX_BATCH)
+        // With UDP GRO a slot holds a whole GSO send of a peer (up to 64 KB).
+        let gro_rx =
+            std::env::var_os("PODGUARD_NO_UDP_GRO").is_none() && batch::enable_gro(&self.udp);
+        let (slots, slot_size) = if gro_rx {
+            (RX_BATCH / 4, 65_536)
+        } else {
+            (RX_BATCH, PKT_MAX + 64)
+        };
+        let mut rb = batch::RecvBatch::new(slots, slot_size);
+        let mut got: Vec<batch::Received> = Vec::with_capacity(slots);
+        let mut outs: Vec<batch::PktBuf> = (0..IDEAL_BATCH_SIZE)
             .map(|_| batch::PktBuf::new(VIRTIO_NET_HDR_LEN + PKT_MAX + 64))
             .collect();
         let mut gro = GROTable::default();
@@ -699,89 +707,111 @@ impl Device {
                 return;
             }
             let mut ready = 0usize;
-            for (i, &(n, from)) in got.iter().enumerate() {
-                let from = normalize(from);
-                let datagram = &rb.bufs[i][..n];
-                let found = match Tunn::parse_incoming_packet(datagram) {
-                    Ok(p) => self.link_for(&p),
-                    Err(_) => None,
-                };
-                let Some((peer, link)) = found else {
-                    self.drops.invalid.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let mut t = link.tunn.lock();
-                let mut authenticated = true;
-                let out = &mut outs[ready];
-                let res = t.decapsulate(
-                    Some(from.ip()),
-                    datagram,
-                    &mut out.space()[VIRTIO_NET_HDR_LEN..],
-                );
-                match res {
-                    TunnResult::WriteToNetwork(b) => {
-                        peer.sent(b.len());
-                        self.send_to(b, from);
-                        // Flush packets queued while the handshake was pending.
-                        while let TunnResult::WriteToNetwork(b) = t.decapsulate(None, &[], &mut net)
-                        {
-                            peer.sent(b.len());
-                            self.send_to(b, from);
-                        }
-                        drop(t);
+            for (i, r) in got.iter().enumerate() {
+                let from = normalize(r.from);
+                let seg = r.seg.unwrap_or(r.len).max(1);
+                for datagram in rb.bufs[i][..r.len].chunks(seg) {
+                    if ready == outs.len() {
+                        self.write_tun(&mut gro, &mut outs[..ready]);
+                        ready = 0;
                     }
-                    // The link's lock is released before delivery: delivery
-                    // reads the peer table, and nothing may wait for the table
-                    // while holding a link.
-                    TunnResult::WriteToTunnelV4(pkt, src) => {
-                        drop(t);
-                        let len = pkt.len();
-                        if self.source_allowed(&peer, IpAddr::V4(src)) {
-                            out.set_len(VIRTIO_NET_HDR_LEN + len);
-                            ready += 1;
-                        } else {
-                            self.bad_source(&peer, IpAddr::V4(src));
-                        }
-                    }
-                    TunnResult::WriteToTunnelV6(pkt, src) => {
-                        drop(t);
-                        let len = pkt.len();
-                        if self.source_allowed(&peer, IpAddr::V6(src)) {
-                            out.set_len(VIRTIO_NET_HDR_LEN + len);
-                            ready += 1;
-                        } else {
-                            self.bad_source(&peer, IpAddr::V6(src));
-                        }
-                    }
-                    TunnResult::Done => drop(t),
-                    TunnResult::Err(e) => {
-                        drop(t);
-                        authenticated = false;
-                        self.drops.invalid.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(?e, %from, "decapsulate");
-                    }
-                }
-                if authenticated {
-                    peer.received(n);
-                    // Roaming: the peer's endpoint follows its last authenticated packet.
-                    if *peer.endpoint.read() != Some(from) {
-                        *peer.endpoint.write() = Some(from);
-                    }
-                    // A packet on another link than the active one: a newer
-                    // handshake may have completed there.
-                    if !Arc::ptr_eq(&peer.active.read(), &link) {
-                        peer.reselect();
+                    if self.receive_one(datagram, from, &mut outs[ready], &mut net) {
+                        ready += 1;
                     }
                 }
             }
-            if ready > 0
-                && let Err(e) =
-                    self.tun
-                        .send_multiple(&mut gro, &mut outs[..ready], VIRTIO_NET_HDR_LEN)
-            {
-                tracing::debug!(error = %e, "TUN write");
+            if ready > 0 {
+                self.write_tun(&mut gro, &mut outs[..ready]);
             }
         }
+    }
+
+    fn write_tun(&self, gro: &mut GROTable, outs: &mut [batch::PktBuf]) {
+        if let Err(e) = self.tun.send_multiple(gro, outs, VIRTIO_NET_HDR_LEN) {
+            tracing::debug!(error = %e, "TUN write");
+        }
+    }
+
+    /// Decrypt one datagram. Returns true when `out` now holds a packet
+    /// for the TUN (after `VIRTIO_NET_HDR_LEN` bytes of headroom).
+    fn receive_one(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut batch::PktBuf,
+        net: &mut [u8],
+    ) -> bool {
+        let found = match Tunn::parse_incoming_packet(datagram) {
+            Ok(p) => self.link_for(&p),
+            Err(_) => None,
+        };
+        let Some((peer, link)) = found else {
+            self.drops.invalid.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        let mut t = link.tunn.lock();
+        let mut authenticated = true;
+        let mut ready = false;
+        let res = t.decapsulate(
+            Some(from.ip()),
+            datagram,
+            &mut out.space()[VIRTIO_NET_HDR_LEN..],
+        );
+        match res {
+            TunnResult::WriteToNetwork(b) => {
+                peer.sent(b.len());
+                self.send_to(b, from);
+                // Flush packets queued while the handshake was pending.
+                while let TunnResult::WriteToNetwork(b) = t.decapsulate(None, &[], net) {
+                    peer.sent(b.len());
+                    self.send_to(b, from);
+                }
+                drop(t);
+            }
+            // The link's lock is released before delivery: delivery reads
+            // the peer table, and nothing may wait for the table while
+            // holding a link.
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                drop(t);
+                let len = pkt.len();
+                if self.source_allowed(&peer, IpAddr::V4(src)) {
+                    out.set_len(VIRTIO_NET_HDR_LEN + len);
+                    ready = true;
+                } else {
+                    self.bad_source(&peer, IpAddr::V4(src));
+                }
+            }
+            TunnResult::WriteToTunnelV6(pkt, src) => {
+                drop(t);
+                let len = pkt.len();
+                if self.source_allowed(&peer, IpAddr::V6(src)) {
+                    out.set_len(VIRTIO_NET_HDR_LEN + len);
+                    ready = true;
+                } else {
+                    self.bad_source(&peer, IpAddr::V6(src));
+                }
+            }
+            TunnResult::Done => drop(t),
+            TunnResult::Err(e) => {
+                drop(t);
+                authenticated = false;
+                self.drops.invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?e, %from, "decapsulate");
+            }
+        }
+        if authenticated {
+            peer.received(datagram.len());
+            // Roaming: the peer's endpoint follows its last authenticated packet.
+            if *peer.endpoint.read() != Some(from) {
+                *peer.endpoint.write() = Some(from);
+            }
+            // A packet on another link than the active one: a newer
+            // handshake may have completed there.
+            if !Arc::ptr_eq(&peer.active.read(), &link) {
+                peer.reselect();
+            }
+        }
+        ready
     }
 
     fn run_timers(&self) {
