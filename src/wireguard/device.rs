@@ -707,6 +707,9 @@ impl Device {
                 return;
             }
             let mut ready = 0usize;
+            // The last source check, valid for this batch only (a peer
+            // change takes effect from the next batch on).
+            let mut verdict: Option<(usize, IpAddr, bool)> = None;
             for (i, r) in got.iter().enumerate() {
                 let from = normalize(r.from);
                 let seg = r.seg.unwrap_or(r.len).max(1);
@@ -715,7 +718,7 @@ impl Device {
                         self.write_tun(&mut gro, &mut outs[..ready]);
                         ready = 0;
                     }
-                    if self.receive_one(datagram, from, &mut outs[ready], &mut net) {
+                    if self.receive_one(datagram, from, &mut outs[ready], &mut net, &mut verdict) {
                         ready += 1;
                     }
                 }
@@ -740,7 +743,19 @@ impl Device {
         from: SocketAddr,
         out: &mut batch::PktBuf,
         net: &mut [u8],
+        verdict: &mut Option<(usize, IpAddr, bool)>,
     ) -> bool {
+        let mut allowed = |peer: &Arc<Peer>, src: IpAddr| {
+            let key = Arc::as_ptr(peer) as usize;
+            match *verdict {
+                Some((k, ip, ok)) if k == key && ip == src => ok,
+                _ => {
+                    let ok = self.source_allowed(peer, src);
+                    *verdict = Some((key, src, ok));
+                    ok
+                }
+            }
+        };
         let found = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => self.link_for(&p),
             Err(_) => None,
@@ -774,7 +789,7 @@ impl Device {
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 drop(t);
                 let len = pkt.len();
-                if self.source_allowed(&peer, IpAddr::V4(src)) {
+                if allowed(&peer, IpAddr::V4(src)) {
                     out.set_len(VIRTIO_NET_HDR_LEN + len);
                     ready = true;
                 } else {
@@ -784,7 +799,7 @@ impl Device {
             TunnResult::WriteToTunnelV6(pkt, src) => {
                 drop(t);
                 let len = pkt.len();
-                if self.source_allowed(&peer, IpAddr::V6(src)) {
+                if allowed(&peer, IpAddr::V6(src)) {
                     out.set_len(VIRTIO_NET_HDR_LEN + len);
                     ready = true;
                 } else {
