@@ -352,3 +352,44 @@ fn rotation_resumes_after_kill_9_and_waits_for_an_absent_peer() {
         || pings(&pa, &ipb),
     );
 }
+
+/// `--rotate-every`: an agent rotates its key on schedule, by itself,
+/// again and again, and traffic keeps flowing.
+#[test]
+fn scheduled_rotation_rotates_by_itself() {
+    if !require_root("scheduled_rotation_rotates_by_itself") {
+        return;
+    }
+    let mut lab = KubeLab::new("ks");
+    let b = lab.add_node("b", 2);
+    lab.agent_args = vec!["--rotate-every".into(), "3s".into()];
+    let a = lab.add_node("a", 1);
+    lab.attach_pod(a);
+    lab.attach_pod(b);
+    let (pa, _) = lab.pod(a);
+    let (_, ipb) = lab.pod(b);
+    let first = lab.public_key(a);
+    let mut seen = std::collections::BTreeSet::new();
+    seen.insert(first.clone());
+    wait_for(
+        "two scheduled rotations of a",
+        Duration::from_secs(60),
+        || {
+            if let Some(k) = lab.annotations("a").get("podguard.dev/public-key") {
+                seen.insert(k.clone());
+            }
+            seen.len() >= 3
+        },
+    );
+    // b's key never rotated (no --rotate-every there).
+    assert_eq!(
+        lab.annotations("b")["podguard.dev/public-key"],
+        lab.public_key(b)
+    );
+    wait_for(
+        "pod a -> pod b after scheduled rotations",
+        Duration::from_secs(20),
+        || pings(&pa, &ipb),
+    );
+    assert!(lab.log(a).contains("scheduled rotation"));
+}

@@ -37,6 +37,8 @@ pub struct KubeLab {
     pub kubeconfig: PathBuf,
     pub api_state: PathBuf,
     pub nodes: Vec<KNode>,
+    /// Extra arguments for every agent started from now on.
+    pub agent_args: Vec<String>,
 }
 
 fn bin(name: &str) -> String {
@@ -79,6 +81,7 @@ impl KubeLab {
             kubeconfig,
             api_state,
             nodes: Vec::new(),
+            agent_args: Vec::new(),
         };
         lab.start_api();
         lab
@@ -272,6 +275,7 @@ impl KubeLab {
                 "2s",
             ],
         );
+        cmd.args(&self.agent_args);
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .stdout(Stdio::null())
             .stderr(log);
