@@ -150,16 +150,9 @@ fn api_outage_keeps_traffic_and_agents_catch_up() {
     if !require_root("api_outage_keeps_traffic_and_agents_catch_up") {
         return;
     }
-    let mut lab = KubeLab::new("ko");
-    let a = lab.add_node("a", 1);
-    let b = lab.add_node("b", 2);
-    lab.attach_pod(a);
-    lab.attach_pod(b);
+    let (mut lab, a, b) = KubeLab::connected_pair("ko");
     let (pa, _) = lab.pod(a);
     let (_, ipb) = lab.pod(b);
-    wait_for("pod a -> pod b", Duration::from_secs(20), || {
-        pings(&pa, &ipb)
-    });
     let kb = lab.public_key(b);
 
     lab.stop_api();
@@ -206,16 +199,9 @@ fn agent_restart_keeps_key_and_tcp_stream() {
     if !require_root("agent_restart_keeps_key_and_tcp_stream") {
         return;
     }
-    let mut lab = KubeLab::new("kr");
-    let a = lab.add_node("a", 1);
-    let b = lab.add_node("b", 2);
-    lab.attach_pod(a);
-    lab.attach_pod(b);
+    let (mut lab, a, b) = KubeLab::connected_pair("kr");
     let (pa, _) = lab.pod(a);
     let (pb, ipb) = lab.pod(b);
-    wait_for("pod a -> pod b", Duration::from_secs(20), || {
-        pings(&pa, &ipb)
-    });
     let key_before = lab.public_key(a);
 
     let listener = in_netns(&pb, || {
@@ -274,16 +260,9 @@ fn rotation_resumes_after_kill_9_and_waits_for_an_absent_peer() {
     if !require_root("rotation_resumes_after_kill_9_and_waits_for_an_absent_peer") {
         return;
     }
-    let mut lab = KubeLab::new("kx");
-    let a = lab.add_node("a", 1);
-    let b = lab.add_node("b", 2);
-    lab.attach_pod(a);
-    lab.attach_pod(b);
+    let (mut lab, a, b) = KubeLab::connected_pair("kx");
     let (pa, _) = lab.pod(a);
     let (_, ipb) = lab.pod(b);
-    wait_for("pod a -> pod b", Duration::from_secs(20), || {
-        pings(&pa, &ipb)
-    });
     let old = lab.public_key(a);
 
     // b is absent: a's rotation cannot finish its stage.

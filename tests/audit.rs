@@ -8,32 +8,9 @@ mod common;
 
 use std::process::Command;
 
+use common::lab::{api, podguard, up_small};
 use common::*;
 use serde_json::{Value, json};
-
-fn podguard(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_podguard"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-struct Down;
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = podguard(&["lab", "down"]);
-    }
-}
-
-fn api(method: &str, path: &str, body: Option<Value>) -> Value {
-    podguard::lab::cluster::api(
-        &podguard::lab::plan::underlay_netns(),
-        method,
-        path,
-        body.as_ref(),
-    )
-    .unwrap()
-}
 
 fn audit() -> (i32, Value) {
     let o = podguard(&["audit", "--lab", "--pods", "--output", "json"]);
@@ -62,22 +39,7 @@ fn audit_matrix_policies_findings_and_probe() {
     if !require_root("audit_matrix_policies_findings_and_probe") {
         return;
     }
-    let _guard = Down;
-    let _ = podguard(&["lab", "down"]);
-    let up = podguard(&[
-        "lab",
-        "up",
-        "--nodes",
-        "3",
-        "--pods-per-node",
-        "1",
-        "--ipv4-only",
-    ]);
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let _guard = up_small();
 
     // No policy: everything allowed, every cross-node flow encrypted.
     let (code, r) = audit();

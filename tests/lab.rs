@@ -8,14 +8,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::lab::{podguard, up_small};
 use common::*;
-
-fn podguard(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_podguard"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn lab_namespaces() -> Vec<String> {
     ok(&["ip", "netns", "list"])
@@ -26,35 +20,12 @@ fn lab_namespaces() -> Vec<String> {
         .collect()
 }
 
-struct Down;
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = podguard(&["lab", "down"]);
-    }
-}
-
 #[test]
 fn lab_up_check_down_and_crash_cleanup() {
     if !require_root("lab_up_check_down_and_crash_cleanup") {
         return;
     }
-    let _guard = Down;
-    let _ = podguard(&["lab", "down"]);
-
-    let up = podguard(&[
-        "lab",
-        "up",
-        "--nodes",
-        "3",
-        "--pods-per-node",
-        "1",
-        "--ipv4-only",
-    ]);
-    assert!(
-        up.status.success(),
-        "lab up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let _guard = up_small();
     assert_eq!(lab_namespaces().len(), 1 + 3 + 3);
     let again = podguard(&["lab", "up"]);
     assert!(!again.status.success());

@@ -19,23 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::lab::{api, podguard, up_small};
 use common::*;
 
 const MARKER: &[u8] = b"PGROTATE-PLAINTEXT-MARKER";
-
-fn podguard(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_podguard"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-struct Down;
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = podguard(&["lab", "down"]);
-    }
-}
 
 struct Pod {
     node: String,
@@ -181,18 +168,8 @@ fn annotations() -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_default()
 }
 
-fn lab_api(method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
-    podguard::lab::cluster::api(
-        &podguard::lab::plan::underlay_netns(),
-        method,
-        path,
-        body.as_ref(),
-    )
-    .unwrap()
-}
-
 fn node_key(name: &str) -> String {
-    lab_api("GET", &format!("/api/v1/nodes/{name}"), None)["metadata"]["annotations"]
+    api("GET", &format!("/api/v1/nodes/{name}"), None)["metadata"]["annotations"]
         ["podguard.dev/public-key"]
         .as_str()
         .unwrap()
@@ -217,22 +194,7 @@ fn rotation_is_hitless_in_the_lab() {
     if !require_root("rotation_is_hitless_in_the_lab") {
         return;
     }
-    let _guard = Down;
-    let _ = podguard(&["lab", "down"]);
-    let up = podguard(&[
-        "lab",
-        "up",
-        "--nodes",
-        "3",
-        "--pods-per-node",
-        "1",
-        "--ipv4-only",
-    ]);
-    assert!(
-        up.status.success(),
-        "lab up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let _guard = up_small();
     let pods = pods();
     let on = |n: &str| pods.iter().find(|p| p.node == n).unwrap();
     let names: Vec<String> = {
@@ -261,7 +223,7 @@ fn rotation_is_hitless_in_the_lab() {
         keys::PrivateKey::generate().public_key().to_base64(),
         before[2].clone(),
     ] {
-        lab_api(
+        api(
             "PATCH",
             &format!("/api/v1/nodes/{}", names[1]),
             Some(
@@ -272,8 +234,8 @@ fn rotation_is_hitless_in_the_lab() {
             "the agent to remove a next key it did not stage",
             Duration::from_secs(20),
             || {
-                lab_api("GET", &format!("/api/v1/nodes/{}", names[1]), None)["metadata"]
-                    ["annotations"]["podguard.dev/next-public-key"]
+                api("GET", &format!("/api/v1/nodes/{}", names[1]), None)["metadata"]["annotations"]
+                    ["podguard.dev/next-public-key"]
                     .is_null()
             },
         );
@@ -387,8 +349,8 @@ fn rotation_is_hitless_in_the_lab() {
     let after: Vec<String> = names.iter().map(|n| node_key(n)).collect();
     for (i, n) in names.iter().enumerate() {
         assert_ne!(before[i], after[i], "{n} was not rotated");
-        let ann = lab_api("GET", &format!("/api/v1/nodes/{n}"), None)["metadata"]["annotations"]
-            .to_string();
+        let ann =
+            api("GET", &format!("/api/v1/nodes/{n}"), None)["metadata"]["annotations"].to_string();
         for old in &before {
             assert!(
                 !ann.contains(old.as_str()),

@@ -225,6 +225,22 @@ impl KubeLab {
         i
     }
 
+    /// Nodes a (index 1) and b (index 2), a pod on each, and pod a
+    /// reaching pod b. Returns the lab and the two node indices.
+    pub fn connected_pair(tag: &str) -> (Self, usize, usize) {
+        let mut lab = Self::new(tag);
+        let a = lab.add_node("a", 1);
+        let b = lab.add_node("b", 2);
+        lab.attach_pod(a);
+        lab.attach_pod(b);
+        let (pa, _) = lab.pod(a);
+        let (_, ipb) = lab.pod(b);
+        wait_for("pod a -> pod b", Duration::from_secs(20), || {
+            super::pings(&pa, &ipb)
+        });
+        (lab, a, b)
+    }
+
     pub fn node_cmd(&self, i: usize, args: &[&str]) -> Command {
         super::node_command(&self.nodes[i].ns, &self.nodes[i].wg_dir, args)
     }

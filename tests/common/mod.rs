@@ -7,6 +7,7 @@
 
 pub mod cni;
 pub mod kubelab;
+pub mod lab;
 pub mod twonode;
 
 use std::fs::File;
