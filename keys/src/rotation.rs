@@ -285,31 +285,9 @@ pub fn decide(disk: &Disk, inputs: &Inputs, policy: &Policy) -> Decision {
         return d;
     };
 
-    // The middle of a switch: SaveOld ran (`.old` is a copy of the current
-    // key), PromoteNext is due. Resume it.
+    // Files no phase can use are removed first, one at a time; an
+    // interrupted switch is resumed.
     let next = disk.next.key().filter(|k| *k != cur);
-    if let Some(n) = next
-        && disk.old.key() == Some(cur)
-    {
-        let since = disk.next.since().unwrap_or(inputs.now);
-        d.phase = Phase::Staged { next: n, since };
-        d.device = Some(DeviceKeys {
-            primary: cur,
-            extra: Some(n),
-        });
-        d.publish.public_key = Some(cur);
-        d.publish.next_public_key = Some(n);
-        d.publish.state = d.phase.name();
-        d.publish.key_created = disk.current.since();
-        d.publish.done = inputs
-            .requested
-            .clone()
-            .filter(|r| inputs.done.as_ref() != Some(r));
-        d.step = Some(Step::PromoteNext);
-        d.reason = "switching: the current key is saved as .old";
-        return d;
-    }
-    // Files no phase can use are removed first, one at a time.
     let old = disk.old.key().filter(|k| *k != cur);
     let cleanup = if disk.next == File::Unusable {
         Some((
@@ -320,6 +298,13 @@ pub fn decide(disk: &Disk, inputs: &Inputs, policy: &Policy) -> Decision {
         Some((Step::DropOld, ".old is unusable"))
     } else if disk.next.exists() && next.is_none() {
         Some((Step::DropNext, ".next equals the current key"))
+    } else if disk.old.exists() && old.is_none() && next.is_some() {
+        // The middle of a switch: SaveOld ran (`.old` is a copy of the
+        // current key), PromoteNext is due. Resume it.
+        Some((
+            Step::PromoteNext,
+            "switching: the current key is saved as .old",
+        ))
     } else if disk.old.exists() && old.is_none() {
         Some((Step::DropOld, ".old is a copy of the current key"))
     } else if next.is_some() && old.is_some() {

@@ -334,12 +334,8 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
             }
         }
     }
-    let mut users: BTreeMap<PublicKey, BTreeSet<&str>> = BTreeMap::new();
-    for (n, p) in &parsed {
-        if let Some(k) = p.key {
-            users.entry(k).or_default().insert(n.name.as_str());
-        }
-    }
+    // Who publishes which key: the public keys (`by_key`), plus next keys.
+    let mut users = by_key;
     for (name, k) in &next_of {
         users.entry(*k).or_default().insert(name.as_str());
     }

@@ -154,49 +154,12 @@ impl ApiServer {
                 get(|s, Path(n): Path<String>| get_object(s, Kind::Namespace, None, n))
                     .delete(|s, Path(n): Path<String>| delete_object(s, Kind::Namespace, None, n)),
             )
-            .route(
-                "/api/v1/pods",
-                get(|s, q| list_objects(s, q, Kind::Pod, None)),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/pods",
-                get(|s, q, Path(ns): Path<String>| list_objects(s, q, Kind::Pod, Some(ns))).post(
-                    |s: State<ApiServer>, Path(ns): Path<String>, b: Bytes| {
-                        create_object(s, Kind::Pod, Some(ns), b)
-                    },
-                ),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/pods/{name}",
-                get(|s, Path((ns, n)): Path<(String, String)>| {
-                    get_object(s, Kind::Pod, Some(ns), n)
-                })
-                .delete(|s, Path((ns, n)): Path<(String, String)>| {
-                    delete_object(s, Kind::Pod, Some(ns), n)
-                }),
-            )
-            .route(
-                "/apis/networking.k8s.io/v1/networkpolicies",
-                get(|s, q| list_objects(s, q, Kind::NetworkPolicy, None)),
-            )
-            .route(
-                "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
-                get(|s, q, Path(ns): Path<String>| {
-                    list_objects(s, q, Kind::NetworkPolicy, Some(ns))
-                })
-                .post(|s: State<ApiServer>, Path(ns): Path<String>, b: Bytes| {
-                    create_object(s, Kind::NetworkPolicy, Some(ns), b)
-                }),
-            )
-            .route(
-                "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
-                get(|s, Path((ns, n)): Path<(String, String)>| {
-                    get_object(s, Kind::NetworkPolicy, Some(ns), n)
-                })
-                .delete(|s, Path((ns, n)): Path<(String, String)>| {
-                    delete_object(s, Kind::NetworkPolicy, Some(ns), n)
-                }),
-            )
+            .merge(namespaced("/api/v1", "pods", Kind::Pod))
+            .merge(namespaced(
+                "/apis/networking.k8s.io/v1",
+                "networkpolicies",
+                Kind::NetworkPolicy,
+            ))
             .with_state(self)
     }
 
@@ -506,6 +469,31 @@ async fn list_events_all(State(s): State<ApiServer>) -> Response {
     let g = s.inner.lock().await;
     let items: Vec<Value> = g.data.events.values().cloned().collect();
     axum::Json(json!({"kind": "EventList", "apiVersion": "events.k8s.io/v1", "metadata": {"resourceVersion": g.data.rv.to_string()}, "items": items})).into_response()
+}
+
+/// List (all namespaces and one), create, get and delete for a namespaced
+/// simple kind under `group/[namespaces/{ns}/]plural`.
+fn namespaced(group: &str, plural: &str, kind: Kind) -> Router<ApiServer> {
+    Router::new()
+        .route(
+            &format!("{group}/{plural}"),
+            get(move |s, q| list_objects(s, q, kind, None)),
+        )
+        .route(
+            &format!("{group}/namespaces/{{ns}}/{plural}"),
+            get(move |s, q, Path(ns): Path<String>| list_objects(s, q, kind, Some(ns))).post(
+                move |s: State<ApiServer>, Path(ns): Path<String>, b: Bytes| {
+                    create_object(s, kind, Some(ns), b)
+                },
+            ),
+        )
+        .route(
+            &format!("{group}/namespaces/{{ns}}/{plural}/{{name}}"),
+            get(move |s, Path((ns, n)): Path<(String, String)>| get_object(s, kind, Some(ns), n))
+                .delete(move |s, Path((ns, n)): Path<(String, String)>| {
+                    delete_object(s, kind, Some(ns), n)
+                }),
+        )
 }
 
 /// The simple kinds: stored whole, listed, no watch.

@@ -64,6 +64,7 @@ impl LabSpec {
             pod_cidrs.push(format!("fd00:10:244:{i:x}::/64"));
         }
         NodePlan {
+            index: i,
             name: format!("node-{i}"),
             netns: format!("{PREFIX}-n{i}"),
             underlay_ip: format!("{UNDERLAY_PREFIX}.{i}"),
@@ -86,6 +87,8 @@ impl LabSpec {
 /// One node of the lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePlan {
+    /// 1-based position in the lab.
+    pub index: u8,
     /// Node object name.
     pub name: String,
     /// Its network namespace.
@@ -112,8 +115,7 @@ pub const NAMESPACES: [&str; 2] = ["team-a", "team-b"];
 
 /// The namespace of the pods on node `n`: odd nodes team-a, even team-b.
 pub fn pod_namespace(n: &NodePlan) -> &'static str {
-    let i: u32 = n.name.trim_start_matches("node-").parse().unwrap_or(1);
-    NAMESPACES[((i + 1) % 2) as usize]
+    NAMESPACES[usize::from(n.index.saturating_sub(1) % 2)]
 }
 
 /// The underlay namespace.

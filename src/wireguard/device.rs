@@ -667,6 +667,24 @@ impl Device {
             .is_some_and(|(_, p)| Arc::ptr_eq(p, peer))
     }
 
+    /// Keep a decrypted packet of `len` bytes in `out` if its source lies
+    /// in the sending peer's AllowedIPs; otherwise drop and count it.
+    fn accept(
+        &self,
+        peer: &Arc<Peer>,
+        len: usize,
+        src: IpAddr,
+        out: &mut batch::PktBuf,
+        allowed: &mut impl FnMut(&Arc<Peer>, IpAddr) -> bool,
+    ) -> bool {
+        if allowed(peer, src) {
+            out.set_len(VIRTIO_NET_HDR_LEN + len);
+            return true;
+        }
+        self.bad_source(peer, src);
+        false
+    }
+
     fn bad_source(&self, peer: &Arc<Peer>, src: IpAddr) {
         let n = self.drops.bad_source.fetch_add(1, Ordering::Relaxed);
         if n.is_power_of_two() || n == 0 {
@@ -788,23 +806,11 @@ impl Device {
             // holding a link.
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 drop(t);
-                let len = pkt.len();
-                if allowed(&peer, IpAddr::V4(src)) {
-                    out.set_len(VIRTIO_NET_HDR_LEN + len);
-                    ready = true;
-                } else {
-                    self.bad_source(&peer, IpAddr::V4(src));
-                }
+                ready = self.accept(&peer, pkt.len(), IpAddr::V4(src), out, &mut allowed);
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
                 drop(t);
-                let len = pkt.len();
-                if allowed(&peer, IpAddr::V6(src)) {
-                    out.set_len(VIRTIO_NET_HDR_LEN + len);
-                    ready = true;
-                } else {
-                    self.bad_source(&peer, IpAddr::V6(src));
-                }
+                ready = self.accept(&peer, pkt.len(), IpAddr::V6(src), out, &mut allowed);
             }
             TunnResult::Done => drop(t),
             TunnResult::Err(e) => {
