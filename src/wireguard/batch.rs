@@ -19,18 +19,25 @@ pub const MAX_GSO_BYTES: usize = 65_000;
 
 /// A packet buffer whose length is tracked separately from its allocation,
 /// so that reusing it never re-zeroes memory.
+///
+/// It advertises `limit` bytes of capacity to tun-rs' GRO, which refuses
+/// to coalesce more than a buffer's capacity: a buffer sized for one packet
+/// would cap every coalesced TCP super-packet at a few segments. The
+/// allocation grows to `limit` only when a coalesced packet needs it.
 #[derive(Debug, Clone)]
 pub struct PktBuf {
     data: Vec<u8>,
     len: usize,
+    limit: usize,
 }
 
 impl PktBuf {
-    /// A buffer able to hold `cap` bytes without growing.
-    pub fn new(cap: usize) -> Self {
+    /// A buffer holding `cap` bytes now, and up to `limit` after growing.
+    pub fn new(cap: usize, limit: usize) -> Self {
         Self {
             data: vec![0; cap],
             len: 0,
+            limit: limit.max(cap),
         }
     }
     /// The whole allocation, to write into.
@@ -44,6 +51,19 @@ impl PktBuf {
         }
         self.len = len;
     }
+}
+
+/// Capacity a TUN write buffer offers tun-rs' GRO: a whole 64 KB
+/// super-packet plus headroom (tun-rs wants twice the virtio header).
+pub const GRO_MAX: usize = 2 * tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
+
+/// `n` buffers for batched TUN writes: each holds one packet of up to
+/// `packet` bytes after the virtio header, and may grow to [`GRO_MAX`]
+/// when GRO coalesces packets into it.
+pub fn tun_write_bufs(n: usize, packet: usize) -> Vec<PktBuf> {
+    (0..n)
+        .map(|_| PktBuf::new(tun_rs::VIRTIO_NET_HDR_LEN + packet, GRO_MAX))
+        .collect()
 }
 
 impl AsRef<[u8]> for PktBuf {
@@ -60,7 +80,7 @@ impl AsMut<[u8]> for PktBuf {
 
 impl tun_rs::ExpandBuffer for PktBuf {
     fn buf_capacity(&self) -> usize {
-        self.data.len()
+        self.limit.max(self.data.len())
     }
     fn buf_resize(&mut self, new_len: usize, value: u8) {
         if new_len > self.data.len() {
@@ -258,7 +278,7 @@ mod tests {
     #[test]
     fn pktbuf_tracks_length_without_reallocating() {
         use tun_rs::ExpandBuffer;
-        let mut b = PktBuf::new(64);
+        let mut b = PktBuf::new(64, 64);
         b.space()[..3].copy_from_slice(b"abc");
         b.set_len(3);
         assert_eq!(b.as_ref(), b"abc");
@@ -269,6 +289,87 @@ mod tests {
         assert_eq!(b.buf_capacity(), 64);
         b.buf_extend_from_slice(&[1; 100]);
         assert_eq!(b.as_ref().len(), 107);
+        // GRO sees the limit, not the current allocation.
+        let mut big = PktBuf::new(64, 70_000);
+        assert_eq!(big.buf_capacity(), 70_000);
+        assert_eq!(big.space().len(), 64);
+    }
+
+    /// Internet checksum (RFC 1071) of `parts`, for building test packets.
+    fn inet_csum(parts: &[&[u8]]) -> u16 {
+        let mut sum = 0u32;
+        for b in parts.iter().flat_map(|p| p.chunks(2)) {
+            sum += u32::from(u16::from_be_bytes([b[0], *b.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// An IPv4/TCP segment (ACK, no options) with valid checksums.
+    fn tcp_segment(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let total = 40 + payload.len();
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[6] = 0x40; // DF
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 244, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 244, 2, 2]);
+        let c = inet_csum(&[&p[..20]]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&1u32.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10; // ACK
+        p[34..36].copy_from_slice(&64000u16.to_be_bytes());
+        p[40..].copy_from_slice(payload);
+        let mut pseudo = [0u8; 12];
+        pseudo[..8].copy_from_slice(&p[12..20]);
+        pseudo[9] = 6;
+        pseudo[10..12].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+        let c = inet_csum(&[&pseudo, &p[20..]]);
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// The buffers the inbound path writes to the TUN let tun-rs' GRO build
+    /// a whole 64 KB super-packet out of a peer's GSO batch. (Buffers
+    /// sized for one packet capped it at 6 segments: 7x the TUN writes and
+    /// TCP ACKs, and ~30% less throughput.)
+    #[test]
+    fn tun_write_bufs_let_gro_coalesce_a_full_super_packet() {
+        use tun_rs::VIRTIO_NET_HDR_LEN as H;
+        const SEGS: usize = 44;
+        const MSS: usize = 1388;
+        let mut bufs = tun_write_bufs(SEGS, 9216);
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let payload = vec![i as u8; MSS];
+            let pkt = tcp_segment(1000 + (i * MSS) as u32, &payload);
+            b.space()[H..H + pkt.len()].copy_from_slice(&pkt);
+            b.set_len(H + pkt.len());
+        }
+        let mut to_write = Vec::new();
+        tun_rs::handle_gro(
+            &mut bufs,
+            H,
+            &mut Default::default(),
+            &mut Default::default(),
+            false,
+            &mut to_write,
+        )
+        .unwrap();
+        assert_eq!(to_write, vec![0], "one coalesced packet");
+        let merged = bufs[0].as_ref();
+        assert_eq!(merged.len(), H + 40 + SEGS * MSS);
+        // The payload is every segment's, in order.
+        for (i, chunk) in merged[H + 40..].chunks(MSS).enumerate() {
+            assert!(chunk.iter().all(|b| *b == i as u8), "segment {i}");
+        }
     }
 
     #[test]

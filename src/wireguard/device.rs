@@ -711,9 +711,7 @@ impl Device {
         };
         let mut rb = batch::RecvBatch::new(slots, slot_size);
         let mut got: Vec<batch::Received> = Vec::with_capacity(slots);
-        let mut outs: Vec<batch::PktBuf> = (0..IDEAL_BATCH_SIZE)
-            .map(|_| batch::PktBuf::new(VIRTIO_NET_HDR_LEN + PKT_MAX + 64))
-            .collect();
+        let mut outs = batch::tun_write_bufs(IDEAL_BATCH_SIZE, PKT_MAX + 64);
         let mut gro = GROTable::default();
         let mut net = vec![0u8; PKT_MAX + 64];
         loop {
