@@ -1,9 +1,13 @@
 //! podguard's userspace WireGuard device: one boringtun `noise::Tunn` per
 //! peer, a TUN interface and a UDP socket, with cryptokey routing both ways.
 //!
-//! Threads: TUN → UDP (encrypt), UDP → TUN (decrypt), timers, UAPI. The
-//! per-packet path takes a read lock on the peer table and the peer's own
-//! `Tunn` lock; no allocation per packet.
+//! Threads: TUN → UDP (encrypt), UDP → TUN (decrypt), timers, UAPI. Both
+//! datapath threads work in batches: TUN super-packets (offloads) split by
+//! tun-rs and sent with UDP GSO; `recvmmsg` with UDP GRO, decrypted packets
+//! coalesced by tun-rs' GRO into super-packets for the TUN. A batch takes a
+//! read lock on the peer table per destination change, and the link's
+//! `Tunn` lock per packet; buffers are reused, and our code allocates
+//! nothing per packet (tun-rs' GRO copies each candidate into a `Vec`).
 //!
 //! Key rotation without loss: the device can hold two local keys (the
 //! current one and the next or old one) and a peer can carry two remote
