@@ -53,6 +53,23 @@ impl PktBuf {
     }
 }
 
+/// Ask for `bytes` of receive and send buffer on `sock`: past the
+/// `net.core.{r,w}mem_max` limits when the process has CAP_NET_ADMIN (the
+/// agent does), else as much as those limits allow. Failures only cost
+/// throughput, so they are logged, not returned.
+pub fn grow_buffers(sock: &UdpSocket, bytes: usize) {
+    let ok = setsockopt(sock, sockopt::RcvBufForce, &bytes).is_ok()
+        && setsockopt(sock, sockopt::SndBufForce, &bytes).is_ok();
+    if !ok {
+        let _ = setsockopt(sock, sockopt::RcvBuf, &bytes);
+        let _ = setsockopt(sock, sockopt::SndBuf, &bytes);
+        tracing::debug!(
+            bytes,
+            "UDP buffers limited by net.core.rmem_max/wmem_max (no CAP_NET_ADMIN)"
+        );
+    }
+}
+
 /// Capacity a TUN write buffer offers tun-rs' GRO: a whole 64 KB
 /// super-packet plus headroom (tun-rs wants twice the virtio header).
 pub const GRO_MAX: usize = 2 * tun_rs::VIRTIO_NET_HDR_LEN + 65_535;
@@ -293,6 +310,25 @@ mod tests {
         let mut big = PktBuf::new(64, 70_000);
         assert_eq!(big.buf_capacity(), 70_000);
         assert_eq!(big.space().len(), 64);
+    }
+
+    #[test]
+    fn socket_buffers_grow_past_the_sysctl_limit_as_root() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let want = max + (1 << 20);
+        grow_buffers(&s, want);
+        let got = nix::sys::socket::getsockopt(&s, sockopt::RcvBuf).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // The kernel doubles the request for its bookkeeping.
+            assert!(got >= want, "receive buffer {got} < {want}");
+        } else {
+            assert!(got >= max.min(want), "receive buffer {got}");
+        }
     }
 
     /// Internet checksum (RFC 1071) of `parts`, for building test packets.

@@ -50,6 +50,9 @@ const BUF: usize = 65_536;
 const PKT_MAX: usize = 9216;
 /// Datagrams per `recvmmsg`.
 const RX_BATCH: usize = 64;
+/// UDP socket buffers: room for many 64 KB GRO receives while the inbound
+/// thread decrypts (the size wireguard-go asks for).
+const SOCKET_BUFFER: usize = 7 << 20;
 /// Handshakes per second before boringtun answers with cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
@@ -385,9 +388,9 @@ fn bind_udp(port: u16) -> io::Result<UdpSocket> {
             s
         }
     };
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
-    Ok(s.into())
+    let s: UdpSocket = s.into();
+    batch::grow_buffers(&s, SOCKET_BUFFER);
+    Ok(s)
 }
 
 /// v4-mapped IPv6 addresses (from a dual-stack socket) back to IPv4.
