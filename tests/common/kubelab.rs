@@ -5,7 +5,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Netns, ok, run, wait_for};
+use super::{Netns, dump_logs_on_panic, run, wait_for};
 
 pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
 pub const API: &str = "192.0.2.100:6443";
@@ -53,19 +52,7 @@ impl KubeLab {
     pub fn new(tag: &str) -> Self {
         std::fs::create_dir_all("/run/wireguard").unwrap();
         let mut n = Netns::new(tag);
-        let ul = n.add("ul");
-        ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
-        ok(&[
-            "ip",
-            "-n",
-            &ul,
-            "addr",
-            "add",
-            "192.0.2.100/24",
-            "dev",
-            "br0",
-        ]);
-        ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        let ul = n.underlay(Some("192.0.2.100/24"));
         let kubeconfig = n.path("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -88,11 +75,6 @@ impl KubeLab {
     }
 
     pub fn start_api(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.n.path("api.log"))
-            .unwrap();
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -105,10 +87,9 @@ impl KubeLab {
             API,
             "--state",
         ])
-        .arg(&self.api_state)
-        .stdout(Stdio::null())
-        .stderr(log);
-        self.n.spawn("api", &mut cmd);
+        .arg(&self.api_state);
+        let log = self.n.path("api.log");
+        self.n.spawn_logged("api", &mut cmd, &log);
         wait_for("the API server", Duration::from_secs(10), || {
             self.try_api("GET", "/healthz", None).is_some()
         });
@@ -178,26 +159,8 @@ impl KubeLab {
 
     /// Like `add_node`; without podCIDRs when `with_cidrs` is false.
     pub fn add_node_with(&mut self, name: &str, idx: u8, with_cidrs: bool) -> usize {
-        let ns = self.n.add(name);
-        let ulif = format!("ul-{name}");
-        ok(&[
-            "ip", "-n", &self.ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ]);
-        ok(&[
-            "ip", "-n", &self.ul, "link", "set", &ulif, "master", "br0", "up",
-        ]);
-        ok(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("192.0.2.{idx}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        let ul = self.ul.clone();
+        let ns = self.n.underlay_node(&ul, name, idx);
         let dir = self.n.path(name);
         std::fs::create_dir_all(dir.join("wg")).unwrap();
         self.create_node_with(
@@ -270,11 +233,6 @@ impl KubeLab {
 
     pub fn start_agent(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .unwrap();
         let mut cmd = self.node_cmd(
             i,
             &[
@@ -292,11 +250,9 @@ impl KubeLab {
             ],
         );
         cmd.args(&self.agent_args);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(log);
-        let label = format!("agent-{}", node.name);
-        self.n.spawn(&label, &mut cmd);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        let (label, log) = (format!("agent-{}", node.name), node.log.clone());
+        self.n.spawn_logged(&label, &mut cmd, &log);
     }
 
     pub fn kill_agent(&mut self, i: usize) {
@@ -371,14 +327,12 @@ impl KubeLab {
 
 impl Drop for KubeLab {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, n) in self.nodes.iter().enumerate() {
-                eprintln!("---- agent {} log ----\n{}", n.name, self.log(i));
-            }
-            eprintln!(
-                "---- api log ----\n{}",
-                std::fs::read_to_string(self.n.path("api.log")).unwrap_or_default()
-            );
-        }
+        let api_log = self.n.path("api.log");
+        dump_logs_on_panic(
+            self.nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.log.as_path()))
+                .chain([("api", api_log.as_path())]),
+        );
     }
 }

@@ -66,14 +66,7 @@ pub fn ok(args: &[&str]) -> String {
 
 /// Run `f` on a thread that has entered network namespace `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter_netns(ns);
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    podguard::lab::sys::in_netns(ns, f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Move the calling thread into network namespace `ns`.
@@ -127,6 +120,45 @@ impl Netns {
         name
     }
 
+    /// The underlay: namespace `ul` with bridge `br0` (at `addr`, if given).
+    pub fn underlay(&mut self, addr: Option<&str>) -> String {
+        let ul = self.add("ul");
+        ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
+        if let Some(a) = addr {
+            ok(&["ip", "-n", &ul, "addr", "add", a, "dev", "br0"]);
+        }
+        ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        ul
+    }
+
+    /// Node namespace `name` on underlay `ul`: its `eth0` on `br0`, at
+    /// 192.0.2.`idx`/24. Returns the namespace.
+    pub fn underlay_node(&mut self, ul: &str, name: &str, idx: u8) -> String {
+        let ns = self.add(name);
+        let ulif = format!("ul-{name}");
+        ok(&[
+            "ip", "-n", ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        ok(&["ip", "-n", ul, "link", "set", &ulif, "master", "br0", "up"]);
+        let addr = format!("192.0.2.{idx}/24");
+        ok(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// Spawn `cmd` with stderr appended to `log` (stdout discarded),
+    /// tracked under `label`.
+    pub fn spawn_logged(&mut self, label: &str, cmd: &mut Command, log: &Path) {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        cmd.stdout(Stdio::null()).stderr(file);
+        self.spawn(label, cmd);
+    }
+
     /// Spawn a long-running process, tracked under `label`.
     pub fn spawn(&mut self, label: &str, cmd: &mut Command) {
         let child = cmd
@@ -178,6 +210,16 @@ impl Drop for Netns {
                     }
                 });
             let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Print each (name, log file) while a test is panicking.
+pub fn dump_logs_on_panic<'a>(logs: impl IntoIterator<Item = (&'a str, &'a Path)>) {
+    if std::thread::panicking() {
+        for (name, path) in logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            eprintln!("---- {name} log ----\n{text}");
         }
     }
 }

@@ -2,16 +2,16 @@
 //! bridge, two node namespaces each running the real `podguard-agent`
 //! from a nodes file, and one pod namespace per node on `cbr0`.
 //!
-//! Until the CNI plugin exists, pods are attached by hand with `ip`.
+//! Pods are attached by hand with `ip`, so the datapath tests do not
+//! depend on the CNI plugin (tests/cni.rs and the KubeLab tests use it).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use super::{Netns, ok, run, wait_for, write_file};
+use super::{Netns, dump_logs_on_panic, ok, run, wait_for, write_file};
 
 pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
 
@@ -54,32 +54,13 @@ impl TwoNode {
     pub fn up(tag: &str) -> Self {
         std::fs::create_dir_all("/run/wireguard").unwrap();
         let mut n = Netns::new(tag);
-        let ul = n.add("ul");
-        ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
-        ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+        let ul = n.underlay(None);
         let mut nodes = Vec::new();
         for (i, name) in ["a", "b"].iter().enumerate() {
             let idx = i as u8 + 1;
-            let ns = n.add(name);
+            let ns = n.underlay_node(&ul, name, idx);
             let pod_ns = n.add(&format!("p{name}"));
-            let ulif = format!("ul-{name}");
-            ok(&[
-                "ip", "-n", &ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ]);
-            ok(&["ip", "-n", &ul, "link", "set", &ulif, "master", "br0", "up"]);
             let underlay_ip = format!("192.0.2.{idx}");
-            ok(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{underlay_ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             let dir = n.path(name);
             std::fs::create_dir_all(dir.join("wg")).unwrap();
             let key_file = dir.join("private.key");
@@ -228,11 +209,6 @@ impl TwoNode {
 
     pub fn start_agent(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .unwrap();
         let mut cmd = self.node_cmd(
             i,
             &[
@@ -251,9 +227,8 @@ impl TwoNode {
                 "1s",
             ],
         );
-        cmd.stdout(Stdio::null()).stderr(log);
-        let label = format!("agent-{}", node.name);
-        self.n.spawn(&label, &mut cmd);
+        let (label, log) = (format!("agent-{}", node.name), node.log.clone());
+        self.n.spawn_logged(&label, &mut cmd, &log);
     }
 
     /// kill -9 node `i`'s agent (the process that owns its device).
@@ -269,10 +244,10 @@ impl TwoNode {
 
 impl Drop for TwoNode {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, n) in self.nodes.iter().enumerate() {
-                eprintln!("---- agent {} log ----\n{}", n.name, self.log(i));
-            }
-        }
+        dump_logs_on_panic(
+            self.nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.log.as_path())),
+        );
     }
 }
