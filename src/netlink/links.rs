@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -173,6 +173,17 @@ impl Netlink {
         let Some(index) = self.link_index(ifname).await? else {
             return Ok(vec![]);
         };
+        let found = self.address_messages(index, ifname).await?;
+        Ok(found.into_iter().map(|(net, _)| net).collect())
+    }
+
+    /// The addresses on link `index` (named `ifname`, for errors), each
+    /// with the message that describes it (to delete it with).
+    pub(super) async fn address_messages(
+        &self,
+        index: u32,
+        ifname: &str,
+    ) -> Result<Vec<(IpNet, AddressMessage)>, NetlinkError> {
         let mut out = Vec::new();
         let mut s = self
             .handle
@@ -184,12 +195,14 @@ impl Netlink {
             what: format!("listing addresses of {ifname}"),
             source,
         })? {
-            for a in &m.attributes {
-                if let AddressAttribute::Address(ip) = a
-                    && let Ok(n) = IpNet::new(*ip, m.header.prefix_len)
-                {
-                    out.push(n);
-                }
+            let addr = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = addr
+                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
+            {
+                out.push((net, m));
             }
         }
         Ok(out)

@@ -184,29 +184,8 @@ impl Netlink {
             .link_index(ifname)
             .await?
             .ok_or_else(|| NetlinkError::NoSuchLink(ifname.to_string()))?;
-        let mut have = BTreeSet::new();
-        let mut msgs = Vec::new();
-        let mut s = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(m) = s.try_next().await.map_err(|source| NetlinkError::Request {
-            what: format!("listing addresses of {ifname}"),
-            source,
-        })? {
-            let addr = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            if let Some(ip) = addr
-                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
-            {
-                have.insert(net);
-                msgs.push((net, m));
-            }
-        }
+        let msgs = self.address_messages(index, ifname).await?;
+        let have: BTreeSet<IpNet> = msgs.iter().map(|(net, _)| *net).collect();
         for net in want.difference(&have) {
             let mut req = self
                 .handle
