@@ -165,19 +165,7 @@ fn wait(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
 }
 
 fn in_node(ns: &str, wg_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let mut full = vec![
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
-    ];
-    let d = wg_dir.to_str().unwrap_or_default().to_string();
-    full.push(&d);
-    full.extend_from_slice(args);
-    run(&full)
+    sys::run_command(sys::node_command(ns, wg_dir, args))
 }
 
 /// Build the topology with `c` as the tunnel; returns when pod A reaches pod B.

@@ -9,10 +9,20 @@ use anyhow::{Context, bail};
 /// Run a command; fail with its stderr if it fails.
 pub fn run(args: &[&str]) -> anyhow::Result<String> {
     let o = output(args)?;
+    checked(&args.join(" "), o)
+}
+
+/// Run `cmd`; fail with its stderr if it fails.
+pub fn run_command(mut cmd: Command) -> anyhow::Result<String> {
+    let what = format!("{cmd:?}");
+    let o = cmd.output().with_context(|| format!("running {what}"))?;
+    checked(&what, o)
+}
+
+fn checked(what: &str, o: Output) -> anyhow::Result<String> {
     if !o.status.success() {
         bail!(
-            "{} failed: {}",
-            args.join(" "),
+            "{what} failed: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         );
     }
@@ -98,18 +108,15 @@ pub fn spawn_in(
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    if let Some(dir) = wg_dir {
-        c.args([
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
-        ])
-        .arg(dir);
-    }
-    c.args(args)
-        .envs(env.iter().copied())
+    let mut c = match wg_dir {
+        Some(dir) => node_command(ns, dir, args),
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).args(args);
+            c
+        }
+    };
+    c.envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -118,6 +125,25 @@ pub fn spawn_in(
         .spawn()
         .with_context(|| format!("starting {} in {ns}", args[0]))?;
     Ok(child.id())
+}
+
+/// `args` run inside node namespace `ns` with that node's own
+/// `/run/wireguard` (bind-mounted from `wg_dir`), so `wg` and the node's
+/// UAPI socket match. `ip netns exec` gives each call a private mount
+/// namespace, so the bind never leaks.
+pub fn node_command(ns: &str, wg_dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
+    ])
+    .arg(wg_dir)
+    .args(args);
+    c
 }
 
 /// Whether a tool is on PATH.

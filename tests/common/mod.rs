@@ -448,21 +448,4 @@ pub fn sample(scrape: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A command run inside node namespace `ns` with that node's own
-/// `/run/wireguard` (bind-mounted from `wg_dir`), so `wg` and the agent's
-/// UAPI socket match. `ip netns exec` gives each call a private mount
-/// namespace, so the bind never leaks.
-pub fn node_command(ns: &str, wg_dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        ns,
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
-    ])
-    .arg(wg_dir)
-    .args(args);
-    c
-}
+pub use podguard::lab::sys::node_command;
