@@ -318,17 +318,23 @@ fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
     })
 }
 
-async fn create_node(State(s): State<ApiServer>, body: Bytes) -> Response {
-    let mut obj = match parse_body(&body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
+/// A create request's body and its `metadata.name`.
+fn parse_new_object(body: &Bytes) -> Result<(Value, String), Box<Response>> {
+    let obj = parse_body(body)?;
     let Some(name) = obj["metadata"]["name"].as_str().map(String::from) else {
-        return status(
+        return Err(Box::new(status(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
             "metadata.name is required".into(),
-        );
+        )));
+    };
+    Ok((obj, name))
+}
+
+async fn create_node(State(s): State<ApiServer>, body: Bytes) -> Response {
+    let (mut obj, name) = match parse_new_object(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     if s.inner.lock().await.data.nodes.contains_key(&name) {
         return status(
@@ -578,16 +584,9 @@ async fn create_object(
     ns: Option<String>,
     body: Bytes,
 ) -> Response {
-    let mut obj = match parse_body(&body) {
+    let (mut obj, name) = match parse_new_object(&body) {
         Ok(v) => v,
         Err(r) => return *r,
-    };
-    let Some(name) = obj["metadata"]["name"].as_str().map(String::from) else {
-        return status(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            "metadata.name is required".into(),
-        );
     };
     let mut g = s.inner.lock().await;
     let key = kind.key(ns.as_deref(), &name);
@@ -646,5 +645,19 @@ mod tests {
             &json!({"metadata": {"annotations": {"podguard.dev/public-key": "k"}}}),
         );
         assert_eq!(t["metadata"]["annotations"]["podguard.dev/public-key"], "k");
+    }
+
+    #[test]
+    fn create_requests_need_json_and_a_name() {
+        let (obj, name) =
+            parse_new_object(&Bytes::from_static(br#"{"metadata":{"name":"n1"}}"#)).unwrap();
+        assert_eq!(
+            (name.as_str(), &obj["metadata"]["name"]),
+            ("n1", &json!("n1"))
+        );
+        let r = parse_new_object(&Bytes::from_static(b"{not json")).unwrap_err();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = parse_new_object(&Bytes::from_static(br#"{"metadata":{}}"#)).unwrap_err();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }
