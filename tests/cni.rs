@@ -215,30 +215,17 @@ fn kill_during_add_leaks_nothing_after_del_and_gc() {
     if !require_root("kill_during_add_leaks_nothing_after_del_and_gc") {
         return;
     }
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let mut c = CniNode::new("ck", &[V4, V6]);
     let mut rounds = Vec::new();
     for i in 0..30 {
         let pod = c.n.add(&format!("k{i}"));
         let cid = format!("kill{i}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &c.node, common::cni::cni_bin()])
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", &cid)
-            .env("CNI_NETNS", format!("/run/netns/{pod}"))
-            .env("CNI_IFNAME", "eth0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(c.conf("1.1.0").to_string().as_bytes())
-            .unwrap();
+        let env = common::cni::env_for("ADD", &cid, &pod);
+        let mut child = common::cni::spawn_in(
+            &c.node,
+            &common::cni::env_refs(&env),
+            &c.conf("1.1.0").to_string(),
+        );
         // Kill at a spread of points through the ADD (0-12 ms).
         std::thread::sleep(std::time::Duration::from_micros((i as u64 * 397) % 12_000));
         let _ = child.kill();

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
@@ -13,6 +13,61 @@ use super::{Netns, ok};
 
 pub fn cni_bin() -> &'static str {
     env!("CARGO_BIN_EXE_podguard-cni")
+}
+
+/// Start the plugin in node namespace `node` as a runtime does: only
+/// `env` (and PATH) in its environment, `stdin` written and closed; its
+/// stdout and stderr are piped.
+pub fn spawn_in(node: &str, env: &[(&str, &str)], stdin: &str) -> Child {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", node, cni_bin()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child
+}
+
+/// Run the plugin in node namespace `node` to completion.
+pub fn call_in(node: &str, env: &[(&str, &str)], stdin: &str) -> Out {
+    let o = spawn_in(node, env, stdin).wait_with_output().unwrap();
+    let raw = String::from_utf8_lossy(&o.stdout).to_string();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        json: serde_json::from_str(raw.trim()).unwrap_or(Value::Null),
+        raw,
+    }
+}
+
+/// The environment of an ADD/DEL/CHECK for container `cid` in namespace
+/// `netns` (none when empty).
+pub fn env_for(command: &str, cid: &str, netns: &str) -> Vec<(&'static str, String)> {
+    let nspath = if netns.is_empty() {
+        String::new()
+    } else {
+        format!("/run/netns/{netns}")
+    };
+    vec![
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", cid.to_string()),
+        ("CNI_NETNS", nspath),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+    ]
+}
+
+/// Borrowed view of [`env_for`]'s pairs.
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// A node namespace with `cbr0` and a node state file, but no agent.
@@ -76,30 +131,7 @@ impl CniNode {
 
     /// Run the plugin with `env` and `stdin`.
     pub fn call(&self, env: &[(&str, &str)], stdin: &str) -> Out {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.node, cni_bin()])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
-        let raw = String::from_utf8_lossy(&o.stdout).to_string();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            json: serde_json::from_str(raw.trim()).unwrap_or(Value::Null),
-            raw,
-        }
+        call_in(&self.node, env, stdin)
     }
 
     pub fn cmd(&self, command: &str, cid: &str, netns: &str, version: &str) -> Out {
@@ -107,21 +139,8 @@ impl CniNode {
     }
 
     pub fn cmd_with(&self, command: &str, cid: &str, netns: &str, conf: &Value) -> Out {
-        let nspath = if netns.is_empty() {
-            String::new()
-        } else {
-            format!("/run/netns/{netns}")
-        };
-        self.call(
-            &[
-                ("CNI_COMMAND", command),
-                ("CNI_CONTAINERID", cid),
-                ("CNI_NETNS", &nspath),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", "/opt/cni/bin"),
-            ],
-            &conf.to_string(),
-        )
+        let env = env_for(command, cid, netns);
+        self.call(&env_refs(&env), &conf.to_string())
     }
 
     /// Allocation files in the store.

@@ -5,9 +5,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -43,7 +42,6 @@ pub struct KubeLab {
 fn bin(name: &str) -> String {
     match name {
         "agent" => env!("CARGO_BIN_EXE_podguard-agent").into(),
-        "cni" => env!("CARGO_BIN_EXE_podguard-cni").into(),
         _ => env!("CARGO_BIN_EXE_podguard").into(),
     }
 }
@@ -270,25 +268,10 @@ impl KubeLab {
         let node = &self.nodes[i];
         let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard",
             "nodeStateFile": node.state_file, "dataDir": node.ipam_dir});
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &node.ns, &bin("cni")])
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("pod-{}", node.name))
-            .env("CNI_NETNS", format!("/run/netns/{pod}"))
-            .env("CNI_IFNAME", "eth0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let res: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(out.status.success(), "CNI ADD: {res}");
+        let env = super::cni::env_for("ADD", &format!("pod-{}", node.name), &pod);
+        let out = super::cni::call_in(&node.ns, &super::cni::env_refs(&env), &conf.to_string());
+        let res = out.json;
+        assert_eq!(out.code, 0, "CNI ADD: {}", out.raw);
         let ips = res["ips"]
             .as_array()
             .unwrap()
