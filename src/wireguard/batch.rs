@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6,
-    SockaddrLike, SockaddrStorage, recvmmsg, sendmsg, setsockopt, sockopt,
+    SockaddrStorage, recvmmsg, sendmsg, setsockopt, sockopt,
 };
 
 /// Most datagrams one `UDP_SEGMENT` send may carry (kernel limit).
@@ -119,14 +119,17 @@ impl tun_rs::ExpandBuffer for PktBuf {
 }
 
 /// Where to send: v4 addresses go out as v4-mapped on a dual-stack socket.
-fn target(to: SocketAddr, v6_socket: bool) -> Target {
+pub fn wire_addr(to: SocketAddr, v6_socket: bool) -> SocketAddr {
     match to {
-        SocketAddr::V4(v4) if v6_socket => Target::V6(SockaddrIn6::from(SocketAddrV6::new(
-            v4.ip().to_ipv6_mapped(),
-            v4.port(),
-            0,
-            0,
-        ))),
+        SocketAddr::V4(v4) if v6_socket => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        _ => to,
+    }
+}
+
+fn target(to: SocketAddr, v6_socket: bool) -> Target {
+    match wire_addr(to, v6_socket) {
         SocketAddr::V4(v4) => Target::V4(SockaddrIn::from(v4)),
         SocketAddr::V6(v6) => Target::V6(SockaddrIn6::from(v6)),
     }
@@ -248,7 +251,6 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v6) = a.as_sockaddr_in6() {
         return Some(SocketAddr::V6((*v6).into()));
     }
-    let _ = a.family();
     None
 }
 

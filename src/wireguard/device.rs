@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,6 +68,9 @@ pub struct DropCounters {
     /// Datagrams that are not WireGuard or fail authentication.
     pub invalid: AtomicU64,
 }
+
+/// The last inbound source check: (peer, source, allowed).
+type SourceCheck = Option<(usize, IpAddr, bool)>;
 
 /// One (local key, remote key) pair with its own noise state.
 struct Link {
@@ -484,12 +487,7 @@ impl Device {
     }
 
     fn send_to(&self, buf: &[u8], to: SocketAddr) {
-        let to = match to {
-            SocketAddr::V4(v4) if self.udp_v6 => {
-                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-            }
-            _ => to,
-        };
+        let to = batch::wire_addr(to, self.udp_v6);
         if let Err(e) = self.udp.send_to(buf, to) {
             tracing::debug!(error = %e, %to, "udp send failed");
         }
@@ -541,48 +539,39 @@ impl Device {
                     continue;
                 }
             };
-            // The pending GSO batch: `pos` bytes of segments of `seg` bytes to `to`.
+            // The pending GSO batch: `pos` bytes of segments of `seg` bytes
+            // (pos / seg of them) to `to`.
             let mut pos = 0usize;
             let mut seg = 0usize;
-            let mut count = 0usize;
             let mut to: Option<SocketAddr> = None;
-            let mut cached: Option<(IpAddr, Arc<Peer>)> = None;
+            // Where the last destination goes, valid for this batch only:
+            // its peer, that peer's active link and endpoint.
+            let mut route: Option<(IpAddr, Arc<Peer>, Arc<Link>, SocketAddr)> = None;
             for i in 0..n {
                 let pkt = &bufs[i][..sizes[i]];
                 let Some(dst_ip) = Tunn::dst_address(pkt) else {
                     continue;
                 };
-                let peer = match &cached {
-                    Some((ip, p)) if *ip == dst_ip => p.clone(),
-                    _ => {
-                        let found = {
-                            let st = self.state.read();
-                            st.table.longest_match(dst_ip).map(|(_, p)| p.clone())
-                        };
-                        let Some(p) = found else {
-                            self.drops.no_peer.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        };
-                        cached = Some((dst_ip, p.clone()));
-                        p
-                    }
-                };
-                let Some(endpoint) = *peer.endpoint.read() else {
-                    self.drops.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                if route.as_ref().is_none_or(|r| r.0 != dst_ip) {
+                    route = self.route(dst_ip);
+                }
+                let Some((_, peer, link, endpoint)) = &route else {
                     continue;
                 };
+                let endpoint = *endpoint;
                 // A different endpoint ends the batch.
-                if to.is_some_and(|t| t != endpoint) && pos > 0 {
-                    self.send_batch(&out[..pos], seg, to.unwrap_or(endpoint));
-                    (pos, count) = (0, 0);
+                if let Some(t) = to
+                    && t != endpoint
+                    && pos > 0
+                {
+                    self.send_batch(&out[..pos], seg, t);
+                    pos = 0;
                 }
                 to = Some(endpoint);
-                let link = peer.active.read().clone();
-                let mut t = link.tunn.lock();
                 // boringtun wants room for the overhead and at least a
                 // handshake message (148 bytes).
                 let room = (pkt.len() + 64).max(256);
-                let len = match t.encapsulate(pkt, &mut out[pos..pos + room]) {
+                let len = match link.tunn.lock().encapsulate(pkt, &mut out[pos..pos + room]) {
                     TunnResult::WriteToNetwork(b) => b.len(),
                     TunnResult::Err(e) => {
                         tracing::debug!(?e, "encapsulate");
@@ -592,20 +581,17 @@ impl Device {
                     // initiation (if any) went out through the result below.
                     _ => continue,
                 };
-                drop(t);
                 peer.sent(len);
-                if pos == 0 {
-                    seg = len;
-                    pos = len;
-                    count = 1;
-                } else if len == seg {
+                if pos == 0 || len == seg {
+                    if pos == 0 {
+                        seg = len;
+                    }
                     pos += len;
-                    count += 1;
                 } else if len < seg {
                     // A shorter datagram may end a GSO batch.
                     pos += len;
                     self.send_batch(&out[..pos], seg, endpoint);
-                    (pos, count) = (0, 0);
+                    pos = 0;
                     continue;
                 } else {
                     // Longer than the batch's segments: send the batch, and
@@ -614,11 +600,10 @@ impl Device {
                     out.copy_within(pos..pos + len, 0);
                     seg = len;
                     pos = len;
-                    count = 1;
                 }
-                if count >= batch::MAX_GSO_SEGMENTS || pos + seg > batch::MAX_GSO_BYTES {
+                if pos / seg >= batch::MAX_GSO_SEGMENTS || pos + seg > batch::MAX_GSO_BYTES {
                     self.send_batch(&out[..pos], seg, endpoint);
-                    (pos, count) = (0, 0);
+                    pos = 0;
                 }
             }
             if pos > 0
@@ -627,6 +612,25 @@ impl Device {
                 self.send_batch(&out[..pos], seg, t);
             }
         }
+    }
+
+    /// The peer whose AllowedIPs hold `dst`, its active link and endpoint;
+    /// none (counted as a drop) without a peer or an endpoint.
+    fn route(&self, dst: IpAddr) -> Option<(IpAddr, Arc<Peer>, Arc<Link>, SocketAddr)> {
+        let found = {
+            let st = self.state.read();
+            st.table.longest_match(dst).map(|(_, p)| p.clone())
+        };
+        let Some(peer) = found else {
+            self.drops.no_peer.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(endpoint) = *peer.endpoint.read() else {
+            self.drops.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let link = peer.active.read().clone();
+        Some((dst, peer, link, endpoint))
     }
 
     /// The peer and link a datagram belongs to. A handshake initiation is
@@ -667,11 +671,25 @@ impl Device {
         self.state.read().by_index.get(&(idx >> 8)).cloned()
     }
 
-    fn source_allowed(&self, peer: &Arc<Peer>, src: IpAddr) -> bool {
-        let st = self.state.read();
-        st.table
-            .longest_match(src)
-            .is_some_and(|(_, p)| Arc::ptr_eq(p, peer))
+    /// Whether `src` lies in `peer`'s AllowedIPs. `last` remembers the
+    /// previous answer for the rest of a receive batch (a peer change
+    /// takes effect from the next batch on).
+    fn source_allowed(&self, peer: &Arc<Peer>, src: IpAddr, last: &mut SourceCheck) -> bool {
+        let key = Arc::as_ptr(peer) as usize;
+        if let Some((k, ip, ok)) = *last
+            && k == key
+            && ip == src
+        {
+            return ok;
+        }
+        let ok = {
+            let st = self.state.read();
+            st.table
+                .longest_match(src)
+                .is_some_and(|(_, p)| Arc::ptr_eq(p, peer))
+        };
+        *last = Some((key, src, ok));
+        ok
     }
 
     /// Keep a decrypted packet of `len` bytes in `out` if its source lies
@@ -682,9 +700,9 @@ impl Device {
         len: usize,
         src: IpAddr,
         out: &mut batch::PktBuf,
-        allowed: &mut impl FnMut(&Arc<Peer>, IpAddr) -> bool,
+        last: &mut SourceCheck,
     ) -> bool {
-        if allowed(peer, src) {
+        if self.source_allowed(peer, src, last) {
             out.set_len(VIRTIO_NET_HDR_LEN + len);
             return true;
         }
@@ -730,9 +748,7 @@ impl Device {
                 return;
             }
             let mut ready = 0usize;
-            // The last source check, valid for this batch only (a peer
-            // change takes effect from the next batch on).
-            let mut verdict: Option<(usize, IpAddr, bool)> = None;
+            let mut last: SourceCheck = None;
             for (i, r) in got.iter().enumerate() {
                 let from = normalize(r.from);
                 let seg = r.seg.unwrap_or(r.len).max(1);
@@ -741,7 +757,7 @@ impl Device {
                         self.write_tun(&mut gro, &mut outs[..ready]);
                         ready = 0;
                     }
-                    if self.receive_one(datagram, from, &mut outs[ready], &mut net, &mut verdict) {
+                    if self.receive_one(datagram, from, &mut outs[ready], &mut net, &mut last) {
                         ready += 1;
                     }
                 }
@@ -766,19 +782,8 @@ impl Device {
         from: SocketAddr,
         out: &mut batch::PktBuf,
         net: &mut [u8],
-        verdict: &mut Option<(usize, IpAddr, bool)>,
+        last: &mut SourceCheck,
     ) -> bool {
-        let mut allowed = |peer: &Arc<Peer>, src: IpAddr| {
-            let key = Arc::as_ptr(peer) as usize;
-            match *verdict {
-                Some((k, ip, ok)) if k == key && ip == src => ok,
-                _ => {
-                    let ok = self.source_allowed(peer, src);
-                    *verdict = Some((key, src, ok));
-                    ok
-                }
-            }
-        };
         let found = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => self.link_for(&p),
             Err(_) => None,
@@ -811,11 +816,11 @@ impl Device {
             // holding a link.
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 drop(t);
-                ready = self.accept(&peer, pkt.len(), IpAddr::V4(src), out, &mut allowed);
+                ready = self.accept(&peer, pkt.len(), IpAddr::V4(src), out, last);
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
                 drop(t);
-                ready = self.accept(&peer, pkt.len(), IpAddr::V6(src), out, &mut allowed);
+                ready = self.accept(&peer, pkt.len(), IpAddr::V6(src), out, last);
             }
             TunnResult::Done => drop(t),
             TunnResult::Err(e) => {
