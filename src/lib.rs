@@ -7,5 +7,6 @@ pub mod agent;
 pub mod cni;
 pub mod k8s;
 pub mod lab;
+pub mod netfilter;
 pub mod netlink;
 pub mod wireguard;

@@ -338,7 +338,7 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
         (
             "wrong type",
             full("ADD"),
-            conf.replace("\"type\":\"podguard\"", "\"type\":\"bridge\""),
+            conf.replace("\"type\":\"podguard-cni\"", "\"type\":\"bridge\""),
             7,
             "bridge",
         ),
@@ -346,11 +346,41 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
             "delegated ipam",
             full("ADD"),
             conf.replace(
-                "\"type\":\"podguard\"",
-                "\"type\":\"podguard\",\"ipam\":{\"type\":\"host-local\"}",
+                "\"type\":\"podguard-cni\"",
+                "\"type\":\"podguard-cni\",\"ipam\":{\"type\":\"host-local\"}",
             ),
             2,
             "ipam",
+        ),
+        (
+            // The binary is podguard-cni; "podguard" is what the first
+            // shipped conflist said (runtimes found no such binary).
+            "old type name",
+            full("ADD"),
+            conf.replace("\"type\":\"podguard-cni\"", "\"type\":\"podguard\""),
+            7,
+            "podguard-cni",
+        ),
+        (
+            "network name is a path",
+            full("ADD"),
+            conf.replace("\"name\":\"podguard\"", "\"name\":\"../../escape\""),
+            7,
+            "network name \"../../escape\"",
+        ),
+        (
+            "CNI_NETNS is the node's own namespace",
+            with("CNI_NETNS", &format!("/run/netns/{}", c.node)),
+            conf.clone(),
+            4,
+            "the node's own network namespace",
+        ),
+        (
+            "CNI_NETNS is the plugin's own namespace via /proc",
+            with("CNI_NETNS", "/proc/self/ns/net"),
+            conf.clone(),
+            4,
+            "the node's own network namespace",
         ),
     ];
     for (what, env, stdin, want, needle) in cases {
@@ -369,6 +399,15 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
             c.allocations()
         );
         assert!(c.host_veths().is_empty(), "{what} left a veth");
+        assert!(
+            !c.data_dir.parent().unwrap().join("escape").exists()
+                && !c.data_dir.join("..").join("..").join("escape").exists(),
+            "{what}: wrote outside the data dir"
+        );
+        assert!(
+            !ok(&["ip", "-n", &c.node, "-o", "link"]).contains(": eth0"),
+            "{what}: an interface was added to the node's namespace"
+        );
     }
 
     // podCIDR exhausted: a /30 has one pod address.
@@ -455,4 +494,74 @@ fn shipped_conflist_parses_with_the_plugin_parser() {
     let req = podguard::cni::spec::parse(&env, entry.to_string().as_bytes()).unwrap();
     assert_eq!(req.conf.bridge.as_deref(), Some("cbr0"));
     assert!(podguard::cni::spec::SUPPORTED_VERSIONS.contains(&req.conf.cni_version.as_str()));
+}
+
+/// Two conflists that differ only in `name` (as a second runtime or a
+/// Multus setup makes them) draw from the node's one range: distinct
+/// addresses. Before, each name had its own store and both pods got .2.
+#[test]
+fn two_network_names_never_share_an_address() {
+    if !require_root("two_network_names_never_share_an_address") {
+        return;
+    }
+    let mut c = CniNode::new("c2n", &[V4]);
+    let (p1, p2) = (c.n.add("p1"), c.n.add("p2"));
+    let mut other = c.conf("1.0.0");
+    other["name"] = json!("second-net");
+    let a = c.cmd("ADD", "pod-one", &p1, "1.0.0");
+    let b = c.cmd_with("ADD", "pod-two", &p2, &other);
+    assert_eq!((a.code, b.code), (0, 0), "{} {}", a.raw, b.raw);
+    let ip = |o: &common::cni::Out| o.json["ips"][0]["address"].as_str().unwrap().to_string();
+    assert_ne!(ip(&a), ip(&b), "two networks handed out the same address");
+    assert_eq!(c.allocations().len(), 2);
+    let b_ip = ip(&b);
+    let b_ip = b_ip.split('/').next().unwrap();
+    assert!(pings(&p1, b_ip), "pods of both networks share cbr0");
+}
+
+/// GC releases and removes exactly the attachments of its own network
+/// that are not valid; another network's GC, or an empty list for it,
+/// leaves them alone. Before, any GC deleted every podguard veth and left
+/// the addresses allocated.
+#[test]
+fn gc_touches_only_its_own_network_and_releases_what_it_removes() {
+    if !require_root("gc_touches_only_its_own_network_and_releases_what_it_removes") {
+        return;
+    }
+    let mut c = CniNode::new("cgc", &[V4]);
+    let (p1, p2) = (c.n.add("p1"), c.n.add("p2"));
+    let mut other = c.conf("1.1.0");
+    other["name"] = json!("second-net");
+    assert_eq!(c.cmd("ADD", "mine", &p1, "1.1.0").code, 0);
+    assert_eq!(c.cmd_with("ADD", "theirs", &p2, &other).code, 0);
+    let gc = |name: &str, valid: serde_json::Value| {
+        let mut g = c.conf("1.1.0");
+        g["name"] = json!(name);
+        g["cni.dev/valid-attachments"] = valid;
+        let o = c.cmd_with("GC", "", "", &g);
+        assert_eq!(o.code, 0, "GC {name}: {}", o.raw);
+    };
+    // A network nobody uses, with nothing valid: nothing changes.
+    gc("unrelated", json!([]));
+    assert_eq!(c.allocations().len(), 2);
+    assert_eq!(c.host_veths().len(), 2);
+    assert!(pings(&p1, "10.244.1.1") && pings(&p2, "10.244.1.1"));
+    // second-net's GC with an empty list: only its attachment goes, address
+    // and veth both.
+    gc("second-net", json!([]));
+    assert_eq!(c.allocations().len(), 1, "{:?}", c.allocations());
+    assert_eq!(c.host_veths().len(), 1);
+    assert!(pings(&p1, "10.244.1.1"), "podguard's pod must survive");
+    assert!(!pings(&p2, "10.244.1.1"), "second-net's pod was collected");
+    // podguard's GC keeping its pod: nothing changes.
+    gc(
+        "podguard",
+        json!([{"containerID": "mine", "ifname": "eth0"}]),
+    );
+    assert_eq!(c.allocations().len(), 1);
+    assert!(pings(&p1, "10.244.1.1"));
+    // And with an empty list: released and removed.
+    gc("podguard", json!([]));
+    assert!(c.allocations().is_empty(), "{:?}", c.allocations());
+    assert!(c.host_veths().is_empty());
 }

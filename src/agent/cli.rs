@@ -65,6 +65,13 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_UNDERLAY_MTU", default_value_t = 1500)]
     pub underlay_mtu: u32,
 
+    /// Masquerade pod traffic to addresses outside the cluster CIDR(s) to
+    /// the node's address (nftables table `inet podguard`), so pods reach
+    /// the world. Pod-to-pod and node-to-pod traffic is never NATed.
+    /// `--masquerade=false` turns it off (and removes the table).
+    #[arg(long, env = "PODGUARD_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub masquerade: bool,
+
     /// Persistent keepalive towards each peer, in seconds (0 = off).
     #[arg(long, env = "PODGUARD_KEEPALIVE", default_value_t = 25)]
     pub keepalive: u16,

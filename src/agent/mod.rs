@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub mesh: MeshConfig,
     /// Where the node state for the CNI plugin goes.
     pub state_file: PathBuf,
+    /// Masquerade pod traffic leaving the cluster CIDR (`inet podguard`).
+    pub masquerade: bool,
 }
 
 /// A reconcile failure (the data plane keeps its last state).
@@ -89,6 +91,8 @@ pub struct Agent {
     /// (hitless rotation); `None` on the kernel backend.
     device: Option<std::sync::Arc<Device>>,
     last_ignored: BTreeMap<String, mesh::NextKeyIgnored>,
+    /// The last nftables failure logged (logged again only when it changes).
+    last_nat_error: Option<String>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -146,6 +150,7 @@ impl Agent {
             last_plan: None,
             device: None,
             last_ignored: BTreeMap::new(),
+            last_nat_error: None,
         }
     }
 
@@ -235,6 +240,7 @@ impl Agent {
             }
             self.last_rejections = plan.rejections.clone();
         }
+        self.apply_netfilter(&plan);
         self.last_plan = Some(plan.clone());
         let state = node_state::NodeState::from_plan(&plan);
         node_state::write(&self.cfg.state_file, &state).map_err(|source| {
@@ -251,6 +257,37 @@ impl Agent {
             digest: plan.digest,
             renamed,
         })
+    }
+}
+
+impl Agent {
+    /// Program `inet podguard` (masquerade, or its removal). A failure is
+    /// logged, not fatal: the mesh and its encryption do not depend on it.
+    fn apply_netfilter(&mut self, plan: &Plan) {
+        let pod_cidrs: Vec<_> = plan.pod_cidrs.iter().copied().collect();
+        let rules = crate::netfilter::ruleset(
+            &pod_cidrs,
+            &self.cfg.mesh.cluster_cidrs,
+            self.cfg.masquerade,
+        );
+        match crate::netfilter::apply(&rules) {
+            Ok(()) => {
+                if self.last_nat_error.take().is_some() {
+                    tracing::info!("nftables table inet podguard programmed");
+                }
+            }
+            Err(e) => {
+                let msg = anyhow::Error::from(e)
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                if self.last_nat_error.as_ref() != Some(&msg) {
+                    tracing::error!(error = %msg, masquerade = self.cfg.masquerade, "nftables failed: pods cannot reach addresses outside the cluster CIDR; retrying at every resync");
+                    self.last_nat_error = Some(msg);
+                }
+            }
+        }
     }
 }
 

@@ -47,15 +47,19 @@ fn main() -> anyhow::Result<()> {
             .parent()
             .map(|d| d.join("podguard-cni"))
             .context("locating podguard-cni next to podguard-agent")?;
-        install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir).with_context(|| {
-            format!(
-                "installing {} into {} and the conflist into {}",
-                plugin.display(),
-                args.cni_bin_dir.display(),
-                args.cni_conf_dir.display()
-            )
-        })?;
-        tracing::info!(bin_dir = %args.cni_bin_dir.display(), conf_dir = %args.cni_conf_dir.display(), "CNI plugin installed");
+        let installed = install::install(&plugin, &args.cni_bin_dir, &args.cni_conf_dir)
+            .with_context(|| {
+                format!(
+                    "installing {} into {} and the conflist into {}",
+                    plugin.display(),
+                    args.cni_bin_dir.display(),
+                    args.cni_conf_dir.display()
+                )
+            })?;
+        tracing::info!(bin_dir = %args.cni_bin_dir.display(), conf_dir = %args.cni_conf_dir.display(), portmap = installed.portmap, "CNI plugin installed");
+        if !installed.portmap {
+            tracing::warn!(bin_dir = %args.cni_bin_dir.display(), "no portmap plugin in the CNI bin dir: hostPort will not work; install the CNI reference plugins (Debian: containernetworking-plugins, kubeadm: kubernetes-cni) and restart the agent");
+        }
         if args.install_only {
             return Ok(());
         }
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 persistent_keepalive: (args.keepalive > 0).then_some(args.keepalive),
             },
             state_file: args.state_file,
+            masquerade: args.masquerade,
         };
         let metrics = std::sync::Arc::new(Metrics::default());
         if let Some(d) = device.clone() {

@@ -41,16 +41,13 @@ fn state_path(req: &Request) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(node_state::DEFAULT_PATH))
 }
 
+/// The node's one IPAM store, whatever the network name: the address range
+/// belongs to the node.
 fn data_dir(req: &Request) -> PathBuf {
     req.conf
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(store::DEFAULT_DIR))
-        .join(if req.conf.name.is_empty() {
-            "podguard"
-        } else {
-            &req.conf.name
-        })
 }
 
 /// Read and validate the node state the agent writes.
@@ -108,6 +105,7 @@ fn store_err(e: store::StoreError) -> CniError {
 
 fn owner(req: &Request) -> Owner {
     Owner {
+        network: req.conf.name.clone(),
         container_id: req.container_id.clone(),
         ifname: req.ifname.clone(),
     }
@@ -155,8 +153,11 @@ fn status(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Open CNI_NETNS (code 4 naming the path if it cannot be opened).
+/// Open CNI_NETNS (code 4 naming the path if it cannot be opened, or if
+/// it is the plugin's own namespace: a pod interface and default route
+/// there would shadow the node's own routes).
 fn open_netns(req: &Request) -> Result<(PathBuf, std::fs::File), CniError> {
+    use std::os::unix::fs::MetadataExt;
     let path = req.netns.clone().unwrap_or_default();
     let file = std::fs::File::open(&path).map_err(|e| {
         CniError::new(
@@ -168,6 +169,18 @@ fn open_netns(req: &Request) -> Result<(PathBuf, std::fs::File), CniError> {
         )
         .details(e.to_string())
     })?;
+    let own = std::fs::metadata("/proc/self/ns/net");
+    if let (Ok(target), Ok(own)) = (file.metadata(), own)
+        && (target.dev(), target.ino()) == (own.dev(), own.ino())
+    {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_NETNS {} is the node's own network namespace (the plugin's): a pod needs a namespace of its own",
+                path.display()
+            ),
+        ));
+    }
     Ok((path, file))
 }
 
@@ -230,10 +243,14 @@ fn add(req: &Request) -> Result<AddResult, CniError> {
     }
 }
 
+/// DEL removes the veth before it releases the addresses, so a DEL killed
+/// halfway never leaves a veth without an allocation (GC finds veths
+/// through their allocations).
 fn del(req: &Request) -> Result<(), CniError> {
     let store = Store::open(&data_dir(req)).map_err(store_err)?;
+    pod::detach(&host_veth_name(&req.container_id, &req.ifname))?;
     store.release_owner(&owner(req)).map_err(store_err)?;
-    pod::detach(&host_veth_name(&req.container_id, &req.ifname))
+    Ok(())
 }
 
 fn check(req: &Request) -> Result<(), CniError> {
@@ -276,24 +293,39 @@ fn check(req: &Request) -> Result<(), CniError> {
     }
 }
 
+/// GC touches only attachments of its own network: it releases their
+/// addresses and removes their veths. A podguard veth with no allocation at
+/// all (left by an interrupted DEL of an older version) belongs to no
+/// network and goes too. The store lock is held throughout, so no ADD is
+/// between allocating and creating its veth.
 fn gc(req: &Request) -> Result<(), CniError> {
+    let network = &req.conf.name;
     let valid: BTreeSet<Owner> = req
         .conf
         .valid_attachments
         .iter()
         .flatten()
         .map(|a| Owner {
+            network: network.clone(),
             container_id: a.container_id.clone(),
             ifname: a.ifname.clone(),
         })
         .collect();
     let store = Store::open(&data_dir(req)).map_err(store_err)?;
-    store.gc(&valid).map_err(store_err)?;
-    let keep: BTreeSet<String> = valid
-        .iter()
+    let mut remove: BTreeSet<String> = BTreeSet::new();
+    for (_, owner) in store.gc(network, &valid).map_err(store_err)? {
+        if let Some(o) = owner {
+            remove.insert(host_veth_name(&o.container_id, &o.ifname));
+        }
+    }
+    let keep: BTreeSet<String> = store
+        .allocations()
+        .map_err(store_err)?
+        .into_iter()
+        .filter_map(|(_, o)| o)
         .map(|o| host_veth_name(&o.container_id, &o.ifname))
         .collect();
-    pod::remove_host_veths_except(&keep)
+    pod::remove_host_veths(&remove, &keep)
 }
 
 #[cfg(test)]

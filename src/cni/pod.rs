@@ -188,11 +188,15 @@ pub fn inspect(
     Ok(problems)
 }
 
-/// Delete every podguard host veth whose name is not in `keep` (GC).
-pub fn remove_host_veths_except(keep: &BTreeSet<String>) -> Result<(), CniError> {
+/// GC: delete the podguard host veths named in `remove`, and those that
+/// are not in `keep` (the veths of every live allocation, any network).
+pub fn remove_host_veths(
+    remove: &BTreeSet<String>,
+    keep: &BTreeSet<String>,
+) -> Result<(), CniError> {
     here(async |nl: Netlink| {
         for l in nl.links(super::HOST_VETH_PREFIX).await.map_err(net_err)? {
-            if !keep.contains(&l.name) {
+            if remove.contains(&l.name) || !keep.contains(&l.name) {
                 nl.delete_link(&l.name).await.map_err(net_err)?;
             }
         }

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The newest supported version.
 pub const LATEST: &str = "1.1.0";
+/// The plugin's `type`: the binary's name, which runtimes look up in their
+/// plugin directories.
+pub const PLUGIN_TYPE: &str = "podguard-cni";
 
 /// Well-known error codes (CNI spec, "Error").
 pub mod code {
@@ -109,7 +112,7 @@ pub struct NetConf {
     /// Network name.
     #[serde(default)]
     pub name: String,
-    /// Plugin type (must be `podguard`).
+    /// Plugin type (must be [`PLUGIN_TYPE`]).
     #[serde(rename = "type", default)]
     pub plugin_type: String,
     /// Bridge to attach to (default: from the node state, `cbr0`).
@@ -195,6 +198,23 @@ pub fn valid_ifname(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace())
 }
 
+/// A network name or container ID as the spec allows them: a letter or
+/// digit, then letters, digits, `_`, `.` or `-` (so never a path).
+pub fn valid_id(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// At most 64 characters of outside input, for error messages.
+fn cut(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Parse the invocation. The error names the bad variable or field.
 pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, CniError> {
     let command = match env(envs, "CNI_COMMAND") {
@@ -265,10 +285,22 @@ pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, C
             ),
         ));
     }
-    if conf.plugin_type != "podguard" {
+    if conf.plugin_type != PLUGIN_TYPE {
         return Err(CniError::new(
             code::INVALID_CONFIG,
-            format!("type {:?}: this plugin is \"podguard\"", conf.plugin_type),
+            format!(
+                "type {:?}: this plugin is {PLUGIN_TYPE:?} (the type names the binary runtimes run)",
+                conf.plugin_type
+            ),
+        ));
+    }
+    if !valid_id(&conf.name) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "network name {:?} is not valid: it must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
+                cut(&conf.name)
+            ),
         ));
     }
     if let Some(ipam) = conf.other.get("ipam")
@@ -351,13 +383,13 @@ pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, C
                 format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
             ));
         }
-        if !container_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        {
+        if !valid_id(&container_id) {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_CONTAINERID {container_id:?} has characters outside [A-Za-z0-9_.-]"),
+                format!(
+                    "CNI_CONTAINERID {:?} is not valid: it must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
+                    cut(&container_id)
+                ),
             ));
         }
     }
@@ -494,7 +526,7 @@ mod tests {
             .collect()
     }
 
-    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"podguard","type":"podguard"}"#;
+    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"podguard","type":"podguard-cni"}"#;
 
     fn add_env() -> BTreeMap<String, String> {
         envs(&[
@@ -503,6 +535,18 @@ mod tests {
             ("CNI_NETNS", "/run/netns/x"),
             ("CNI_IFNAME", "eth0"),
         ])
+    }
+
+    #[test]
+    fn ids_follow_the_spec() {
+        for ok in ["podguard", "a", "0", "net-1_x.y", "k8s-pod-network"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", "../x", "a/b", "-a", "_a", ".a", "a b", "a\n", "é",
+        ] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
     }
 
     #[test]
@@ -518,7 +562,7 @@ mod tests {
             (add_env(), "{nope", code::DECODE, "not valid JSON"),
             (
                 add_env(),
-                r#"{"cniVersion":"9.9.9","type":"podguard"}"#,
+                r#"{"cniVersion":"9.9.9","name":"n","type":"podguard-cni"}"#,
                 code::INCOMPATIBLE_VERSION,
                 "9.9.9",
             ),
@@ -528,15 +572,53 @@ mod tests {
                 code::INVALID_CONFIG,
                 "bridge",
             ),
+            // The type names the binary: the old "podguard" made runtimes
+            // look for a binary that was never installed.
             (
                 add_env(),
-                r#"{"cniVersion":"1.0.0","type":"podguard","mtu":"x"}"#,
+                r#"{"cniVersion":"1.0.0","name":"n","type":"podguard"}"#,
+                code::INVALID_CONFIG,
+                "\"podguard-cni\"",
+            ),
+            // The network name is never a path.
+            (
+                add_env(),
+                r#"{"cniVersion":"1.0.0","name":"../../x","type":"podguard-cni"}"#,
+                code::INVALID_CONFIG,
+                "network name \"../../x\" is not valid",
+            ),
+            (
+                add_env(),
+                r#"{"cniVersion":"1.0.0","type":"podguard-cni"}"#,
+                code::INVALID_CONFIG,
+                "network name \"\" is not valid",
+            ),
+            (
+                add_env(),
+                r#"{"cniVersion":"1.0.0","name":".hidden","type":"podguard-cni"}"#,
+                code::INVALID_CONFIG,
+                "must start with a letter or digit",
+            ),
+            (
+                envs(&[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", ".."),
+                    ("CNI_NETNS", "/x"),
+                    ("CNI_IFNAME", "eth0"),
+                ]),
+                CONF,
+                code::INVALID_ENV,
+                "CNI_CONTAINERID \"..\" is not valid",
+            ),
+            (
+                add_env(),
+                r#"{"cniVersion":"1.0.0","name":"n","type":"podguard-cni","mtu":"x"}"#,
                 code::DECODE,
                 "bad field",
             ),
             (
                 add_env(),
-                r#"{"cniVersion":"1.0.0","type":"podguard","mtu":70000}"#,
+                r#"{"cniVersion":"1.0.0","name":"n","type":"podguard-cni","mtu":70000}"#,
                 code::INVALID_CONFIG,
                 "70000",
             ),
@@ -560,13 +642,13 @@ mod tests {
                     ("CNI_NETNS", "/x"),
                     ("CNI_IFNAME", "eth0"),
                 ]),
-                r#"{"cniVersion":"0.3.1","type":"podguard"}"#,
+                r#"{"cniVersion":"0.3.1","name":"n","type":"podguard-cni"}"#,
                 code::INCOMPATIBLE_VERSION,
                 "CHECK",
             ),
             (
                 envs(&[("CNI_COMMAND", "STATUS")]),
-                r#"{"cniVersion":"1.0.0","type":"podguard"}"#,
+                r#"{"cniVersion":"1.0.0","name":"n","type":"podguard-cni"}"#,
                 code::INCOMPATIBLE_VERSION,
                 "1.1.0",
             ),

@@ -1,6 +1,12 @@
 //! The IPAM store on the node: one file per allocated address under
 //! `/var/lib/podguard/ipam/`, named by the address and holding its owner
-//! (container ID + interface).
+//! (network name, container ID, interface).
+//!
+//! The addresses belong to the node's podCIDRs, not to a network: every
+//! network configuration that uses podguard on a node shares this one store,
+//! so two networks never hand out the same address. (Earlier versions kept
+//! a store per network name in `<dir>/<name>/`; `open` moves such
+//! allocations into the shared store.)
 //!
 //! Every operation holds an exclusive `flock` on `<dir>/lock`, so parallel
 //! plugin invocations never hand out the same address. A file is created
@@ -27,6 +33,9 @@ pub const DEFAULT_DIR: &str = "/var/lib/podguard/ipam";
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Owner {
+    /// The network (conflist `name`) the attachment belongs to.
+    #[serde(default)]
+    pub network: String,
     /// Container ID.
     #[serde(rename = "containerID")]
     pub container_id: String,
@@ -94,7 +103,43 @@ impl Store {
             _lock: lock,
         };
         store.remove_temp_files();
+        store.migrate_per_network_dirs();
         Ok(store)
+    }
+
+    /// Move allocations of the old per-network layout (`<dir>/<name>/<ip>`)
+    /// into the shared store, owned by network `<name>`. An address already
+    /// held in the shared store keeps its holder.
+    fn migrate_per_network_dirs(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for sub in rd.flatten() {
+            let name = sub.file_name().to_string_lossy().to_string();
+            if !sub.file_type().is_ok_and(|t| t.is_dir()) || !super::spec::valid_id(&name) {
+                continue;
+            }
+            let Ok(files) = fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if let Ok(ip) = f.file_name().to_string_lossy().parse::<IpAddr>() {
+                    let owner = fs::read(f.path())
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Owner>(&b).ok());
+                    if let Some(mut owner) = owner
+                        && !self.dir.join(ip.to_string()).exists()
+                    {
+                        owner.network = name.clone();
+                        if self.write_owner(ip, &owner).is_err() {
+                            continue;
+                        }
+                    }
+                }
+                let _ = fs::remove_file(f.path());
+            }
+            let _ = fs::remove_dir(sub.path());
+        }
     }
 
     fn remove_temp_files(&self) {
@@ -205,14 +250,23 @@ impl Store {
         }
     }
 
-    /// Release every allocation whose owner is not in `valid` (and any
-    /// with an unreadable owner). Returns what was released.
-    pub fn gc(&self, valid: &BTreeSet<Owner>) -> Result<Vec<IpAddr>, StoreError> {
+    /// Release every allocation of `network` whose owner is not in `valid`
+    /// (and any with an unreadable owner). Allocations of other networks
+    /// are not touched. Returns what was released.
+    pub fn gc(
+        &self,
+        network: &str,
+        valid: &BTreeSet<Owner>,
+    ) -> Result<Vec<(IpAddr, Option<Owner>)>, StoreError> {
         let mut released = Vec::new();
         for (ip, owner) in self.allocations()? {
-            if owner.as_ref().is_none_or(|o| !valid.contains(o)) {
+            let stale = match &owner {
+                None => true,
+                Some(o) => o.network == network && !valid.contains(o),
+            };
+            if stale {
                 self.release(ip)?;
-                released.push(ip);
+                released.push((ip, owner));
             }
         }
         Ok(released)
@@ -243,7 +297,12 @@ mod tests {
     use super::*;
 
     fn owner(c: &str) -> Owner {
+        owner_in("net", c)
+    }
+
+    fn owner_in(net: &str, c: &str) -> Owner {
         Owner {
+            network: net.into(),
             container_id: c.into(),
             ifname: "eth0".into(),
         }
@@ -264,8 +323,8 @@ mod tests {
             s.allocate(cidr, &owner("c")).unwrap().to_string(),
             "10.0.0.4"
         );
-        let released = s.gc(&[owner("c")].into()).unwrap();
-        assert_eq!(released, vec![b]);
+        let released = s.gc("net", &[owner("c")].into()).unwrap();
+        assert_eq!(released, vec![(b, Some(owner("b")))]);
         assert_eq!(s.allocations().unwrap().len(), 1);
     }
 
@@ -295,6 +354,51 @@ mod tests {
             .allocate("10.0.0.0/29".parse().unwrap(), &owner("a"))
             .unwrap();
         assert_eq!(ip.to_string(), "10.0.0.3");
-        assert_eq!(s.gc(&[owner("a")].into()).unwrap().len(), 1);
+        assert_eq!(s.gc("net", &[owner("a")].into()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn gc_touches_only_its_own_network() {
+        let d = tempfile::tempdir().unwrap();
+        let cidr: IpNet = "10.0.0.0/28".parse().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let a = s.allocate(cidr, &owner_in("one", "a")).unwrap();
+        let b = s.allocate(cidr, &owner_in("two", "b")).unwrap();
+        // Two networks share the node's range: never the same address.
+        assert_ne!(a, b);
+        // GC of network "two" with nothing valid: only b goes.
+        assert_eq!(
+            s.gc("two", &BTreeSet::new()).unwrap(),
+            vec![(b, Some(owner_in("two", "b")))]
+        );
+        assert_eq!(s.held_by(&owner_in("one", "a")).unwrap(), vec![a]);
+        // GC of "three" (a name nobody uses) releases nothing.
+        assert!(s.gc("three", &BTreeSet::new()).unwrap().is_empty());
+        assert_eq!(s.allocations().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn per_network_dirs_of_earlier_versions_move_into_the_shared_store() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("podguard");
+        fs::create_dir(&old).unwrap();
+        fs::write(
+            old.join("10.0.0.2"),
+            r#"{"containerID":"a","ifname":"eth0"}"#,
+        )
+        .unwrap();
+        fs::write(old.join("lock"), "").unwrap();
+        fs::write(old.join("last-v4"), "10.0.0.2").unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert!(!old.exists());
+        assert_eq!(
+            s.held_by(&owner_in("podguard", "a")).unwrap(),
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        // The migrated address stays taken.
+        let next = s
+            .allocate("10.0.0.0/29".parse().unwrap(), &owner_in("other", "b"))
+            .unwrap();
+        assert_ne!(next.to_string(), "10.0.0.2");
     }
 }

@@ -309,7 +309,7 @@ pub fn load() -> anyhow::Result<LabState> {
 
 fn cni_add(bins: &Binaries, n: &NodePlan, pod: &str, pod_ns: &str) -> anyhow::Result<Vec<String>> {
     let nd = node_dir(n);
-    let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard",
+    let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard-cni",
         "nodeStateFile": nd.join("node.json"), "dataDir": nd.join("ipam")});
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &n.netns])

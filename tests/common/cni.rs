@@ -123,7 +123,7 @@ impl CniNode {
         json!({
             "cniVersion": version,
             "name": "podguard",
-            "type": "podguard",
+            "type": "podguard-cni",
             "nodeStateFile": self.state_file,
             "dataDir": self.data_dir,
         })
@@ -145,7 +145,7 @@ impl CniNode {
 
     /// Allocation files in the store.
     pub fn allocations(&self) -> Vec<String> {
-        let dir = self.data_dir.join("podguard");
+        let dir = self.data_dir.clone();
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return vec![];
         };

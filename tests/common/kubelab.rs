@@ -266,7 +266,7 @@ impl KubeLab {
         });
         let pod = self.n.add(&format!("p{}", self.nodes[i].name));
         let node = &self.nodes[i];
-        let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard",
+        let conf = json!({"cniVersion": "1.1.0", "name": "podguard", "type": "podguard-cni",
             "nodeStateFile": node.state_file, "dataDir": node.ipam_dir});
         let env = super::cni::env_for("ADD", &format!("pod-{}", node.name), &pod);
         let out = super::cni::call_in(&node.ns, &super::cni::env_refs(&env), &conf.to_string());
