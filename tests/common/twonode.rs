@@ -208,25 +208,29 @@ impl TwoNode {
     }
 
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Start node `i`'s agent with `extra` arguments.
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let node = &self.nodes[i];
-        let mut cmd = self.node_cmd(
-            i,
-            &[
-                agent_bin(),
-                "--node-name",
-                &node.name,
-                "--nodes-file",
-                self.nodes_file.to_str().unwrap(),
-                "--cluster-cidr",
-                CLUSTER,
-                "--key-file",
-                node.key_file.to_str().unwrap(),
-                "--state-file",
-                node.state_file.to_str().unwrap(),
-                "--resync",
-                "1s",
-            ],
-        );
+        let mut args = vec![
+            agent_bin(),
+            "--node-name",
+            &node.name,
+            "--nodes-file",
+            self.nodes_file.to_str().unwrap(),
+            "--cluster-cidr",
+            CLUSTER,
+            "--key-file",
+            node.key_file.to_str().unwrap(),
+            "--state-file",
+            node.state_file.to_str().unwrap(),
+            "--resync",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = self.node_cmd(i, &args);
         let (label, log) = (format!("agent-{}", node.name), node.log.clone());
         self.n.spawn_logged(&label, &mut cmd, &log);
     }

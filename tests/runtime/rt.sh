@@ -207,7 +207,8 @@ cmd_setup() {
 }
 
 build_image() {
-  local stamp="v$CACHE_VERSION $(sha256sum /bin/busybox | cut -d' ' -f1)"
+  local stamp
+  stamp="v$CACHE_VERSION $(sha256sum /bin/busybox | cut -d' ' -f1)"
   if [[ -f $PGRT_CACHE/stamp && $(cat "$PGRT_CACHE/stamp") == "$stamp" &&
         -f $PGRT_CACHE/busybox-rootfs.tar && -f $PGRT_CACHE/busybox-oci.tar ]]; then
     return 0
@@ -399,7 +400,8 @@ cmd_node_up() {
     log "node $id: removing leftovers of an earlier run"
     cmd_node_down "$id"
   fi
-  trap "node_up_exit '$id'" EXIT   # id is [A-Za-z0-9_.-]: safe to expand now
+  # shellcheck disable=SC2064 # expand now: locals are gone when the trap runs
+  trap "node_up_exit '$id'" EXIT
   mkdir -p "$D"
   echo "$netns" >"$D/netns"
   local b
