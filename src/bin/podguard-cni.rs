@@ -1,4 +1,5 @@
-//! `podguard-cni`: the CNI plugin (CNI spec 1.1.0; also 0.3.0–1.0.0).
+//! `podguard-cni`: the CNI plugin (CNI spec 1.1.0; also 0.3.0–1.0.0; the
+//! shipped conflist says 1.0.0, which today's runtimes accept).
 //!
 //! Called by the container runtime with `CNI_COMMAND` and friends in the
 //! environment and the network configuration on stdin. Prints a result or
@@ -14,7 +15,9 @@ fn main() {
             "podguard-cni: the podguard CNI plugin.\n\n\
              Called by the container runtime, not by hand: CNI_COMMAND (ADD, DEL, CHECK,\n\
              VERSION, STATUS, GC), CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME in the\n\
-             environment, the network configuration (type \"podguard\") on stdin.\n\
+             environment, the network configuration (type \"podguard-cni\", a valid\n\
+             network name) on stdin. podguard-agent --install-cni writes the conflist\n\
+             (cniVersion 1.0.0, then portmap for hostPort).\n\
              Optional configuration keys: bridge, mtu, nodeStateFile, dataDir.\n\
              Reads the node state podguard-agent writes to /run/podguard/node.json and\n\
              keeps its address allocations under /var/lib/podguard/ipam/.\n\n\

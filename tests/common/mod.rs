@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod kubelab;
 pub mod lab;
+pub mod runtime;
 pub mod twonode;
 
 use std::fs::File;

@@ -57,6 +57,7 @@
 #   D/var-lib-cni        /var/lib/cni         (host-local leases, libcni cache)
 #   D/run-podguard       /run/podguard
 #   D/var-lib-podguard   /var/lib/podguard
+#   D/run-wireguard      /run/wireguard       (the agent's UAPI socket, for wg)
 #   D/etc-containers     /etc/containers      (our containers.conf,
 #                                              storage.conf, policy.json,
 #                                              registries.conf)
@@ -166,6 +167,7 @@ BINDS=(
   var-lib-cni:/var/lib/cni
   run-podguard:/run/podguard
   var-lib-podguard:/var/lib/podguard
+  run-wireguard:/run/wireguard
   etc-containers:/etc/containers
   var-lib-containers:/var/lib/containers
   run-containers:/run/containers
@@ -369,6 +371,7 @@ PGRT_CNI_BIN_DIR=$D/opt-cni-bin
 PGRT_CNI_STATE_DIR=$D/var-lib-cni
 PGRT_RUN_PODGUARD=$D/run-podguard
 PGRT_VAR_LIB_PODGUARD=$D/var-lib-podguard
+PGRT_RUN_WIREGUARD=$D/run-wireguard
 PGRT_HOLDER_PID=$(holder_pid "$D" || true)
 PGRT_CONTAINERD_PID=$(containerd_pid "$D" || true)
 PGRT_CONTAINERD_SOCK=$D/run-containerd/containerd.sock
