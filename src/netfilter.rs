@@ -1,7 +1,17 @@
-//! podguard's own nftables table, `inet podguard`: masquerade for pod
-//! traffic that leaves the cluster CIDR through the node's uplink.
+//! podguard's own nftables table, `inet podguard`: the fail-closed barrier,
+//! and masquerade for pod traffic that leaves the cluster CIDR through the
+//! node's uplink.
 //!
-//! Pods have addresses of the cluster's podCIDRs, which nothing outside the
+//! **Barrier.** The routes send the cluster CIDR into `podguard0`, with an
+//! `unreachable` backstop; but routes can be deleted (an operator, another
+//! agent, `ip route flush`), and then pod traffic would take the default
+//! route in plaintext. The `output` and `forward` chains drop every packet
+//! to a cluster CIDR that would leave through any interface but
+//! `podguard0`, `cbr0` or `lo`, whatever the routing table says. The table
+//! is kernel state: it stays while the agent is stopped or restarting, and
+//! only an explicit uninstall (`nft delete table inet podguard`) removes it.
+//!
+//! **Masquerade.** Pods have addresses of the cluster's podCIDRs, which nothing outside the
 //! cluster routes back; traffic to the rest of the world leaves with the
 //! node's address, as flannel (`--ip-masq`), Kilo and Calico
 //! (`natOutgoing`) do. Never NATed: anything into `podguard0` or `cbr0`
@@ -17,13 +27,17 @@ use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{Match, Operator, Statement};
+use nftables::stmt::{Counter, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 /// The table's name (family `inet`).
 pub const TABLE: &str = "podguard";
 /// The masquerade chain (nat, postrouting, priority srcnat).
 pub const NAT_CHAIN: &str = "postrouting";
+/// The barrier's chains (filter, priority 0).
+pub const BARRIER_CHAINS: [&str; 2] = ["output", "forward"];
+/// Interfaces cluster-bound traffic may leave through.
+pub const ALLOWED_OIFS: [&str; 3] = [mesh::WG_IFNAME, mesh::BRIDGE_IFNAME, "lo"];
 /// Priority `srcnat`.
 const SRCNAT: i32 = 100;
 
@@ -64,11 +78,11 @@ fn oifname(name: &'static str) -> Statement<'static> {
     })
 }
 
-fn rule(expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
-        chain: Cow::Borrowed(NAT_CHAIN),
+        chain: Cow::Borrowed(chain),
         expr: Cow::Owned(expr),
         ..Rule::default()
     })
@@ -82,47 +96,74 @@ fn table() -> NfListObject<'static> {
     })
 }
 
+fn chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(name),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    })
+}
+
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
 /// The whole table for a node with `pod_cidrs` in a cluster of
-/// `cluster_cidrs`: masquerade when `masquerade`, otherwise the table is
-/// removed.
+/// `cluster_cidrs`: the barrier always, masquerade when `masquerade`.
+/// One transaction that replaces whatever the table held.
 pub fn ruleset(
     pod_cidrs: &[IpNet],
     cluster_cidrs: &[IpNet],
     masquerade: bool,
 ) -> Nftables<'static> {
     let mut b = Batch::new();
-    // `add table` first, so flush and delete never fail on a fresh node.
+    // `add` is idempotent, so flush and delete never fail on a fresh node.
     b.add(table());
-    if !masquerade {
-        b.delete(table());
-        return b.to_nftables();
-    }
     b.add_cmd(NfCmd::Flush(FlushObject::Table(Table {
         family: NfFamily::INet,
         name: Cow::Borrowed(TABLE),
         ..Table::default()
     })));
-    b.add(NfListObject::Chain(Chain {
-        family: NfFamily::INet,
-        table: Cow::Borrowed(TABLE),
-        name: Cow::Borrowed(NAT_CHAIN),
-        _type: Some(NfChainType::NAT),
-        hook: Some(NfHook::Postrouting),
-        prio: Some(SRCNAT),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    }));
+    for (name, hook) in BARRIER_CHAINS
+        .into_iter()
+        .zip([NfHook::Output, NfHook::Forward])
+    {
+        b.add(chain(name, NfChainType::Filter, hook, 0));
+        for dev in ALLOWED_OIFS {
+            b.add(rule(name, vec![oifname(dev), Statement::Return(None)]));
+        }
+        for c in cluster_cidrs {
+            b.add(rule(
+                name,
+                vec![addr_match("daddr", c), counter(), Statement::Drop(None)],
+            ));
+        }
+    }
+    let nat = chain(NAT_CHAIN, NfChainType::NAT, NfHook::Postrouting, SRCNAT);
+    b.add(nat.clone());
+    if !masquerade {
+        b.delete(nat);
+        return b.to_nftables();
+    }
     for dev in [mesh::WG_IFNAME, mesh::BRIDGE_IFNAME] {
-        b.add(rule(vec![oifname(dev), Statement::Return(None)]));
+        b.add(rule(NAT_CHAIN, vec![oifname(dev), Statement::Return(None)]));
     }
     for c in cluster_cidrs {
-        b.add(rule(vec![addr_match("daddr", c), Statement::Return(None)]));
+        b.add(rule(
+            NAT_CHAIN,
+            vec![addr_match("daddr", c), Statement::Return(None)],
+        ));
     }
     for p in pod_cidrs {
-        b.add(rule(vec![
-            addr_match("saddr", p),
-            Statement::Masquerade(None),
-        ]));
+        b.add(rule(
+            NAT_CHAIN,
+            vec![addr_match("saddr", p), Statement::Masquerade(None)],
+        ));
     }
     b.to_nftables()
 }
@@ -143,13 +184,64 @@ mod tests {
             .collect()
     }
 
-    fn rules_of(v: &Value) -> Vec<Value> {
+    fn chain_rules(v: &Value, chain: &str) -> Vec<Value> {
         v["nftables"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|o| o["add"].get("rule").map(|r| r["expr"].clone()))
+            .filter_map(|o| o["add"].get("rule"))
+            .filter(|r| r["chain"] == chain)
+            .map(|r| r["expr"].clone())
             .collect()
+    }
+
+    fn oif(dev: &str) -> Value {
+        json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": dev}}, {"return": null}])
+    }
+
+    #[test]
+    fn barrier_drops_cluster_traffic_leaving_by_any_other_interface() {
+        let r = ruleset(
+            &nets(&["10.244.1.0/24"]),
+            &nets(&["10.244.0.0/16", "fd00:10:244::/56"]),
+            true,
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        for (chain, hook) in [("output", "output"), ("forward", "forward")] {
+            let c = v["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["add"]["chain"]["name"] == chain)
+                .unwrap_or_else(|| panic!("no {chain} chain"));
+            assert_eq!(c["add"]["chain"]["hook"], hook);
+            assert_eq!(c["add"]["chain"]["type"], "filter");
+            let rules = chain_rules(&v, chain);
+            assert_eq!(rules[..3], [oif("podguard0"), oif("cbr0"), oif("lo")]);
+            assert_eq!(
+                rules[3][0]["match"]["right"]["prefix"]["addr"],
+                "10.244.0.0"
+            );
+            assert_eq!(rules[3][2], json!({"drop": null}));
+            assert_eq!(rules[4][0]["match"]["left"]["payload"]["protocol"], "ip6");
+            assert_eq!(rules[4][2], json!({"drop": null}));
+            assert_eq!(rules.len(), 5);
+        }
+    }
+
+    #[test]
+    fn masquerade_off_keeps_the_barrier_and_removes_the_nat_chain() {
+        let v = serde_json::to_value(ruleset(
+            &nets(&["10.244.1.0/24"]),
+            &nets(&["10.244.0.0/16"]),
+            false,
+        ))
+        .unwrap();
+        assert_eq!(chain_rules(&v, "output").len(), 4);
+        assert_eq!(chain_rules(&v, "forward").len(), 4);
+        assert!(chain_rules(&v, "postrouting").is_empty());
+        let last = v["nftables"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["delete"]["chain"]["name"], "postrouting");
     }
 
     #[test]
@@ -166,13 +258,18 @@ mod tests {
             .iter()
             .map(|o| o.as_object().unwrap().keys().next().unwrap().clone())
             .collect();
-        // One transaction: add table, flush it, then the chain and rules.
-        assert_eq!(&cmds[..3], ["add", "flush", "add"]);
-        assert_eq!(v["nftables"][2]["add"]["chain"]["hook"], "postrouting");
-        assert_eq!(v["nftables"][2]["add"]["chain"]["type"], "nat");
-        assert_eq!(v["nftables"][2]["add"]["chain"]["prio"], 100);
-        let rules = rules_of(&v);
-        let oif = |dev: &str| json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": dev}}, {"return": null}]);
+        // One transaction: add table, flush it, then chains and rules.
+        assert_eq!(&cmds[..2], ["add", "flush"]);
+        let nat = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["add"]["chain"]["name"] == "postrouting")
+            .unwrap();
+        assert_eq!(nat["add"]["chain"]["hook"], "postrouting");
+        assert_eq!(nat["add"]["chain"]["type"], "nat");
+        assert_eq!(nat["add"]["chain"]["prio"], 100);
+        let rules = chain_rules(&v, "postrouting");
         assert_eq!(rules[0], oif("podguard0"));
         assert_eq!(rules[1], oif("cbr0"));
         assert_eq!(
@@ -193,14 +290,6 @@ mod tests {
         assert_eq!(rules.len(), 6);
         // Exclusions come before any masquerade: order is the semantics.
         assert!(rules[..4].iter().all(|r| r[1] == json!({"return": null})));
-    }
-
-    #[test]
-    fn turned_off_the_table_is_removed() {
-        let v = serde_json::to_value(ruleset(&nets(&["10.244.1.0/24"]), &[], false)).unwrap();
-        assert_eq!(v["nftables"][0]["add"]["table"]["name"], "podguard");
-        assert_eq!(v["nftables"][1]["delete"]["table"]["name"], "podguard");
-        assert_eq!(v["nftables"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn pods_reach_the_outside_as_the_node_and_each_other_as_themselves() {
 }
 
 #[test]
-fn masquerade_off_removes_the_table_and_outside_traffic_gets_no_answer() {
+fn masquerade_off_removes_the_nat_chain_keeps_the_barrier_and_outside_gets_no_answer() {
     if !require_root("masquerade_off_removes_the_table_and_outside_traffic_gets_no_answer") {
         return;
     }
@@ -81,13 +81,17 @@ fn masquerade_off_removes_the_table_and_outside_traffic_gets_no_answer() {
     });
     c.kill_agent(0);
     c.start_agent_with(0, &["--masquerade=false"]);
-    wait_for("the table to go", Duration::from_secs(10), || {
-        !run(&[
-            "ip", "netns", "exec", &ns, "nft", "list", "table", "inet", "podguard",
+    let chain = |name: &str| {
+        run(&[
+            "ip", "netns", "exec", &ns, "nft", "list", "chain", "inet", "podguard", name,
         ])
         .status
         .success()
+    };
+    wait_for("the nat chain to go", Duration::from_secs(10), || {
+        !chain("postrouting")
     });
+    assert!(chain("forward") && chain("output"), "the barrier stays");
     // Without masquerade the outside host has no route back to the pod.
     let cap = start_capture(&mut c.n, &inet, "eth0", "noanswer");
     let _ = run(&[

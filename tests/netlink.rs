@@ -146,3 +146,80 @@ fn applying_the_same_plan_twice_changes_nothing() {
         });
     });
 }
+
+/// cbr0 keeps the MAC podguard gives it when ports come and go (a bridge
+/// without one takes its lowest port's MAC, and pods' ARP entries for the
+/// gateway go stale when that port is removed).
+#[test]
+fn bridge_keeps_its_mac_when_ports_come_and_go() {
+    if !require_root("bridge_keeps_its_mac_when_ports_come_and_go") {
+        return;
+    }
+    let mut n = Netns::new("nlmac");
+    let ns = n.add("x");
+    let mac = mesh::bridge_mac("node-x");
+    let want: String = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let mac_now = || {
+        let o = ok(&["ip", "-n", &ns, "-o", "link", "show", "cbr0"]);
+        o.split("link/ether ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let ensure = || {
+        in_netns(&ns, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let nl = Netlink::connect().unwrap();
+                    nl.ensure_bridge_with_mac("cbr0", 1400, Some(mac))
+                        .await
+                        .unwrap();
+                })
+        })
+    };
+    ensure();
+    assert_eq!(mac_now(), want);
+    // A port with a lower MAC joins, then leaves: the bridge's MAC stays.
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "link",
+        "add",
+        "v0",
+        "address",
+        "00:00:00:00:00:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "v1",
+    ]);
+    ok(&["ip", "-n", &ns, "link", "set", "v0", "master", "cbr0", "up"]);
+    assert_eq!(mac_now(), want);
+    ok(&["ip", "-n", &ns, "link", "del", "v0"]);
+    assert_eq!(mac_now(), want);
+    // An adopted bridge with another MAC gets podguard's.
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "link",
+        "set",
+        "cbr0",
+        "address",
+        "02:11:22:33:44:55",
+    ]);
+    ensure();
+    assert_eq!(mac_now(), want);
+}

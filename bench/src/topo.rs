@@ -79,7 +79,8 @@ impl Contender {
         match self {
             Self::Plain => None,
             Self::Podguard => (!bins.join("podguard-agent").exists())
-                .then(|| "podguard-agent not built: cargo build --release --bins".to_string()),
+                .then(|| "podguard-agent not built: cargo build --release --bins".to_string())
+                .or_else(|| need("nft", "apt-get install -y nftables")),
             Self::WireguardGo => need("wireguard-go", "apt-get install -y wireguard-go")
                 .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
             Self::WireguardGoNew => (!wireguard_go_new().exists())

@@ -34,6 +34,21 @@ pub use plan::{
 pub const WG_IFNAME: &str = "podguard0";
 /// Name of the pod bridge.
 pub const BRIDGE_IFNAME: &str = "cbr0";
+/// The bridge's MAC for node `node`: locally administered, unicast, stable
+/// across restarts. A Linux bridge without a MAC of its own takes the
+/// lowest MAC of its ports and changes it when that port goes, which
+/// leaves every pod's ARP entry for the gateway stale.
+pub fn bridge_mac(node: &str) -> [u8; 6] {
+    // FNV-1a of the name: deterministic, no dependency.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
+}
+
 /// Default WireGuard UDP port.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 /// Metric of the routes podguard installs towards `podguard0` and `cbr0`.
@@ -41,3 +56,17 @@ pub const ROUTE_METRIC: u32 = 100;
 /// Metric of the `unreachable` backstop routes: above everything else, so
 /// they only answer when the `podguard0` route is gone.
 pub const BACKSTOP_METRIC: u32 = 9999;
+
+#[cfg(test)]
+mod bridge_mac_tests {
+    use super::bridge_mac;
+
+    #[test]
+    fn bridge_mac_is_stable_local_unicast_and_per_node() {
+        let a = bridge_mac("node-a");
+        assert_eq!(a, bridge_mac("node-a"));
+        assert_ne!(a, bridge_mac("node-b"));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
+    }
+}

@@ -49,6 +49,9 @@ pub enum ReconcileError {
     /// WireGuard configuration failed.
     #[error(transparent)]
     Wg(#[from] WgError),
+    /// nftables (the barrier, masquerade) could not be programmed.
+    #[error(transparent)]
+    Netfilter(#[from] crate::netfilter::NetfilterError),
     /// The node state file could not be written.
     #[error("writing node state file {path}")]
     StateFile {
@@ -91,8 +94,6 @@ pub struct Agent {
     /// (hitless rotation); `None` on the kernel backend.
     device: Option<std::sync::Arc<Device>>,
     last_ignored: BTreeMap<String, mesh::NextKeyIgnored>,
-    /// The last nftables failure logged (logged again only when it changes).
-    last_nat_error: Option<String>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -150,7 +151,6 @@ impl Agent {
             last_plan: None,
             device: None,
             last_ignored: BTreeMap::new(),
-            last_nat_error: None,
         }
     }
 
@@ -170,8 +170,16 @@ impl Agent {
     /// node gets an empty action list.
     pub async fn reconcile(&mut self, nodes: &[NodeInfo]) -> Result<Report, ReconcileError> {
         let plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
+        // The barrier first: before any route, so no window leaks.
+        self.apply_netfilter(&plan)?;
         self.nl.set_up(mesh::WG_IFNAME, Some(plan.mtu)).await?;
-        self.nl.ensure_bridge(mesh::BRIDGE_IFNAME, plan.mtu).await?;
+        self.nl
+            .ensure_bridge_with_mac(
+                mesh::BRIDGE_IFNAME,
+                plan.mtu,
+                Some(mesh::bridge_mac(&self.cfg.node_name)),
+            )
+            .await?;
         self.nl
             .ensure_addresses(mesh::BRIDGE_IFNAME, &plan.bridge_addresses)
             .await?;
@@ -240,7 +248,6 @@ impl Agent {
             }
             self.last_rejections = plan.rejections.clone();
         }
-        self.apply_netfilter(&plan);
         self.last_plan = Some(plan.clone());
         let state = node_state::NodeState::from_plan(&plan);
         node_state::write(&self.cfg.state_file, &state).map_err(|source| {
@@ -261,33 +268,18 @@ impl Agent {
 }
 
 impl Agent {
-    /// Program `inet podguard` (masquerade, or its removal). A failure is
-    /// logged, not fatal: the mesh and its encryption do not depend on it.
-    fn apply_netfilter(&mut self, plan: &Plan) {
+    /// Program `inet podguard`: the barrier and masquerade (or its
+    /// removal), in one transaction. Without it the node does not
+    /// reconcile: fail closed, with the reason in the log.
+    fn apply_netfilter(&mut self, plan: &Plan) -> Result<(), ReconcileError> {
         let pod_cidrs: Vec<_> = plan.pod_cidrs.iter().copied().collect();
         let rules = crate::netfilter::ruleset(
             &pod_cidrs,
             &self.cfg.mesh.cluster_cidrs,
             self.cfg.masquerade,
         );
-        match crate::netfilter::apply(&rules) {
-            Ok(()) => {
-                if self.last_nat_error.take().is_some() {
-                    tracing::info!("nftables table inet podguard programmed");
-                }
-            }
-            Err(e) => {
-                let msg = anyhow::Error::from(e)
-                    .chain()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ");
-                if self.last_nat_error.as_ref() != Some(&msg) {
-                    tracing::error!(error = %msg, masquerade = self.cfg.masquerade, "nftables failed: pods cannot reach addresses outside the cluster CIDR; retrying at every resync");
-                    self.last_nat_error = Some(msg);
-                }
-            }
-        }
+        crate::netfilter::apply(&rules)?;
+        Ok(())
     }
 }
 

@@ -111,6 +111,17 @@ impl Netlink {
     /// Create bridge `name` unless it exists (an existing one is adopted),
     /// then set its MTU and bring it up. Returns its index.
     pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32, NetlinkError> {
+        self.ensure_bridge_with_mac(name, mtu, None).await
+    }
+
+    /// [`Self::ensure_bridge`], and give the bridge `mac` (so it never
+    /// follows its ports' MACs) when it has another.
+    pub async fn ensure_bridge_with_mac(
+        &self,
+        name: &str,
+        mtu: u32,
+        mac: Option<[u8; 6]>,
+    ) -> Result<u32, NetlinkError> {
         if self.link_index(name).await?.is_none() {
             match self
                 .handle
@@ -127,6 +138,31 @@ impl Netlink {
                         source,
                     });
                 }
+            }
+        }
+        if let Some(mac) = mac {
+            let want = mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            if let Some(link) = self.link(name).await?
+                && link.mac != want
+            {
+                self.handle
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(link.index)
+                            .address(mac.to_vec())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|source| NetlinkError::Request {
+                        what: format!("setting the MAC of {name} to {want}"),
+                        source,
+                    })?;
+                tracing::info!(bridge = name, mac = %want, "bridge MAC fixed");
             }
         }
         self.set_up(name, Some(mtu)).await

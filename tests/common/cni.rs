@@ -88,7 +88,20 @@ impl CniNode {
     pub fn new(tag: &str, pod_cidrs: &[&str]) -> Self {
         let mut n = Netns::new(tag);
         let node = n.add("node");
-        ok(&["ip", "-n", &node, "link", "add", "cbr0", "type", "bridge"]);
+        // A fixed MAC, as the agent gives cbr0 (a bridge without one follows
+        // its ports and pods' ARP entries for the gateway go stale).
+        ok(&[
+            "ip",
+            "-n",
+            &node,
+            "link",
+            "add",
+            "cbr0",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "bridge",
+        ]);
         ok(&["ip", "-n", &node, "link", "set", "cbr0", "up"]);
         let mut gateways = Vec::new();
         for c in pod_cidrs {

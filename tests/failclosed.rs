@@ -1,0 +1,169 @@
+//! Fail closed even when the routing table is wrong: the nftables barrier
+//! (`inet podguard`, src/netfilter.rs) drops cluster-bound traffic that
+//! would leave through any interface but podguard0/cbr0/lo.
+//!
+//! Node A gets a default route (v4 and v6) to an "outside" host on the
+//! underlay, as real nodes have: with podguard's routes gone, pod traffic
+//! would follow it in plaintext. The capture on the underlay runs through
+//! the whole fault window; the negative control removes the barrier and
+//! shows that the same traffic then does leak, so the setup can see a leak.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::twonode::TwoNode;
+use common::*;
+
+/// Node A with a default route to an outside host (192.0.2.200 /
+/// fd00:192::200); returns the outside host's namespace.
+fn with_default_route(c: &mut TwoNode) -> String {
+    let ul = c.ul.clone();
+    let out = c.n.underlay_node(&ul, "out", 200);
+    let a = c.nodes[0].ns.clone();
+    ok(&[
+        "ip",
+        "-n",
+        &out,
+        "addr",
+        "add",
+        "fd00:192::200/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &a,
+        "addr",
+        "add",
+        "fd00:192::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &a,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.0.2.200",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &a,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:192::200",
+    ]);
+    out
+}
+
+fn flush_podguard_routes(ns: &str) {
+    ok(&["ip", "-n", ns, "route", "flush", "proto", "77"]);
+    ok(&["ip", "-n", ns, "-6", "route", "flush", "proto", "77"]);
+}
+
+/// Pod A and node A send the marker to pod B, v4 and v6.
+fn spray(c: &TwoNode, m: &[u8]) {
+    let (pa, a) = (&c.nodes[0].pod_ns, &c.nodes[0].ns);
+    for to in [c.nodes[1].pod_ip4(), c.nodes[1].pod_ip6()] {
+        let to = SocketAddr::new(to.parse().unwrap(), 9);
+        udp_spray(pa, to, m);
+        udp_spray(a, to, m);
+    }
+}
+
+fn barrier_present(ns: &str) -> bool {
+    run(&[
+        "ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "podguard", "forward",
+    ])
+    .status
+    .success()
+}
+
+#[test]
+fn deleted_routes_leak_nothing_with_or_without_the_agent() {
+    if !require_root("deleted_routes_leak_nothing_with_or_without_the_agent") {
+        return;
+    }
+    let mut c = TwoNode::up("fc");
+    with_default_route(&mut c);
+    let a = c.nodes[0].ns.clone();
+    assert!(barrier_present(&a));
+    let cap = start_capture(&mut c.n, &c.ul.clone(), "br0", "routes");
+    let m = marker("NOROUTE");
+
+    // Agent running: every podguard route and backstop deleted (what the
+    // old uninstall step did), traffic sent at once, before any repair.
+    flush_podguard_routes(&a);
+    spray(&c, &m);
+    // The agent puts them back (resync), and traffic flows again.
+    let (pa, b4) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ip4());
+    wait_for("routes repaired", Duration::from_secs(10), || {
+        pings(&pa, &b4)
+    });
+
+    // Agent stopped: the barrier is kernel state and holds without it.
+    c.kill_agent(0);
+    flush_podguard_routes(&a);
+    assert!(barrier_present(&a), "the barrier must outlive the agent");
+    spray(&c, &m);
+    // podguard0 deleted as well.
+    ok(&["ip", "-n", &a, "link", "del", "podguard0"]);
+    spray(&c, &m);
+    let pcap = cap.stop(&mut c.n);
+    assert!(!contains(&pcap, &m), "plaintext pod data left node A");
+
+    // Negative control: without the barrier the same traffic leaks along
+    // the default route, and this capture sees it.
+    let cap = start_capture(&mut c.n, &c.ul.clone(), "br0", "control");
+    ok(&[
+        "ip", "netns", "exec", &a, "nft", "delete", "table", "inet", "podguard",
+    ]);
+    let control = marker("CONTROL");
+    spray(&c, &control);
+    let pcap = cap.stop(&mut c.n);
+    assert!(
+        contains(&pcap, &control),
+        "negative control: without the barrier the traffic must leak (else this test proves nothing)"
+    );
+}
+
+#[test]
+fn restarted_agent_restores_traffic_and_keeps_the_barrier() {
+    if !require_root("restarted_agent_restores_traffic_and_keeps_the_barrier") {
+        return;
+    }
+    let mut c = TwoNode::up("fcr");
+    with_default_route(&mut c);
+    let a = c.nodes[0].ns.clone();
+    c.kill_agent(0);
+    flush_podguard_routes(&a);
+    c.start_agent(0);
+    let (pa, b4, b6) = (
+        c.nodes[0].pod_ns.clone(),
+        c.nodes[1].pod_ip4(),
+        c.nodes[1].pod_ip6(),
+    );
+    wait_for("traffic after restart", Duration::from_secs(20), || {
+        pings(&pa, &b4) && pings(&pa, &b6)
+    });
+    assert!(barrier_present(&a));
+    // The outside stays reachable for pods (masquerade) with the barrier.
+    let listing = ok(&[
+        "ip", "netns", "exec", &a, "nft", "list", "table", "inet", "podguard",
+    ]);
+    assert!(listing.contains("masquerade"), "{listing}");
+}
