@@ -179,8 +179,31 @@ pub fn parse_cidr(value: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// Parse an endpoint `ip:port`: a unicast address and a non-zero port.
+/// Longest value of outside input copied into a rejection (and so into
+/// logs, Events and metrics labels).
+pub const MAX_VALUE_IN_MESSAGES: usize = 64;
+/// Longest endpoint accepted (`[ipv6%scope]:port` fits well within it).
+pub const MAX_ENDPOINT_LEN: usize = 64;
+
+/// `value` cut to [`MAX_VALUE_IN_MESSAGES`] characters, saying how long it
+/// was: an annotation of a megabyte must not be copied into every log line.
+pub fn cut_value(value: &str) -> String {
+    if value.chars().count() <= MAX_VALUE_IN_MESSAGES {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(MAX_VALUE_IN_MESSAGES).collect();
+    format!("{head}... ({} bytes)", value.len())
+}
+
+/// Parse an endpoint `ip:port`: a unicast, non-loopback address and a
+/// non-zero port.
 pub fn parse_endpoint(value: &str) -> Result<SocketAddr, String> {
+    if value.len() > MAX_ENDPOINT_LEN {
+        return Err(format!(
+            "{} bytes long (at most {MAX_ENDPOINT_LEN})",
+            value.len()
+        ));
+    }
     let sa: SocketAddr = value
         .parse()
         .map_err(|_| "not ip:port (IPv6 as [addr]:port)".to_string())?;
@@ -192,8 +215,17 @@ pub fn parse_endpoint(value: &str) -> Result<SocketAddr, String> {
 }
 
 fn check_endpoint_ip(ip: IpAddr) -> Result<(), String> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("{ip} is not a unicast address"));
+    }
+    if ip.is_loopback() {
+        return Err(format!(
+            "{ip} is a loopback address: every node would send to itself"
+        ));
     }
     if let IpAddr::V4(v4) = ip
         && v4.is_broadcast()
@@ -217,7 +249,7 @@ pub(crate) fn parse_node(
     for value in &node.pod_cidrs {
         match parse_cidr(value) {
             Err(problem) => rejections.push(Rejection::InvalidPodCidr {
-                value: value.clone(),
+                value: cut_value(value),
                 problem,
             }),
             Ok(net) => {
@@ -253,7 +285,7 @@ pub(crate) fn parse_node(
             Ok(sa) => Some(sa),
             Err(problem) => {
                 rejections.push(Rejection::InvalidEndpoint {
-                    value: value.clone(),
+                    value: cut_value(value),
                     problem,
                 });
                 None
@@ -324,6 +356,31 @@ mod tests {
         assert!(parse_endpoint("0.0.0.0:51820").is_err());
         assert!(parse_endpoint("192.0.2.1:0").is_err());
         assert!(parse_endpoint("node-a:51820").is_err());
+        // Endpoints that can never work are rejections with a reason.
+        for (bad, why) in [
+            ("127.0.0.1:51820", "loopback"),
+            ("127.9.9.9:51820", "loopback"),
+            ("[::1]:51820", "loopback"),
+            ("[::ffff:127.0.0.1]:51820", "loopback"),
+            ("255.255.255.255:51820", "broadcast"),
+            ("224.0.0.1:51820", "unicast"),
+            ("[ff02::1]:51820", "unicast"),
+            ("[::]:51820", "unicast"),
+        ] {
+            let e = parse_endpoint(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn oversized_values_are_rejected_and_cut_in_messages() {
+        let huge = format!("192.0.2.1:{}", "9".repeat(1 << 20));
+        let e = parse_endpoint(&huge).unwrap_err();
+        assert!(e.contains("1048586 bytes long"), "{e}");
+        let cut = cut_value(&huge);
+        assert!(cut.len() < 100, "{cut}");
+        assert!(cut.ends_with("(1048586 bytes)"), "{cut}");
+        assert_eq!(cut_value("short"), "short");
     }
 
     #[test]
