@@ -94,6 +94,9 @@ pub struct Agent {
     /// (hitless rotation); `None` on the kernel backend.
     device: Option<std::sync::Arc<Device>>,
     last_ignored: BTreeMap<String, mesh::NextKeyIgnored>,
+    /// Woken by netlink events that remove podguard state (routes, cbr0's
+    /// addresses, podguard0/cbr0): reconcile at once.
+    repair: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -151,7 +154,13 @@ impl Agent {
             last_plan: None,
             device: None,
             last_ignored: BTreeMap::new(),
+            repair: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// What wakes a repair (hand it to `netlink::watch::spawn`).
+    pub fn repair_trigger(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.repair.clone()
     }
 
     /// Use our userspace device directly for what UAPI cannot say: rename
@@ -297,6 +306,7 @@ pub async fn run_nodes_file(
     let mut last_sync = tokio::time::Instant::now() - resync;
     let mut nodes: Option<Vec<NodeInfo>> = None;
     let mut backoff = Duration::from_millis(200);
+    let mut repair_now = false;
     loop {
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         let changed = mtime != last_mtime;
@@ -314,7 +324,7 @@ pub async fn run_nodes_file(
             }
         }
         if let Some(n) = &nodes
-            && (changed || last_sync.elapsed() >= resync)
+            && (changed || repair_now || last_sync.elapsed() >= resync)
         {
             match agent.reconcile(n).await {
                 Ok(report) => {
@@ -340,6 +350,14 @@ pub async fn run_nodes_file(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let repair = agent.repair_trigger();
+        repair_now = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => false,
+            _ = repair.notified() => {
+                // Coalesce the burst a single `ip route flush` makes.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                true
+            }
+        };
     }
 }

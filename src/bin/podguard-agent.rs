@@ -108,6 +108,8 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
         let node_name = cfg.node_name.clone();
         let agent = Agent::new(cfg, &key, wg, nl).with_device(device);
+        netlink::watch::spawn(agent.repair_trigger())
+            .context("subscribing to netlink events (route, address and link removals)")?;
         let source = async {
             match args.nodes_file {
                 Some(path) => {

@@ -186,10 +186,15 @@ pub async fn run(
                 wait = wait.min(Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
             }
         }
+        let repair = agent.repair_trigger();
         tokio::select! {
             _ = changed.notified() => {
                 // Coalesce a burst of changes.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = repair.notified() => {
+                // Something of ours was removed: repair within milliseconds.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             _ = tokio::time::sleep(wait) => {}
         }

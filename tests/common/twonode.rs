@@ -226,9 +226,10 @@ impl TwoNode {
             node.key_file.to_str().unwrap(),
             "--state-file",
             node.state_file.to_str().unwrap(),
-            "--resync",
-            "1s",
         ];
+        if !extra.contains(&"--resync") {
+            args.extend(["--resync", "1s"]);
+        }
         args.extend_from_slice(extra);
         let mut cmd = self.node_cmd(i, &args);
         let (label, log) = (format!("agent-{}", node.name), node.log.clone());
