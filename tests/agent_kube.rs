@@ -126,7 +126,12 @@ fn keys_published_mesh_converges_and_follows_nodes() {
         "exec 3<>/dev/tcp/127.0.0.1/9721; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
     ]);
     let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(metrics.contains("podguard_rejected_nodes 2"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("podguard_rejected_nodes{node=") && l.ends_with(" 2")),
+        "{metrics}"
+    );
 
     // The duplicate goes away: b comes back.
     lab.api("DELETE", "/api/v1/nodes/d", None);

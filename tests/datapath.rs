@@ -376,8 +376,11 @@ fn inbound_source_outside_allowed_ips_is_dropped() {
         "capture saw no ping from pod B: {seen:?}"
     );
     let m = scrape(&c.nodes[0].ns);
-    let dropped =
-        sample(&m, "podguard_device_dropped_packets{reason=\"bad_source\"}").unwrap_or(0.0);
+    let dropped = sample(
+        &m,
+        "podguard_device_dropped_packets_total{node=\"a\",reason=\"bad_source\"}",
+    )
+    .unwrap_or(0.0);
     assert!(dropped >= 3.0, "bad_source drops counted: {dropped}\n{m}");
     wait_for("the drop to be logged", Duration::from_secs(5), || {
         c.log(0).contains("outside the sending peer's AllowedIPs")

@@ -32,9 +32,18 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_NODES_FILE")]
     pub nodes_file: Option<PathBuf>,
 
-    /// Address of the metrics and health endpoints (/metrics, /healthz, /readyz).
-    #[arg(long, env = "PODGUARD_METRICS_ADDR", default_value = "0.0.0.0:9721")]
+    /// Address of the metrics and health endpoints (/metrics, /healthz,
+    /// /readyz). Loopback by default: the page lists peers' keys and
+    /// counters, and the agent is on the host network of an untrusted
+    /// underlay. Set a node address (or 0.0.0.0) only where the port is
+    /// firewalled or Prometheus needs it.
+    #[arg(long, env = "PODGUARD_METRICS_ADDR", default_value = "127.0.0.1:9721")]
     pub metrics_addr: std::net::SocketAddr,
+
+    /// /healthz fails (so the liveness probe restarts the agent) once the
+    /// data plane has failed to reconcile for this long.
+    #[arg(long, env = "PODGUARD_HEALTH_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub health_grace: Duration,
 
     /// Install the CNI plugin binary and conflist before starting.
     #[arg(long, env = "PODGUARD_INSTALL_CNI")]

@@ -328,7 +328,7 @@ pub async fn run_nodes_file(
         {
             match agent.reconcile(n).await {
                 Ok(report) => {
-                    metrics.record(Some(&report));
+                    metrics.record(Ok(&report));
                     last_sync = tokio::time::Instant::now();
                     backoff = Duration::from_millis(200);
                     if !report.actions.is_empty() {
@@ -341,7 +341,7 @@ pub async fn run_nodes_file(
                     }
                 }
                 Err(e) => {
-                    metrics.record(None);
+                    metrics.record(Err(&e));
                     tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));

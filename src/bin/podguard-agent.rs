@@ -1,5 +1,7 @@
 //! `podguard-agent`: the per-node DaemonSet entry point.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Parser;
 use podguard::agent::cli::Args;
@@ -101,9 +103,14 @@ fn main() -> anyhow::Result<()> {
         if let Some(d) = device.clone() {
             let _ = metrics.device.set(d);
         }
+        let limits = podguard::agent::metrics::HealthLimits {
+            // Ready means a good reconcile within three resyncs.
+            stale_after: (args.resync * 3).max(Duration::from_secs(30)),
+            grace: args.health_grace,
+        };
         metrics
             .clone()
-            .serve(args.metrics_addr)
+            .serve(args.metrics_addr, &cfg.node_name, limits)
             .await
             .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
         let node_name = cfg.node_name.clone();

@@ -126,7 +126,7 @@ pub async fn run(
                 reconciled = true;
                 digest = Some(report.digest.clone());
                 waiting_logged = false;
-                metrics.record(Some(&report));
+                metrics.record(Ok(&report));
                 for (name, reasons) in &report.rejections {
                     if announced.get(name) == Some(reasons) {
                         continue;
@@ -168,7 +168,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                metrics.record(None);
+                metrics.record(Err(&e));
                 tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; the data plane keeps its last state");
             }
         }

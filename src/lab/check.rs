@@ -276,7 +276,12 @@ pub fn check(progress: bool) -> anyhow::Result<Report> {
             .lines()
             .filter(|l| l.starts_with("podguard_peer_last_handshake_seconds{"))
         {
-            let peer = l.split('"').nth(1).unwrap_or("").to_string();
+            let peer = l
+                .split("peer=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string();
             let ts: u64 = l
                 .rsplit(' ')
                 .next()

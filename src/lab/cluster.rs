@@ -426,11 +426,12 @@ pub fn metrics(ns: &str) -> Option<String> {
         .map(|x| x.1)
 }
 
-/// One sample (`name` or `name{labels}`) from an agent's metrics.
+/// One sample of metric `name` (the first, whatever its labels) from an
+/// agent's metrics.
 pub fn metric(ns: &str, name: &str) -> Option<f64> {
     let m = metrics(ns)?;
     m.lines()
-        .find(|l| l.split(' ').next() == Some(name))
+        .find(|l| l.split([' ', '{']).next() == Some(name))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
