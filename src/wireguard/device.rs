@@ -67,6 +67,20 @@ pub struct DropCounters {
     pub bad_source: AtomicU64,
     /// Datagrams that are not WireGuard or fail authentication.
     pub invalid: AtomicU64,
+    /// Handshake initiations answered with a cookie reply, not processed
+    /// (the device is under load and their mac2 was not valid).
+    pub under_load: AtomicU64,
+}
+
+/// What the cheap checks say of a handshake initiation, before any DH.
+enum Screen {
+    /// mac1 is valid for this local key (and mac2, if under load).
+    Key(x25519::PublicKey),
+    /// Under load without a valid mac2: a cookie reply was sent, nothing
+    /// else happens.
+    Cookie,
+    /// mac1 is valid for no local key.
+    Invalid,
 }
 
 /// The last inbound source check: (peer, source, allowed).
@@ -636,18 +650,26 @@ impl Device {
     /// The peer and link a datagram belongs to. A handshake initiation is
     /// tried against every local key; a link for a (local, remote) pair
     /// seen for the first time is created here.
-    fn link_for(&self, packet: &Packet<'_>) -> Option<(Arc<Peer>, Arc<Link>)> {
+    fn link_for(
+        &self,
+        packet: &Packet<'_>,
+        screened: Option<&x25519::PublicKey>,
+    ) -> Option<(Arc<Peer>, Arc<Link>)> {
         let idx = match packet {
             Packet::HandshakeInit(p) => {
                 let (local, remote, peer) = {
                     let st = self.state.read();
-                    st.keys.iter().find_map(|k| {
-                        let hh = parse_handshake_anon(&k.secret, &k.public, p).ok()?;
-                        let remote = PublicKey::from_bytes(hh.peer_static_public);
-                        let primary = st.next_keys.get(&remote).copied().unwrap_or(remote);
-                        let peer = st.peers.get(&primary)?.clone();
-                        Some((k.public, remote, peer))
-                    })?
+                    // Only the key whose mac1 matched is worth a DH.
+                    st.keys
+                        .iter()
+                        .filter(|k| screened.is_some_and(|s| *s == k.public))
+                        .find_map(|k| {
+                            let hh = parse_handshake_anon(&k.secret, &k.public, p).ok()?;
+                            let remote = PublicKey::from_bytes(hh.peer_static_public);
+                            let primary = st.next_keys.get(&remote).copied().unwrap_or(remote);
+                            let peer = st.peers.get(&primary)?.clone();
+                            Some((k.public, remote, peer))
+                        })?
                 };
                 let found = peer
                     .links
@@ -774,6 +796,32 @@ impl Device {
         }
     }
 
+    /// The cheap checks on a handshake initiation, in WireGuard's order:
+    /// mac1 against each local key (a keyed hash, no DH), then, when that
+    /// key's rate limiter is under load, mac2 — without it the answer is a
+    /// cookie reply and nothing more. `scratch` holds the cookie reply.
+    fn screen_initiation(&self, datagram: &[u8], from: SocketAddr, scratch: &mut [u8]) -> Screen {
+        let limiters: Vec<(x25519::PublicKey, Arc<RateLimiter>)> = self
+            .state
+            .read()
+            .keys
+            .iter()
+            .map(|k| (k.public, k.rate_limiter.clone()))
+            .collect();
+        for (public, rl) in limiters {
+            match rl.verify_packet(Some(from.ip()), datagram, scratch) {
+                Ok(_) => return Screen::Key(public),
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    self.drops.under_load.fetch_add(1, Ordering::Relaxed);
+                    self.send_to(cookie, from);
+                    return Screen::Cookie;
+                }
+                Err(_) => continue,
+            }
+        }
+        Screen::Invalid
+    }
+
     /// Decrypt one datagram. Returns true when `out` now holds a packet
     /// for the TUN (after `VIRTIO_NET_HDR_LEN` bytes of headroom).
     fn receive_one(
@@ -784,10 +832,18 @@ impl Device {
         net: &mut [u8],
         last: &mut SourceCheck,
     ) -> bool {
-        let found = match Tunn::parse_incoming_packet(datagram) {
-            Ok(p) => self.link_for(&p),
+        let incoming = Tunn::parse_incoming_packet(datagram);
+        let found = match &incoming {
+            Ok(p @ Packet::HandshakeInit(_)) => match self.screen_initiation(datagram, from, net) {
+                Screen::Key(k) => self.link_for(p, Some(&k)),
+                Screen::Cookie => return false,
+                Screen::Invalid => None,
+            },
+            Ok(p) => self.link_for(p, None),
             Err(_) => None,
         };
+        // A cookie reply proves nothing about where the peer is.
+        let from_cookie = matches!(incoming, Ok(Packet::PacketCookieReply(_)));
         let Some((peer, link)) = found else {
             self.drops.invalid.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -801,6 +857,14 @@ impl Device {
             &mut out.space()[VIRTIO_NET_HDR_LEN..],
         );
         match res {
+            // Our own cookie reply (under load): the initiation is not
+            // processed and does not authenticate its source.
+            TunnResult::WriteToNetwork(b) if b.first() == Some(&3) => {
+                authenticated = false;
+                self.drops.under_load.fetch_add(1, Ordering::Relaxed);
+                self.send_to(b, from);
+                drop(t);
+            }
             TunnResult::WriteToNetwork(b) => {
                 peer.sent(b.len());
                 self.send_to(b, from);
@@ -830,9 +894,12 @@ impl Device {
                 tracing::debug!(?e, %from, "decapsulate");
             }
         }
-        if authenticated {
+        if authenticated && !from_cookie {
             peer.received(datagram.len());
-            // Roaming: the peer's endpoint follows its last authenticated packet.
+            // Roaming: the endpoint follows only a packet that authenticated
+            // (a data packet that decrypted, or a handshake message that
+            // produced a response or completed a session), never a cookie
+            // exchange.
             if *peer.endpoint.read() != Some(from) {
                 *peer.endpoint.write() = Some(from);
             }
@@ -849,6 +916,12 @@ impl Device {
         let mut dst = vec![0u8; BUF];
         loop {
             std::thread::sleep(Duration::from_millis(250));
+            // The handshake rate limiters count per second (each resets at
+            // most once a second); without this a device is "under load"
+            // forever after its first HANDSHAKE_RATE_LIMIT handshakes.
+            for k in &self.state.read().keys {
+                k.rate_limiter.reset_count();
+            }
             let peers: Vec<Arc<Peer>> = self.state.read().peers.values().cloned().collect();
             for peer in peers {
                 let links: Vec<Arc<Link>> = peer.links.read().clone();
@@ -1032,13 +1105,14 @@ impl Device {
     }
 
     /// Packets dropped so far, by reason.
-    pub fn drop_counts(&self) -> [(&'static str, u64); 4] {
+    pub fn drop_counts(&self) -> [(&'static str, u64); 5] {
         let d = &self.drops;
         [
             ("no_peer", d.no_peer.load(Ordering::Relaxed)),
             ("no_endpoint", d.no_endpoint.load(Ordering::Relaxed)),
             ("bad_source", d.bad_source.load(Ordering::Relaxed)),
             ("invalid", d.invalid.load(Ordering::Relaxed)),
+            ("under_load", d.under_load.load(Ordering::Relaxed)),
         ]
     }
 

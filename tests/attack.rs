@@ -1,0 +1,134 @@
+//! An attacker on the underlay, with nothing but the datagrams it can see:
+//! a genuine handshake initiation replayed from another address, fast
+//! enough to put the device under load, must never move the peer's
+//! endpoint (before, the cookie reply sent under load counted as
+//! authentication and the endpoint followed the attacker), and the load
+//! state must end with the flood (the rate limiter was never reset).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::twonode::TwoNode;
+use common::*;
+
+/// UDP payloads in an Ethernet pcap: (src, dst, payload).
+fn udp_payloads(pcap: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + incl).min(pcap.len())];
+        at += 16 + incl;
+        if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let udp = &ip[ihl..];
+        let addr = |a: &[u8], p: &[u8]| {
+            SocketAddr::from(([a[0], a[1], a[2], a[3]], u16::from_be_bytes([p[0], p[1]])))
+        };
+        out.push((
+            addr(&ip[12..16], &udp[0..2]),
+            addr(&ip[16..20], &udp[2..4]),
+            udp[8..].to_vec(),
+        ));
+    }
+    out
+}
+
+fn endpoint_of(c: &TwoNode, node: usize, peer_key: &str) -> String {
+    let o = c.wg(node, &["show", "podguard0", "endpoints"]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find(|l| l.starts_with(peer_key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn replayed_initiations_under_load_never_move_the_endpoint() {
+    if !require_root("replayed_initiations_under_load_never_move_the_endpoint") {
+        return;
+    }
+    let mut c = TwoNode::up("atk");
+    let ul = c.ul.clone();
+    let (key_a, key_b) = (c.nodes[0].public_key.clone(), c.nodes[1].public_key.clone());
+    let (pa, b4) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ip4());
+
+    // Record a genuine initiation A -> B: drop A's session, ping again.
+    let cap = start_capture(&mut c.n, &ul, "br0", "init");
+    let o = c.wg(0, &["set", "podguard0", "peer", &key_b, "remove"]);
+    assert!(o.status.success());
+    wait_for("a new handshake A -> B", Duration::from_secs(15), || {
+        pings(&pa, &b4)
+    });
+    let pcap = cap.stop(&mut c.n);
+    let init = udp_payloads(&pcap)
+        .into_iter()
+        .find(|(_, to, p)| to.port() == 51820 && p.len() == 148 && p[0] == 1)
+        .map(|(_, _, p)| p)
+        .expect("a captured handshake initiation");
+    assert_eq!(endpoint_of(&c, 1, &key_a), "192.0.2.1:51820");
+
+    // The attacker replays it from its own address, 300 per second for
+    // 2 s: far above the 100 per second that puts the device under load.
+    let evil = c.n.underlay_node(&ul, "evil", 66);
+    let cap = start_capture(&mut c.n, &ul, "br0", "flood");
+    in_netns(&evil, || {
+        let s = UdpSocket::bind("192.0.2.66:40000").unwrap();
+        for _ in 0..600 {
+            let _ = s.send_to(&init, "192.0.2.2:51820");
+            std::thread::sleep(Duration::from_micros(3300));
+        }
+    });
+    assert_eq!(
+        endpoint_of(&c, 1, &key_a),
+        "192.0.2.1:51820",
+        "the replayed initiation moved node B's endpoint for node A"
+    );
+    // The flood reached the under-load path: B answered with cookies.
+    std::thread::sleep(Duration::from_millis(200));
+    let cookies_during = cap_cookies(&cap, &mut c.n, "192.0.2.66");
+    assert!(
+        cookies_during > 0,
+        "B never went under load: the test proves nothing"
+    );
+
+    // The flood over, the load state ends: a fresh handshake from A is
+    // answered without a cookie.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cap = start_capture(&mut c.n, &ul, "br0", "after");
+    let o = c.wg(0, &["set", "podguard0", "peer", &key_b, "remove"]);
+    assert!(o.status.success());
+    wait_for(
+        "a handshake after the flood",
+        Duration::from_secs(15),
+        || pings(&pa, &b4),
+    );
+    assert_eq!(
+        cap_cookies(&cap, &mut c.n, "192.0.2.1"),
+        0,
+        "B still under load after the flood"
+    );
+    assert_eq!(endpoint_of(&c, 1, &key_a), "192.0.2.1:51820");
+}
+
+/// Cookie replies (type 3, 64 bytes) from node B to `to` in a capture.
+fn cap_cookies(cap: &Capture, n: &mut Netns, to: &str) -> usize {
+    let pcap = cap.stop(n);
+    udp_payloads(&pcap)
+        .iter()
+        .filter(|(from, dst, p)| {
+            from.to_string() == "192.0.2.2:51820"
+                && dst.ip().to_string() == to
+                && p.len() == 64
+                && p[0] == 3
+        })
+        .count()
+}
