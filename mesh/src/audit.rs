@@ -28,6 +28,9 @@ pub enum Transport {
     /// A host-network pod is involved: outside the pod network, plaintext
     /// on the underlay. Not covered by podguard.
     NotCovered,
+    /// A node whose agent is not alive (heartbeat expired): nobody keeps
+    /// its peers, keys and routes; traffic may stop at any time.
+    AgentDown,
     /// A node without a valid, unique key: podguard drops the traffic
     /// (fail closed) — the flow is broken.
     Broken,
@@ -41,6 +44,7 @@ impl Transport {
             Self::Encrypted => "encrypted",
             Self::Stale => "stale",
             Self::NotCovered => "PLAINTEXT",
+            Self::AgentDown => "AGENT-DOWN",
             Self::Broken => "BROKEN",
         }
     }
@@ -168,7 +172,13 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
         });
     }
     for (node, a) in &status {
-        if *a != Agreement::Agrees && !problems.contains_key(node) {
+        if *a == Agreement::AgentDown && !problems.contains_key(node) {
+            findings.insert(Finding {
+                severity: Severity::High,
+                subject: format!("node {node}"),
+                message: "its agent is not alive (heartbeat Lease expired): its peers, keys and routes are not maintained".into(),
+            });
+        } else if *a != Agreement::Agrees && !problems.contains_key(node) {
             findings.insert(Finding {
                 severity: Severity::Warning,
                 subject: format!("node {node}"),
@@ -208,6 +218,13 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
                             message: "allowed by policy, but a host-network pod is involved: plaintext on the underlay, not covered by podguard".into(),
                         });
                     }
+                    Transport::AgentDown => {
+                        findings.insert(Finding {
+                            severity: Severity::High,
+                            subject,
+                            message: "allowed by policy, but a node's agent is not alive: not maintained, may stop at any time".into(),
+                        });
+                    }
                     Transport::Broken => {
                         findings.insert(Finding {
                             severity: Severity::High,
@@ -232,7 +249,7 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
     let ok = !verdicts.iter().any(|v| {
         matches!(
             v.transport,
-            Some(Transport::NotCovered) | Some(Transport::Broken)
+            Some(Transport::NotCovered) | Some(Transport::Broken) | Some(Transport::AgentDown)
         )
     });
     Report {
@@ -262,6 +279,13 @@ fn transport(
         .any(|n| problems.contains_key(*n) || !status.contains_key(*n))
     {
         return Transport::Broken;
+    }
+    if nodes
+        .iter()
+        .flatten()
+        .any(|n| status.get(*n) == Some(&Agreement::AgentDown))
+    {
+        return Transport::AgentDown;
     }
     if nodes
         .iter()
@@ -369,7 +393,11 @@ mod tests {
                     annotations.insert(ANN_PUBLIC_KEY.to_string(), k.clone());
                     annotations.insert(crate::publish::ANN_MESH_DIGEST.to_string(), d.clone());
                 }
-                NodeView { info, annotations }
+                NodeView {
+                    info,
+                    annotations,
+                    heartbeat: crate::status::Heartbeat::Unknown,
+                }
             })
             .collect()
     }
@@ -421,6 +449,48 @@ mod tests {
         assert!(r.findings.iter().any(|f| f.subject == "node n3"));
         let text = render(&r, true);
         assert!(text.contains("FAIL") && text.contains("BROKEN") && text.contains("PLAINTEXT"));
+    }
+
+    #[test]
+    fn a_node_whose_agent_is_down_is_reported_and_fails_the_audit() {
+        let k = || Some(PrivateKey::generate().public_key());
+        let mut nodes = views(vec![node("n1", 1, k()), node("n2", 2, k())]);
+        let pods = vec![pod("a", "p1", "n1", false), pod("a", "p2", "n2", false)];
+        let alive = crate::status::Heartbeat::Renewed {
+            age_secs: 3,
+            duration_secs: 40,
+        };
+        nodes[0].heartbeat = alive;
+        nodes[1].heartbeat = alive;
+        let r = audit(&nodes, &pods, &Cluster::default(), 0);
+        assert!(r.ok, "{r:#?}");
+        nodes[1].heartbeat = crate::status::Heartbeat::Renewed {
+            age_secs: 41,
+            duration_secs: 40,
+        };
+        let r = audit(&nodes, &pods, &Cluster::default(), 0);
+        assert!(!r.ok);
+        assert!(
+            r.pods
+                .iter()
+                .all(|v| v.transport == Some(Transport::AgentDown))
+        );
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.subject == "node n2" && f.message.contains("agent is not alive")),
+            "{:?}",
+            r.findings
+        );
+        let rows = crate::status::rows(&nodes, 0);
+        assert_eq!(rows[1].digest, Agreement::AgentDown);
+        assert_eq!(rows[1].heartbeat_age_secs, Some(41));
+        assert_eq!(rows[0].digest, Agreement::Agrees);
+        nodes[1].heartbeat = crate::status::Heartbeat::Missing;
+        assert_eq!(
+            crate::status::rows(&nodes, 0)[1].digest,
+            Agreement::AgentDown
+        );
     }
 
     #[test]

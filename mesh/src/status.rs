@@ -21,6 +21,40 @@ pub struct NodeView {
     pub info: NodeInfo,
     /// All annotations (podguard's are read from here).
     pub annotations: BTreeMap<String, String>,
+    /// The agent's heartbeat (its Lease).
+    pub heartbeat: Heartbeat,
+}
+
+/// What a node's heartbeat Lease says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Heartbeat {
+    /// Leases could not be read (not judged).
+    #[default]
+    Unknown,
+    /// No Lease for this node: its agent never reported.
+    Missing,
+    /// Last renewed `age_secs` ago; alive while that is within
+    /// `duration_secs`.
+    Renewed {
+        /// Seconds since the last renewal.
+        age_secs: u64,
+        /// The Lease's duration.
+        duration_secs: u64,
+    },
+}
+
+impl Heartbeat {
+    /// Whether this says the agent is not alive.
+    pub fn down(&self) -> bool {
+        match self {
+            Self::Unknown => false,
+            Self::Missing => true,
+            Self::Renewed {
+                age_secs,
+                duration_secs,
+            } => age_secs > duration_secs,
+        }
+    }
 }
 
 impl NodeView {
@@ -45,6 +79,9 @@ pub enum Agreement {
     Differs,
     /// It publishes none (no agent, or an old one).
     Missing,
+    /// Its agent's heartbeat expired (or never came): whatever its digest
+    /// says, nobody maintains its peers, keys and routes.
+    AgentDown,
 }
 
 /// One line of `podguard status`.
@@ -63,8 +100,10 @@ pub struct Row {
     pub next_key: Option<String>,
     /// A rotation was requested and not yet taken on.
     pub rotation_requested: bool,
-    /// Digest agreement.
+    /// Digest agreement (or `agentDown`).
     pub digest: Agreement,
+    /// Seconds since the agent's heartbeat, when known.
+    pub heartbeat_age_secs: Option<u64>,
 }
 
 /// The status of every node, sorted by name.
@@ -87,9 +126,14 @@ pub fn rows(nodes: &[NodeView], now: u64) -> Vec<Row> {
                 .map(|k| k.fingerprint()),
             rotation_requested: requested_pending(n),
             digest: match n.ann(ANN_MESH_DIGEST) {
+                _ if n.heartbeat.down() => Agreement::AgentDown,
                 None => Agreement::Missing,
                 Some(d) if d == expected => Agreement::Agrees,
                 Some(_) => Agreement::Differs,
+            },
+            heartbeat_age_secs: match n.heartbeat {
+                Heartbeat::Renewed { age_secs, .. } => Some(age_secs),
+                _ => None,
             },
         })
         .collect();
@@ -238,6 +282,7 @@ mod tests {
                 ..Default::default()
             },
             annotations,
+            heartbeat: Heartbeat::Unknown,
         }
     }
 

@@ -40,6 +40,18 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_METRICS_ADDR", default_value = "127.0.0.1:9721")]
     pub metrics_addr: std::net::SocketAddr,
 
+    /// Namespace of this node's heartbeat Lease (the DaemonSet passes its
+    /// own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::k8s::lease::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// Duration of this node's heartbeat Lease (`podguard-<node>` in the
+    /// agent's namespace, POD_NAMESPACE), renewed every quarter of it while
+    /// the data plane reconciles; `podguard status` reports the agent down
+    /// once it expires.
+    #[arg(long, env = "PODGUARD_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
     /// /healthz fails (so the liveness probe restarts the agent) once the
     /// data plane has failed to reconcile for this long.
     #[arg(long, env = "PODGUARD_HEALTH_GRACE", default_value = "60s", value_parser = parse_duration)]

@@ -135,6 +135,8 @@ fn main() -> anyhow::Result<()> {
                         node_name,
                         listen_port: args.listen_port,
                         resync: args.resync,
+                        lease_duration: args.lease_duration,
+                        namespace: args.namespace.clone(),
                     };
                     podguard::k8s::source::run(agent, rotator, client, sc, metrics).await
                 }

@@ -3,5 +3,6 @@
 //! level-triggered over the whole snapshot.
 
 pub mod convert;
+pub mod lease;
 pub mod ops;
 pub mod source;

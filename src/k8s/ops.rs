@@ -68,19 +68,37 @@ where
     }
 }
 
-/// Every Node as the status logic sees it.
+/// Every Node as the status logic sees it, with its agent's heartbeat
+/// (Leases that cannot be read leave the heartbeat unjudged, with a
+/// warning on stderr).
 pub async fn node_views(client: &Client) -> anyhow::Result<Vec<NodeView>> {
     let api: Api<Node> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default())
         .await
         .context("listing Nodes")?;
+    let ns = super::lease::namespace();
+    let leases = match super::lease::all(client, &ns).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read the agents' heartbeat Leases in namespace {ns} ({e}); agent liveness is not judged"
+            );
+            None
+        }
+    };
+    let now = crate::agent::rotation::unix_now();
     Ok(list
         .items
         .iter()
-        .map(|n| NodeView {
-            info: node_info(n),
-            annotations: n.metadata.annotations.clone().unwrap_or_default(),
+        .map(|n| {
+            let info = node_info(n);
+            let heartbeat = super::lease::heartbeat(leases.as_ref(), &info.name, now);
+            NodeView {
+                info,
+                annotations: n.metadata.annotations.clone().unwrap_or_default(),
+                heartbeat,
+            }
         })
         .collect())
 }
@@ -236,9 +254,13 @@ pub fn render_status(rows: &[mesh::status::Row]) -> String {
             rotation,
             r.next_key.as_deref().unwrap_or("-"),
             match r.digest {
-                mesh::status::Agreement::Agrees => "agrees",
-                mesh::status::Agreement::Differs => "DIFFERS (not converged)",
-                mesh::status::Agreement::Missing => "missing (no agent?)",
+                mesh::status::Agreement::Agrees => "agrees".to_string(),
+                mesh::status::Agreement::Differs => "DIFFERS (not converged)".to_string(),
+                mesh::status::Agreement::Missing => "missing (no agent?)".to_string(),
+                mesh::status::Agreement::AgentDown => match r.heartbeat_age_secs {
+                    Some(a) => format!("AGENT DOWN (heartbeat {} ago)", age(a)),
+                    None => "AGENT DOWN (no heartbeat)".to_string(),
+                },
             }
         ));
     }

@@ -36,6 +36,11 @@ pub struct SourceConfig {
     pub listen_port: u16,
     /// Full resync period.
     pub resync: Duration,
+    /// Namespace of the heartbeat Lease.
+    pub namespace: String,
+    /// Duration of the heartbeat Lease (renewed every quarter of it while
+    /// the data plane reconciles).
+    pub lease_duration: Duration,
 }
 
 /// Run until the process ends.
@@ -77,6 +82,11 @@ pub async fn run(
     });
     tracing::info!("waiting for the first list of Nodes");
     reader.wait_until_ready().await?;
+    let lease_client = client.clone();
+    let lease_ns = cfg.namespace.clone();
+    let lease_secs = i32::try_from(cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+    let mut last_renew: Option<tokio::time::Instant> = None;
+    let mut lease_failing = false;
     let recorder = Recorder::new(
         client,
         Reporter {
@@ -127,6 +137,23 @@ pub async fn run(
                 digest = Some(report.digest.clone());
                 waiting_logged = false;
                 metrics.record(Ok(&report));
+                if last_renew.is_none_or(|t| t.elapsed() >= cfg.lease_duration / 4) {
+                    match super::lease::renew(&lease_client, &lease_ns, &cfg.node_name, lease_secs)
+                        .await
+                    {
+                        Ok(()) => {
+                            last_renew = Some(tokio::time::Instant::now());
+                            if std::mem::take(&mut lease_failing) {
+                                tracing::info!(namespace = %lease_ns, "heartbeat Lease renewed again");
+                            }
+                        }
+                        Err(e) => {
+                            if !std::mem::replace(&mut lease_failing, true) {
+                                tracing::warn!(error = %e, namespace = %lease_ns, "renewing the heartbeat Lease failed: `podguard status` will report this node's agent as down");
+                            }
+                        }
+                    }
+                }
                 for (name, reasons) in &report.rejections {
                     if announced.get(name) == Some(reasons) {
                         continue;
@@ -177,7 +204,7 @@ pub async fn run(
         }
         // While a rotation runs, come back soon; otherwise at the next
         // change, resync, or rotation deadline.
-        let mut wait = cfg.resync;
+        let mut wait = cfg.resync.min(cfg.lease_duration / 4);
         if let Some(d) = &decision {
             if stepped || d.phase != Phase::Idle || d.step.is_some() {
                 wait = wait.min(Duration::from_millis(500));

@@ -160,6 +160,11 @@ impl ApiServer {
                 "networkpolicies",
                 Kind::NetworkPolicy,
             ))
+            .merge(namespaced(
+                "/apis/coordination.k8s.io/v1",
+                "leases",
+                Kind::Lease,
+            ))
             .with_state(self)
     }
 
@@ -496,6 +501,11 @@ fn namespaced(group: &str, plural: &str, kind: Kind) -> Router<ApiServer> {
         .route(
             &format!("{group}/namespaces/{{ns}}/{plural}/{{name}}"),
             get(move |s, Path((ns, n)): Path<(String, String)>| get_object(s, kind, Some(ns), n))
+                .put(
+                    move |s: State<ApiServer>, Path((ns, n)): Path<(String, String)>, b: Bytes| {
+                        replace_object(s, kind, ns, n, b)
+                    },
+                )
                 .delete(move |s, Path((ns, n)): Path<(String, String)>| {
                     delete_object(s, kind, Some(ns), n)
                 }),
@@ -508,6 +518,7 @@ enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Lease,
 }
 
 impl Kind {
@@ -516,11 +527,13 @@ impl Kind {
             Self::Namespace => "Namespace",
             Self::Pod => "Pod",
             Self::NetworkPolicy => "NetworkPolicy",
+            Self::Lease => "Lease",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             Self::NetworkPolicy => "networking.k8s.io/v1",
+            Self::Lease => "coordination.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -529,6 +542,7 @@ impl Kind {
             Self::Namespace => "namespaces",
             Self::Pod => "pods",
             Self::NetworkPolicy => "networkpolicies",
+            Self::Lease => "leases",
         }
     }
     fn key(self, ns: Option<&str>, name: &str) -> String {
@@ -608,6 +622,45 @@ async fn create_object(
     g.data.objects.insert(key, obj.clone());
     s.persist(&g.data);
     (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+/// PUT: replace an existing namespaced object (a Lease renewal).
+async fn replace_object(
+    State(s): State<ApiServer>,
+    kind: Kind,
+    ns: String,
+    name: String,
+    body: Bytes,
+) -> Response {
+    let (mut obj, body_name) = match parse_new_object(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if body_name != name {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("the name in the body ({body_name:?}) does not match the URL ({name:?})"),
+        );
+    }
+    let mut g = s.inner.lock().await;
+    let key = kind.key(Some(&ns), &name);
+    if !g.data.objects.contains_key(&key) {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", kind.plural()),
+        );
+    }
+    g.data.rv += 1;
+    obj["kind"] = kind.name().into();
+    obj["apiVersion"] = kind.api_version().into();
+    obj["metadata"]["namespace"] = ns.into();
+    obj["metadata"]["resourceVersion"] = g.data.rv.to_string().into();
+    obj["metadata"]["uid"] = format!("lab-{key}").into();
+    g.data.objects.insert(key, obj.clone());
+    s.persist(&g.data);
+    axum::Json(obj).into_response()
 }
 
 async fn delete_object(
