@@ -95,7 +95,7 @@ fn audit_matrix_policies_findings_and_probe() {
         Some(
             json!({"metadata": {"name": "node-exporter", "labels": {"app": "exporter"}},
                     "spec": {"nodeName": "node-1", "hostNetwork": true, "containers": [{"name": "x", "image": "x"}]},
-                    "status": {"podIP": "192.0.2.1"}}),
+                    "status": {"podIP": "198.18.0.1"}}),
         ),
     );
     let (code, r) = audit();

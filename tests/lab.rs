@@ -30,6 +30,20 @@ fn lab_up_check_down_and_crash_cleanup() {
     let again = podguard(&["lab", "up"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    // `lab demo` refuses an existing lab before touching it (it used to
+    // tear it down first, then complain).
+    let demo = podguard(&["lab", "demo"]);
+    assert!(!demo.status.success());
+    assert!(
+        String::from_utf8_lossy(&demo.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    assert_eq!(
+        lab_namespaces().len(),
+        1 + 3 + 3,
+        "lab demo touched the lab"
+    );
 
     let check = podguard(&["lab", "check", "--output", "json"]);
     let report: serde_json::Value = serde_json::from_slice(&check.stdout)

@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::lab::{Down, podguard};
+use common::lab::{exclusive, podguard};
 use common::*;
 use serde_json::Value;
 
@@ -54,8 +54,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     if !require_root("a_dead_agent_is_named_by_status_and_audit_until_it_is_back") {
         return;
     }
-    let _guard = Down;
-    let _ = podguard(&["lab", "down"]);
+    let _guard = exclusive();
     let up = Command::new(env!("CARGO_BIN_EXE_podguard"))
         .args([
             "lab",

@@ -301,6 +301,13 @@ fn main() -> anyhow::Result<()> {
             let start = std::time::Instant::now();
             let bins = cluster::Binaries::find()?;
             let spec = up.spec();
+            // Someone else's lab is left alone: refuse before touching it.
+            if cluster::exists() {
+                anyhow::bail!(
+                    "a lab already exists (namespaces pglab-*, {}): the demo builds and removes its own; run `podguard lab down` first if that lab is yours",
+                    cluster::STATE_DIR
+                );
+            }
             eprintln!(
                 "[1/3] building a lab: {} nodes x {} pods, {}",
                 spec.nodes,

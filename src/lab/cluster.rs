@@ -91,6 +91,39 @@ pub fn preflight() -> anyhow::Result<()> {
     if !Path::new("/dev/net/tun").exists() {
         bail!("/dev/net/tun is missing: the userspace WireGuard device needs the tun driver");
     }
+    let routes: Vec<ipnet::IpNet> = sys::run(&["ip", "-4", "-o", "route", "show", "table", "all"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            // `[type] dst ...`; `default` is skipped (it overlaps everything).
+            let mut w = l.split_whitespace();
+            let mut dst = w.next()?;
+            if matches!(
+                dst,
+                "local"
+                    | "broadcast"
+                    | "unicast"
+                    | "unreachable"
+                    | "blackhole"
+                    | "prohibit"
+                    | "multicast"
+                    | "anycast"
+                    | "throw"
+                    | "nat"
+            ) {
+                dst = w.next()?;
+            }
+            dst.parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| dst.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        })
+        .collect();
+    if let Some(r) = plan::overlapping_route(&routes) {
+        bail!(
+            "this machine routes {r}, which overlaps the lab's underlay {}: the lab would shadow it inside its namespaces; remove that route or run the lab elsewhere",
+            plan::UNDERLAY_NET
+        );
+    }
     Ok(())
 }
 
@@ -101,6 +134,9 @@ pub fn exists() -> bool {
 
 /// Remove every lab resource. Safe to run at any time, any number of times.
 pub fn down() -> anyhow::Result<usize> {
+    if !nix::unistd::geteuid().is_root() && exists() {
+        bail!("removing the lab needs root (network namespaces): run it with sudo");
+    }
     let mut removed = 0;
     for ns in sys::netns_list()
         .into_iter()

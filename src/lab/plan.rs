@@ -5,10 +5,25 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of every lab resource (namespaces, state directory).
 pub const PREFIX: &str = "pglab";
-/// The lab's underlay network (documentation range, only inside lab namespaces).
-pub const UNDERLAY_PREFIX: &str = "192.0.2";
+/// The lab's underlay network, only inside lab namespaces: the benchmarking
+/// range (RFC 2544), which real LANs do not use (192.0.2.0/24, used
+/// before, was this development machine's own subnet). `lab up` refuses if
+/// the machine routes any part of it.
+pub const UNDERLAY_PREFIX: &str = "198.18.0";
+/// The underlay as a network.
+pub const UNDERLAY_NET: &str = "198.18.0.0/24";
 /// Address of the embedded API server in the underlay namespace.
-pub const API_ADDR: &str = "192.0.2.254:6443";
+pub const API_ADDR: &str = "198.18.0.254:6443";
+
+/// The first of `routes` (the root namespace's destinations, the default
+/// route excluded) that overlaps the lab's underlay.
+pub fn overlapping_route(routes: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
+    let ul: ipnet::IpNet = UNDERLAY_NET.parse().ok()?;
+    routes
+        .iter()
+        .find(|r| r.prefix_len() > 0 && (r.contains(&ul.network()) || ul.contains(&r.network())))
+        .copied()
+}
 /// Cluster CIDRs of a dual-stack lab.
 pub const CLUSTER_V4: &str = "10.244.0.0/16";
 /// IPv6 cluster CIDR.
@@ -133,6 +148,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn underlay_overlap_is_found_default_route_ignored() {
+        let r = |s: &str| -> ipnet::IpNet { s.parse().unwrap() };
+        assert_eq!(
+            overlapping_route(&[r("0.0.0.0/0"), r("192.0.2.0/24")]),
+            None
+        );
+        assert_eq!(
+            overlapping_route(&[r("198.18.0.0/15")]),
+            Some(r("198.18.0.0/15"))
+        );
+        assert_eq!(
+            overlapping_route(&[r("198.18.0.7/32")]),
+            Some(r("198.18.0.7/32"))
+        );
+        assert_eq!(overlapping_route(&[r("198.19.0.0/24")]), None);
+    }
+
+    #[test]
     fn names_and_addresses() {
         let s = LabSpec {
             nodes: 3,
@@ -142,7 +175,7 @@ mod tests {
         s.check().unwrap();
         let n = s.node(3);
         assert_eq!(n.netns, "pglab-n3");
-        assert_eq!(n.underlay_ip, "192.0.2.3");
+        assert_eq!(n.underlay_ip, "198.18.0.3");
         assert_eq!(n.pod_cidrs, vec!["10.244.3.0/24", "fd00:10:244:3::/64"]);
         assert_eq!(n.pods[1].netns, "pglab-n3-p2");
         assert!(is_lab_netns("pglab-n3-p2") && is_lab_netns("pglab-ul") && !is_lab_netns("other"));

@@ -1,5 +1,8 @@
 //! Helpers for tests of `podguard lab` (fixed pglab names: one lab at a
-//! time, removed on drop of the guard, also on panic).
+//! time). A test takes the lab lock (so two test runs on one machine never
+//! tear down each other's lab), refuses to start when a lab it did not make
+//! is up (someone's own lab is never destroyed), and removes its lab on
+//! drop of the guard, also on panic.
 
 use std::process::{Command, Output};
 
@@ -13,8 +16,10 @@ pub fn podguard(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Removes the lab when dropped.
-pub struct Down;
+/// Holds the lab lock; removes the lab it made when dropped.
+pub struct Down {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
 
 impl Drop for Down {
     fn drop(&mut self) {
@@ -22,10 +27,36 @@ impl Drop for Down {
     }
 }
 
+/// The lock every lab test holds while its lab exists.
+pub const TEST_LOCK: &str = "/run/podguard-lab.tests.lock";
+
+/// Take the lab lock (waiting for another test run's lab to go), then
+/// make sure no lab is up: one that exists now is someone else's, and is
+/// left alone.
+pub fn exclusive() -> Down {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(TEST_LOCK)
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let exists = podguard::lab::cluster::exists();
+    if exists {
+        // Not a lab of a test (those hold the lock): leave it alone.
+        drop(lock);
+        panic!(
+            "a lab is up that this test did not make (namespaces pglab-*, /run/podguard-lab): it is left alone; run `podguard lab down` if it is yours"
+        );
+    }
+    Down { _lock: lock }
+}
+
 /// A fresh lab of 3 nodes with 1 pod each, IPv4 only; gone when the guard drops.
 pub fn up_small() -> Down {
-    let guard = Down;
-    let _ = podguard(&["lab", "down"]);
+    let guard = exclusive();
     let up = podguard(&[
         "lab",
         "up",
