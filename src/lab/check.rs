@@ -134,6 +134,9 @@ fn tcp_exchange(from: &Pod, to: IpAddr, marker: &str) -> Option<String> {
     .flatten()
 }
 
+/// Pod pairs checked at once.
+const PARALLEL_PAIRS: usize = 32;
+
 /// One echo, retried once: the first packet to a fresh pod may wait for
 /// neighbour discovery (IPv6) longer than the timeout.
 fn ping(ns: &str, ip: &str) -> bool {
@@ -210,43 +213,62 @@ pub fn check(progress: bool) -> anyhow::Result<Report> {
         start_echo(p)?;
     }
     let mark = marker();
-    let mut pairs = Vec::new();
-    let total = state.pods.len() * state.pods.len().saturating_sub(1);
+    // Every (from, to, family) is one job; jobs run on a bounded pool, so a
+    // dead node costs one per-pair timeout, not one per pair in sequence.
+    let mut jobs = Vec::new();
     for from in &state.pods {
         for to in &state.pods {
             if from.name == to.name {
                 continue;
             }
             for (fam, to_ip) in to.ips.iter().enumerate() {
-                let Some(from_ip) = from.ips.get(fam) else {
-                    continue;
-                };
-                let Ok(addr) = to_ip.parse::<IpAddr>() else {
-                    continue;
-                };
-                let ping_ok = ping(&from.netns, to_ip);
-                let seen =
-                    tcp_exchange(from, addr, &format!("{mark} {} -> {}", from.name, to.name));
-                pairs.push(PairResult {
-                    from: from.name.clone(),
-                    to: to.name.clone(),
-                    to_ip: to_ip.clone(),
-                    cross_node: from.node != to.node,
-                    ping: ping_ok,
-                    tcp: seen.is_some(),
-                    no_nat: seen.as_deref() == Some(from_ip.as_str()),
-                    seen_source: seen,
-                });
-            }
-            if progress && pairs.len() % 10 == 0 {
-                eprintln!(
-                    "  · checked {} of {} pod pairs",
-                    pairs.len() / state.pods[0].ips.len().max(1),
-                    total
-                );
+                if let (Some(from_ip), Ok(addr)) = (from.ips.get(fam), to_ip.parse::<IpAddr>()) {
+                    jobs.push((from, to, from_ip.clone(), to_ip.clone(), addr));
+                }
             }
         }
     }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<PairResult>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let workers = jobs.len().clamp(1, PARALLEL_PAIRS);
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((from, to, from_ip, to_ip, addr)) = jobs.get(i) else {
+                        break;
+                    };
+                    let ping_ok = ping(&from.netns, to_ip);
+                    let seen =
+                        tcp_exchange(from, *addr, &format!("{mark} {} -> {}", from.name, to.name));
+                    let r = PairResult {
+                        from: from.name.clone(),
+                        to: to.name.clone(),
+                        to_ip: to_ip.clone(),
+                        cross_node: from.node != to.node,
+                        ping: ping_ok,
+                        tcp: seen.is_some(),
+                        no_nat: seen.as_deref() == Some(from_ip.as_str()),
+                        seen_source: seen,
+                    };
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if progress && n.is_multiple_of(20) {
+                        eprintln!("  · checked {n} of {} pod pairs and families", jobs.len());
+                    }
+                }
+            });
+        }
+    });
+    let pairs: Vec<PairResult> = results
+        .into_iter()
+        .filter_map(|m| m.into_inner().ok().flatten())
+        .collect();
 
     std::thread::sleep(Duration::from_millis(300));
     let _ = nix::sys::signal::kill(
