@@ -169,8 +169,8 @@ fn restarted_agent_restores_traffic_and_keeps_the_barrier() {
 }
 
 /// Removals are repaired on the netlink event, not at the resync: with a
-/// 5-minute resync, deleted routes, cbr0's addresses and a downed cbr0 come
-/// back within a second (measured times are printed).
+/// 5-minute resync, deleted routes, cbr0's addresses, a downed cbr0 and a
+/// deleted podguard0 come back within a second (measured times printed).
 #[test]
 fn removed_routes_and_addresses_are_repaired_on_the_netlink_event() {
     if !require_root("removed_routes_and_addresses_are_repaired_on_the_netlink_event") {
@@ -221,4 +221,23 @@ fn removed_routes_and_addresses_are_repaired_on_the_netlink_event() {
     wait_for("traffic after the repairs", Duration::from_secs(5), || {
         pings(&pa, &b4)
     });
+    // podguard0 itself deleted: recreated in place (peers and sessions
+    // kept), its routes back, traffic flows again.
+    timed(
+        "podguard0 deleted",
+        &|| {
+            ok(&["ip", "-n", &a, "link", "del", "podguard0"]);
+        },
+        &|| {
+            run(&["ip", "-n", &a, "link", "show", "podguard0"])
+                .status
+                .success()
+                && routes() == want_routes
+        },
+    );
+    wait_for(
+        "traffic through the recreated podguard0",
+        Duration::from_secs(5),
+        || pings(&pa, &b4),
+    );
 }

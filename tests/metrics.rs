@@ -159,9 +159,13 @@ fn readyz_and_healthz_follow_a_broken_data_plane() {
     wait_for("ready after restart", Duration::from_secs(20), || {
         get(&a, "127.0.0.1:9721", "/readyz").starts_with_status(200)
     });
-    // podguard0 deleted: the agent cannot repair it in place; ready flips at
-    // once, healthy after the grace period (the liveness probe restarts it).
-    ok(&["ip", "-n", &a, "link", "del", "podguard0"]);
+    // Something the agent cannot repair: another program replaced its
+    // masquerade chain with one of another type (nft refuses every later
+    // transaction). Ready flips at once, healthy after the grace period
+    // (the liveness probe would restart the agent).
+    let nft = |cmd: &str| ok(&["ip", "netns", "exec", &a, "nft", cmd]);
+    nft("delete chain inet podguard postrouting");
+    nft("add chain inet podguard postrouting { type filter hook input priority 0 ; }");
     wait_for("not ready", Duration::from_secs(5), || {
         get(&a, "127.0.0.1:9721", "/readyz").starts_with_status(503)
     });
@@ -171,11 +175,10 @@ fn readyz_and_healthz_follow_a_broken_data_plane() {
     );
     wait_for("unhealthy after the grace", Duration::from_secs(10), || {
         let r = get(&a, "127.0.0.1:9721", "/healthz");
-        r.starts_with_status(503) && r.contains("podguard0")
+        r.starts_with_status(503) && r.contains("nftables")
     });
-    // The restart the probe would do brings it back: ready and healthy.
-    c.kill_agent(0);
-    c.start_agent(0);
+    // Repaired by hand (the chain removed), the agent recovers by itself.
+    nft("delete chain inet podguard postrouting");
     wait_for("ready again", Duration::from_secs(20), || {
         get(&a, "127.0.0.1:9721", "/readyz").starts_with_status(200)
     });

@@ -49,6 +49,9 @@ pub enum ReconcileError {
     /// WireGuard configuration failed.
     #[error(transparent)]
     Wg(#[from] WgError),
+    /// The userspace device's TUN could not be recreated.
+    #[error("recreating the WireGuard interface: {0}")]
+    Device(String),
     /// nftables (the barrier, masquerade) could not be programmed.
     #[error(transparent)]
     Netfilter(#[from] crate::netfilter::NetfilterError),
@@ -181,6 +184,18 @@ impl Agent {
         let plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
         // The barrier first: before any route, so no window leaks.
         self.apply_netfilter(&plan)?;
+        if let Some(dev) = &self.device
+            && self.nl.link_index(mesh::WG_IFNAME).await?.is_none()
+        {
+            // Deleted under us (`ip link del podguard0`): recreate it in
+            // place; peers and sessions stay, routes come back below.
+            dev.recreate_tun()
+                .map_err(|e| ReconcileError::Device(e.to_string()))?;
+            tracing::warn!(
+                ifname = mesh::WG_IFNAME,
+                "WireGuard interface was deleted; recreated"
+            );
+        }
         self.nl.set_up(mesh::WG_IFNAME, Some(plan.mtu)).await?;
         self.nl
             .ensure_bridge_with_mac(

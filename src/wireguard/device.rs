@@ -319,7 +319,11 @@ impl State {
 /// The shared core of a running device.
 pub struct Device {
     ifname: String,
-    tun: tun_rs::SyncDevice,
+    /// The TUN; replaced by [`Device::recreate_tun`] when the interface was
+    /// deleted under us.
+    tun: RwLock<Arc<tun_rs::SyncDevice>>,
+    /// Whether the TUN is made persistent.
+    persist: bool,
     udp: UdpSocket,
     /// The socket is dual-stack IPv6: IPv4 peers are sent to as v4-mapped.
     udp_v6: bool,
@@ -389,6 +393,23 @@ fn unreachable_net6() -> ip_network::Ipv6Network {
 
 /// Bind the WireGuard UDP socket: dual-stack `[::]:port` when IPv6 works,
 /// else `0.0.0.0:port`.
+fn open_tun(ifname: &str, persist: bool) -> Result<tun_rs::SyncDevice, DeviceError> {
+    let tun_err = |source| DeviceError::Tun {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(ifname)
+        .layer(tun_rs::Layer::L3)
+        .offload(true)
+        .build_sync()
+        .map_err(tun_err)?;
+    if persist {
+        tun.persist().map_err(tun_err)?;
+    }
+    Ok(tun)
+}
+
 fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let v6 = (|| {
@@ -437,26 +458,15 @@ impl Device {
         key: Option<&PrivateKey>,
         persist: bool,
     ) -> Result<Arc<Self>, DeviceError> {
-        let tun_err = |source| DeviceError::Tun {
-            ifname: ifname.to_string(),
-            source,
-        };
-        let tun = tun_rs::DeviceBuilder::new()
-            .name(ifname)
-            .layer(tun_rs::Layer::L3)
-            .offload(true)
-            .build_sync()
-            .map_err(tun_err)?;
-        if persist {
-            tun.persist().map_err(tun_err)?;
-        }
+        let tun = open_tun(ifname, persist)?;
         let udp = bind_udp(listen_port).map_err(|source| DeviceError::Udp {
             port: listen_port,
             source,
         })?;
         let dev = Arc::new(Self {
             ifname: ifname.to_string(),
-            tun,
+            tun: RwLock::new(Arc::new(tun)),
+            persist,
             udp_v6: matches!(udp.local_addr(), Ok(SocketAddr::V6(_))),
             gso: std::sync::atomic::AtomicBool::new(true),
             udp,
@@ -476,6 +486,15 @@ impl Device {
             dev.set_keys(k, None);
         }
         Ok(dev)
+    }
+
+    /// Create the TUN interface again (it was deleted, e.g. `ip link del
+    /// podguard0`) and move the datapath onto it. Peers, sessions and keys
+    /// stay; the agent puts addresses and routes back.
+    pub fn recreate_tun(&self) -> Result<(), DeviceError> {
+        let tun = open_tun(&self.ifname, self.persist)?;
+        *self.tun.write() = Arc::new(tun);
+        Ok(())
     }
 
     /// The interface name.
@@ -540,13 +559,23 @@ impl Device {
         let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; PKT_MAX]; IDEAL_BATCH_SIZE];
         let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
         let mut out = vec![0u8; batch::MAX_GSO_BYTES + PKT_MAX + 64];
+        let mut gone_logged = false;
         loop {
-            let n = match self.tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
-                Ok(n) => n,
+            let tun = self.tun.read().clone();
+            let n = match tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
+                Ok(n) => {
+                    gone_logged = false;
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
-                    tracing::error!(error = %e, "TUN read failed; outbound path stops");
-                    return;
+                    // The interface was deleted: wait for the agent to
+                    // recreate it (nothing is sent meanwhile: fail closed).
+                    if !std::mem::replace(&mut gone_logged, true) {
+                        tracing::error!(error = %e, "TUN interface gone; outbound waits for it to be recreated");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "TUN read");
@@ -791,7 +820,7 @@ impl Device {
     }
 
     fn write_tun(&self, gro: &mut GROTable, outs: &mut [batch::PktBuf]) {
-        if let Err(e) = self.tun.send_multiple(gro, outs, VIRTIO_NET_HDR_LEN) {
+        if let Err(e) = self.tun.read().send_multiple(gro, outs, VIRTIO_NET_HDR_LEN) {
             tracing::debug!(error = %e, "TUN write");
         }
     }
