@@ -177,6 +177,7 @@ fn removed_routes_and_addresses_are_repaired_on_the_netlink_event() {
         return;
     }
     let mut c = TwoNode::up("fcw");
+    with_default_route(&mut c);
     let a = c.nodes[0].ns.clone();
     c.kill_agent(0);
     c.start_agent_with(0, &["--resync", "5m"]);
@@ -195,11 +196,19 @@ fn removed_routes_and_addresses_are_repaired_on_the_netlink_event() {
     let addrs = || ok(&["ip", "-n", &a, "addr", "show", "dev", "cbr0"]);
     let want_routes = routes();
     assert!(want_routes >= 4, "{want_routes}");
+    // The capture runs through every fault window; traffic is sent right
+    // after each damage, before the repair.
+    let cap = start_capture(&mut c.n, &c.ul.clone(), "br0", "repairs");
+    let m = marker("REPAIR");
     let timed = |what: &str, damage: &dyn Fn(), back: &dyn Fn() -> bool| {
         let t = std::time::Instant::now();
         damage();
-        wait_for(what, Duration::from_secs(1), back);
-        eprintln!("{what}: repaired in {:?}", t.elapsed());
+        // Traffic into the fault window while the repair is timed.
+        std::thread::scope(|s| {
+            s.spawn(|| spray(&c, &m));
+            wait_for(what, Duration::from_secs(1), back);
+            eprintln!("{what}: repaired in {:?}", t.elapsed());
+        });
     };
     timed("routes flushed", &|| flush_podguard_routes(&a), &|| {
         routes() == want_routes
@@ -239,5 +248,10 @@ fn removed_routes_and_addresses_are_repaired_on_the_netlink_event() {
         "traffic through the recreated podguard0",
         Duration::from_secs(5),
         || pings(&pa, &b4),
+    );
+    let pcap = cap.stop(&mut c.n);
+    assert!(
+        !contains(&pcap, &m),
+        "plaintext left node A during a repair"
     );
 }

@@ -44,6 +44,9 @@ fn lab_up_check_down_and_crash_cleanup() {
         1 + 3 + 3,
         "lab demo touched the lab"
     );
+    // A lab test meeting a lab it did not make refuses and leaves it be.
+    assert!(common::lab::refuse_foreign().is_err());
+    assert_eq!(lab_namespaces().len(), 1 + 3 + 3);
 
     let check = podguard(&["lab", "check", "--output", "json"]);
     let report: serde_json::Value = serde_json::from_slice(&check.stdout)

@@ -43,15 +43,21 @@ pub fn exclusive() -> Down {
     let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap();
-    let exists = podguard::lab::cluster::exists();
-    if exists {
+    if let Err(e) = refuse_foreign() {
         // Not a lab of a test (those hold the lock): leave it alone.
         drop(lock);
-        panic!(
-            "a lab is up that this test did not make (namespaces pglab-*, /run/podguard-lab): it is left alone; run `podguard lab down` if it is yours"
-        );
+        panic!("{e}");
     }
     Down { _lock: lock }
+}
+
+/// Err when a lab is up: under the lock, it is not a test's, so it is
+/// someone's own and must be left alone.
+pub fn refuse_foreign() -> Result<(), String> {
+    if podguard::lab::cluster::exists() {
+        return Err("a lab is up that this test did not make (namespaces pglab-*, /run/podguard-lab): it is left alone; run `podguard lab down` if it is yours".into());
+    }
+    Ok(())
 }
 
 /// A fresh lab of 3 nodes with 1 pod each, IPv4 only; gone when the guard drops.
