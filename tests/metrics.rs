@@ -13,21 +13,8 @@ use std::time::Duration;
 use common::twonode::TwoNode;
 use common::*;
 
-/// The whole HTTP response for `path` from inside `ns` at `addr`.
 fn get(ns: &str, addr: &str, path: &str) -> String {
-    let (host, port) = addr.split_once(':').unwrap();
-    let o = run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "bash",
-        "-c",
-        &format!(
-            "exec 3<>/dev/tcp/{host}/{port} || exit 7; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
-        ),
-    ]);
-    String::from_utf8_lossy(&o.stdout).to_string()
+    http_get_in(ns, addr, path)
 }
 
 trait Status {

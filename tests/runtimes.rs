@@ -128,16 +128,7 @@ fn podman_pods_get_addresses_talk_publish_ports_reach_outside_and_leak_nothing()
         node.podman(&["rm", "-f", "c1"]);
     }
     node.podman(&["rm", "-f", "web"]);
-    assert!(
-        node.allocations().is_empty(),
-        "leaked {:?}",
-        node.allocations()
-    );
-    assert!(
-        node.host_veths().is_empty(),
-        "leaked {:?}",
-        node.host_veths()
-    );
+    node.assert_nothing_leaked();
 }
 
 #[test]
@@ -148,24 +139,7 @@ fn containerd_pod_gets_an_address_and_its_del_without_netns_releases_it() {
     let c = RtCluster::up("rtc", 1);
     let node = &c.nodes[0];
     let image = node.image();
-    let o = std::process::Command::new("bash")
-        .args([
-            common::runtime::rt_sh(),
-            "ctr-run-bg",
-            &node.id,
-            "c1",
-            &image,
-            "c1",
-            "sleep",
-            "1000",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ctr run: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    node.rt(&["ctr-run-bg", &node.id, "c1", &image, "c1", "sleep", "1000"]);
     let held = node.allocations();
     assert_eq!(held.len(), 2, "one v4 and one v6 address: {held:?}");
     assert!(held[0].starts_with("10.244.1."), "{held:?}");
@@ -198,25 +172,8 @@ fn containerd_pod_gets_an_address_and_its_del_without_netns_releases_it() {
     ]);
     // The task exits; ctr calls DEL with an empty CNI_NETNS (the namespace
     // is gone): the address is released and the veth is gone.
-    let o = std::process::Command::new("bash")
-        .args([common::runtime::rt_sh(), "ctr-stop", &node.id, "c1"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ctr-stop: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        node.allocations().is_empty(),
-        "leaked {:?}",
-        node.allocations()
-    );
-    assert!(
-        node.host_veths().is_empty(),
-        "leaked {:?}",
-        node.host_veths()
-    );
+    node.rt(&["ctr-stop", &node.id, "c1"]);
+    node.assert_nothing_leaked();
 }
 
 #[test]

@@ -158,29 +158,34 @@ impl CniNode {
 
     /// Allocation files in the store.
     pub fn allocations(&self) -> Vec<String> {
-        let dir = self.data_dir.clone();
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return vec![];
-        };
-        let mut v: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect();
-        v.sort();
-        v
+        allocations_in(&self.data_dir)
     }
 
     /// podguard host veths in the node namespace.
     pub fn host_veths(&self) -> Vec<String> {
-        ok(&["ip", "-n", &self.node, "-o", "link", "show"])
-            .lines()
-            .filter_map(|l| {
-                l.split(": ")
-                    .nth(1)
-                    .map(|s| s.split('@').next().unwrap_or(s).to_string())
-            })
-            .filter(|n| n.starts_with("pgv"))
-            .collect()
+        host_veths_in(&self.node)
     }
+}
+
+/// Allocation files (addresses) in an IPAM store directory, sorted.
+pub fn allocations_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// podguard host veths (`pgv*`) in namespace `ns`.
+pub fn host_veths_in(ns: &str) -> Vec<String> {
+    ok(&["ip", "-n", ns, "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|s| s.split('@').next().unwrap_or(s).to_string())
+        .filter(|n| n.starts_with("pgv"))
+        .collect()
 }

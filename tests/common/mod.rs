@@ -426,8 +426,10 @@ pub fn write_file(p: &Path, s: &str) {
     std::fs::rename(&tmp, p).unwrap();
 }
 
-/// Scrape an agent's /metrics inside namespace `ns`.
-pub fn scrape(ns: &str) -> String {
+/// The whole HTTP/1.0 response for `GET path` from inside namespace `ns`
+/// to `addr` (`host:port`); empty when nothing answers.
+pub fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
+    let (host, port) = addr.split_once(':').unwrap();
     let o = run(&[
         "ip",
         "netns",
@@ -435,9 +437,16 @@ pub fn scrape(ns: &str) -> String {
         ns,
         "bash",
         "-c",
-        "exec 3<>/dev/tcp/127.0.0.1/9721; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        &format!(
+            "exec 3<>/dev/tcp/{host}/{port} || exit 7; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+        ),
     ]);
     String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Scrape an agent's /metrics inside namespace `ns`.
+pub fn scrape(ns: &str) -> String {
+    http_get_in(ns, "127.0.0.1:9721", "/metrics")
 }
 
 /// The value of one sample line (`name{labels} value`) in a scrape.

@@ -28,7 +28,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{Netns, dump_logs_on_panic, pings, require_root, run, wait_for, write_file};
+use super::{Netns, dump_logs_on_panic, pings, require_root, wait_for, write_file};
 
 pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
 /// The "internet": a host on the underlay outside every cluster CIDR.
@@ -183,27 +183,36 @@ impl RtNode {
 
     /// Allocation files in the node's IPAM store (/var/lib/podguard/ipam).
     pub fn allocations(&self) -> Vec<String> {
-        let dir = self.dir("PGRT_VAR_LIB_PODGUARD").join("ipam");
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect();
-        v.sort();
-        v
+        super::cni::allocations_in(&self.dir("PGRT_VAR_LIB_PODGUARD").join("ipam"))
     }
 
     /// podguard's host veths in the node namespace.
     pub fn host_veths(&self) -> Vec<String> {
-        let o = run(&["ip", "-n", &self.ns, "-o", "link", "show"]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|s| s.split('@').next().unwrap_or(s).to_string())
-            .filter(|n| n.starts_with("pgv"))
-            .collect()
+        super::cni::host_veths_in(&self.ns)
+    }
+
+    /// No address held and no podguard veth left on the node.
+    pub fn assert_nothing_leaked(&self) {
+        assert!(
+            self.allocations().is_empty(),
+            "leaked {:?}",
+            self.allocations()
+        );
+        assert!(
+            self.host_veths().is_empty(),
+            "leaked {:?}",
+            self.host_veths()
+        );
+    }
+
+    /// `rt.sh ARGS...` on the host (ctr-run-bg, ctr-stop); panics on failure.
+    pub fn rt(&self, args: &[&str]) {
+        let o = Command::new("bash")
+            .arg(rt_sh())
+            .args(args)
+            .output()
+            .unwrap();
+        checked(&format!("rt.sh {}", args.join(" ")), o);
     }
 }
 
