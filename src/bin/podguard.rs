@@ -116,6 +116,7 @@ impl UpArgs {
             nodes: self.nodes,
             pods_per_node: self.pods_per_node,
             dual_stack: !self.ipv4_only,
+            underlay: podguard::lab::plan::DEFAULT_UNDERLAY.into(),
         }
     }
 }

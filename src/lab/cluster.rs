@@ -91,7 +91,12 @@ pub fn preflight() -> anyhow::Result<()> {
     if !Path::new("/dev/net/tun").exists() {
         bail!("/dev/net/tun is missing: the userspace WireGuard device needs the tun driver");
     }
-    let routes: Vec<ipnet::IpNet> = sys::run(&["ip", "-4", "-o", "route", "show", "table", "all"])
+    Ok(())
+}
+
+/// This machine's IPv4 route destinations (all tables; `default` left out).
+fn root_routes() -> Vec<ipnet::IpNet> {
+    sys::run(&["ip", "-4", "-o", "route", "show", "table", "all"])
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
@@ -117,14 +122,31 @@ pub fn preflight() -> anyhow::Result<()> {
                 .ok()
                 .or_else(|| dst.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
         })
-        .collect();
-    if let Some(r) = plan::overlapping_route(&routes) {
-        bail!(
-            "this machine routes {r}, which overlaps the lab's underlay {}: the lab would shadow it inside its namespaces; remove that route or run the lab elsewhere",
-            plan::UNDERLAY_NET
-        );
-    }
-    Ok(())
+        .collect()
+}
+
+/// The underlay for a new lab: the first candidate no route of this
+/// machine overlaps, or an error naming every candidate and its route.
+pub fn choose_underlay() -> anyhow::Result<&'static str> {
+    plan::pick_underlay(&root_routes()).map_err(|taken| {
+        let list = taken
+            .iter()
+            .map(|(c, r)| format!("{c} (overlaps route {r})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        anyhow::anyhow!(
+            "no lab underlay fits this machine: every candidate overlaps a route here: {list}; the lab would shadow them inside its namespaces"
+        )
+    })
+}
+
+/// The running lab's underlay prefix (written by `lab up`).
+pub fn underlay() -> String {
+    std::fs::read_to_string(dir().join("underlay"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| plan::DEFAULT_UNDERLAY.to_string())
 }
 
 /// Whether a lab (or its remains) exists.
@@ -162,7 +184,9 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     if exists() {
         bail!("a lab already exists: run `podguard lab down` first");
     }
-    match build(spec, bins) {
+    let mut spec = spec.clone();
+    spec.underlay = choose_underlay()?.to_string();
+    match build(&spec, bins) {
         Ok(s) => Ok(s),
         Err(e) => {
             let _ = down();
@@ -173,11 +197,13 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
 
 fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     std::fs::create_dir_all(dir())?;
+    std::fs::write(dir().join("underlay"), &spec.underlay)?;
+    let api_addr = plan::api_addr(&spec.underlay);
     std::fs::create_dir_all("/run/wireguard")?;
     let ul = plan::underlay_netns();
     progress(&format!(
-        "underlay network {ul} and the API server on {}",
-        plan::API_ADDR
+        "underlay network {ul} ({}) and the API server on {api_addr}",
+        plan::underlay_net(&spec.underlay)
     ));
     netns_add(&ul)?;
     run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
@@ -187,7 +213,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
         &ul,
         "addr",
         "add",
-        &format!("{}.254/24", plan::UNDERLAY_PREFIX),
+        &format!("{}.254/24", spec.underlay),
         "dev",
         "br0",
     ])?;
@@ -200,7 +226,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             "lab",
             "api-server",
             "--listen",
-            plan::API_ADDR,
+            &api_addr,
             "--state",
             api_state.to_str().unwrap_or_default(),
         ],
@@ -213,7 +239,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: podguard-lab\n  cluster: {{server: \"http://{}\"}}\ncontexts:\n- name: podguard-lab\n  context: {{cluster: podguard-lab, user: lab}}\ncurrent-context: podguard-lab\nusers:\n- name: lab\n  user: {{}}\n",
-            plan::API_ADDR
+            api_addr
         ),
     )?;
     wait("the API server", Duration::from_secs(10), || {
@@ -400,7 +426,7 @@ pub fn api(
 ) -> anyhow::Result<serde_json::Value> {
     let (code, text) = http(
         ul,
-        plan::API_ADDR,
+        &plan::api_addr(&underlay()),
         method,
         path,
         body.map(|b| b.to_string()).as_deref(),

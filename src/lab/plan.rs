@@ -5,24 +5,49 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of every lab resource (namespaces, state directory).
 pub const PREFIX: &str = "pglab";
-/// The lab's underlay network, only inside lab namespaces: the benchmarking
-/// range (RFC 2544), which real LANs do not use (192.0.2.0/24, used
-/// before, was this development machine's own subnet). `lab up` refuses if
-/// the machine routes any part of it.
-pub const UNDERLAY_PREFIX: &str = "198.18.0";
-/// The underlay as a network.
-pub const UNDERLAY_NET: &str = "198.18.0.0/24";
-/// Address of the embedded API server in the underlay namespace.
-pub const API_ADDR: &str = "198.18.0.254:6443";
+/// The lab's underlay (a /24, only inside lab namespaces): the first of
+/// these that no route of the machine overlaps. The benchmarking range
+/// (RFC 2544) first, which real LANs do not use (192.0.2.0/24, used before,
+/// was this development machine's own subnet).
+pub const UNDERLAY_CANDIDATES: [&str; 4] = ["198.18.0", "198.19.0", "100.64.254", "10.254.254"];
+/// The underlay of a spec that does not say (older state files).
+pub const DEFAULT_UNDERLAY: &str = UNDERLAY_CANDIDATES[0];
+
+fn default_underlay() -> String {
+    DEFAULT_UNDERLAY.to_string()
+}
+
+/// The underlay `prefix` ("a.b.c") as a network.
+pub fn underlay_net(prefix: &str) -> String {
+    format!("{prefix}.0/24")
+}
+
+/// Address of the embedded API server on underlay `prefix`.
+pub fn api_addr(prefix: &str) -> String {
+    format!("{prefix}.254:6443")
+}
 
 /// The first of `routes` (the root namespace's destinations, the default
-/// route excluded) that overlaps the lab's underlay.
-pub fn overlapping_route(routes: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
-    let ul: ipnet::IpNet = UNDERLAY_NET.parse().ok()?;
+/// route excluded) that overlaps underlay `prefix`.
+pub fn overlapping_route(prefix: &str, routes: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
+    let ul: ipnet::IpNet = underlay_net(prefix).parse().ok()?;
     routes
         .iter()
         .find(|r| r.prefix_len() > 0 && (r.contains(&ul.network()) || ul.contains(&r.network())))
         .copied()
+}
+
+/// The first candidate underlay no route overlaps, or every candidate with
+/// the route that overlaps it.
+pub fn pick_underlay(routes: &[ipnet::IpNet]) -> Result<&'static str, Vec<(String, ipnet::IpNet)>> {
+    let mut taken = Vec::new();
+    for c in UNDERLAY_CANDIDATES {
+        match overlapping_route(c, routes) {
+            None => return Ok(c),
+            Some(r) => taken.push((underlay_net(c), r)),
+        }
+    }
+    Err(taken)
 }
 /// Cluster CIDRs of a dual-stack lab.
 pub const CLUSTER_V4: &str = "10.244.0.0/16";
@@ -38,6 +63,9 @@ pub struct LabSpec {
     pub pods_per_node: u8,
     /// IPv4 and IPv6 podCIDRs (else IPv4 only).
     pub dual_stack: bool,
+    /// The underlay's first three octets (chosen by `lab up`).
+    #[serde(default = "default_underlay")]
+    pub underlay: String,
 }
 
 /// Why a spec is refused.
@@ -82,7 +110,7 @@ impl LabSpec {
             index: i,
             name: format!("node-{i}"),
             netns: format!("{PREFIX}-n{i}"),
-            underlay_ip: format!("{UNDERLAY_PREFIX}.{i}"),
+            underlay_ip: format!("{}.{i}", self.underlay),
             pod_cidrs,
             pods: (1..=self.pods_per_node)
                 .map(|j| PodPlan {
@@ -148,21 +176,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn underlay_overlap_is_found_default_route_ignored() {
+    fn underlay_is_the_first_candidate_no_route_overlaps() {
         let r = |s: &str| -> ipnet::IpNet { s.parse().unwrap() };
+        // The default route overlaps everything and is ignored.
         assert_eq!(
-            overlapping_route(&[r("0.0.0.0/0"), r("192.0.2.0/24")]),
-            None
+            pick_underlay(&[r("0.0.0.0/0"), r("192.0.2.0/24")]),
+            Ok("198.18.0")
         );
-        assert_eq!(
-            overlapping_route(&[r("198.18.0.0/15")]),
-            Some(r("198.18.0.0/15"))
-        );
-        assert_eq!(
-            overlapping_route(&[r("198.18.0.7/32")]),
-            Some(r("198.18.0.7/32"))
-        );
-        assert_eq!(overlapping_route(&[r("198.19.0.0/24")]), None);
+        assert_eq!(pick_underlay(&[r("198.18.0.0/15")]), Ok("100.64.254"));
+        assert_eq!(pick_underlay(&[r("198.18.0.7/32")]), Ok("198.19.0"));
+        let all =
+            pick_underlay(&[r("198.18.0.0/15"), r("100.64.0.0/10"), r("10.0.0.0/8")]).unwrap_err();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0], ("198.18.0.0/24".to_string(), r("198.18.0.0/15")));
+        assert_eq!(api_addr("198.19.0"), "198.19.0.254:6443");
     }
 
     #[test]
@@ -171,6 +198,7 @@ mod tests {
             nodes: 3,
             pods_per_node: 2,
             dual_stack: true,
+            underlay: DEFAULT_UNDERLAY.into(),
         };
         s.check().unwrap();
         let n = s.node(3);
@@ -182,7 +210,7 @@ mod tests {
         assert_eq!(s.cluster_cidrs(), "10.244.0.0/16,fd00:10:244::/56");
         let v4 = LabSpec {
             dual_stack: false,
-            ..s
+            ..s.clone()
         };
         assert_eq!(v4.node(1).pod_cidrs.len(), 1);
         assert!(
