@@ -117,6 +117,32 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
         "B still under load after the flood"
     );
     assert_eq!(endpoint_of(&c, 1, &key_a), "192.0.2.1:51820");
+
+    // A fresh session accepts an initiation of any age (its replay check
+    // starts at zero): after B's agent restarts, one replay of the old
+    // initiation must still not move the endpoint (only what decrypts on a
+    // session does), and traffic keeps flowing.
+    c.kill_agent(1);
+    c.start_agent(1);
+    // Replay as soon as B has its peer again, before A handshakes anew.
+    wait_for(
+        "B to configure peer A again",
+        Duration::from_secs(20),
+        || endpoint_of(&c, 1, &key_a) == "192.0.2.1:51820",
+    );
+    in_netns(&evil, || {
+        let s = UdpSocket::bind("192.0.2.66:40001").unwrap();
+        let _ = s.send_to(&init, "192.0.2.2:51820");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        endpoint_of(&c, 1, &key_a),
+        "192.0.2.1:51820",
+        "a replayed initiation on a fresh session moved the endpoint"
+    );
+    wait_for("traffic after B's restart", Duration::from_secs(30), || {
+        pings(&pa, &b4)
+    });
 }
 
 /// Cookie replies (type 3, 64 bytes) from node B to `to` in a capture.

@@ -89,7 +89,8 @@ pub struct Args {
     /// Masquerade pod traffic to addresses outside the cluster CIDR(s) to
     /// the node's address (nftables table `inet podguard`), so pods reach
     /// the world. Pod-to-pod and node-to-pod traffic is never NATed.
-    /// `--masquerade=false` turns it off (and removes the table).
+    /// `--masquerade=false` turns it off (removes the nat chain; the
+    /// fail-closed barrier in the same table stays).
     #[arg(long, env = "PODGUARD_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub masquerade: bool,
 

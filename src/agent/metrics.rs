@@ -206,7 +206,10 @@ impl Metrics {
                 h.failing = None;
             }
             Err(super::ReconcileError::Plan(_)) => {
+                // Waiting (e.g. for podCIDRs) touches no data plane: an
+                // earlier data-plane failure is no longer current.
                 self.reconcile_errors.inc();
+                h.failing = None;
             }
             Err(e) => {
                 self.reconcile_errors.inc();

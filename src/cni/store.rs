@@ -108,8 +108,12 @@ impl Store {
     }
 
     /// Move allocations of the old per-network layout (`<dir>/<name>/<ip>`)
-    /// into the shared store, owned by network `<name>`. An address already
-    /// held in the shared store keeps its holder.
+    /// into the shared store, owned by network `<name>`. Only a directory
+    /// that is an old podguard store is touched (nothing but `lock`, the
+    /// cursors, temp files and address files holding a podguard owner):
+    /// a `dataDir` shared with other plugins keeps their files. An address
+    /// already held in the shared store stays where it is (the old
+    /// directory is then kept).
     fn migrate_per_network_dirs(&self) {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return;
@@ -119,26 +123,29 @@ impl Store {
             if !sub.file_type().is_ok_and(|t| t.is_dir()) || !super::spec::valid_id(&name) {
                 continue;
             }
-            let Ok(files) = fs::read_dir(sub.path()) else {
+            let Some(entries) = old_store_entries(&sub.path()) else {
                 continue;
             };
-            for f in files.flatten() {
-                if let Ok(ip) = f.file_name().to_string_lossy().parse::<IpAddr>() {
-                    let owner = fs::read(f.path())
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Owner>(&b).ok());
-                    if let Some(mut owner) = owner
-                        && !self.dir.join(ip.to_string()).exists()
-                    {
-                        owner.network = name.clone();
-                        if self.write_owner(ip, &owner).is_err() {
-                            continue;
-                        }
-                    }
+            let mut kept = false;
+            for (path, ip, owner) in entries {
+                let Some((ip, mut owner)) = ip.zip(owner) else {
+                    let _ = fs::remove_file(&path); // lock, cursor, temp file
+                    continue;
+                };
+                if self.dir.join(ip.to_string()).exists() {
+                    kept = true;
+                    continue;
                 }
-                let _ = fs::remove_file(f.path());
+                owner.network = name.clone();
+                if self.write_owner(ip, &owner).is_ok() {
+                    let _ = fs::remove_file(&path);
+                } else {
+                    kept = true;
+                }
             }
-            let _ = fs::remove_dir(sub.path());
+            if !kept {
+                let _ = fs::remove_dir(sub.path());
+            }
         }
     }
 
@@ -273,6 +280,28 @@ impl Store {
     }
 }
 
+/// The entries of `dir` if it is an old podguard store: each with its
+/// address and owner when it is an allocation (None for lock, cursors and
+/// temp files). None when anything else is in it.
+#[allow(clippy::type_complexity)]
+fn old_store_entries(dir: &Path) -> Option<Vec<(PathBuf, Option<IpAddr>, Option<Owner>)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            let owner = serde_json::from_slice::<Owner>(&fs::read(e.path()).ok()?).ok()?;
+            out.push((e.path(), Some(ip), Some(owner)));
+        } else if matches!(name.as_str(), "lock" | "last-v4" | "last-v6")
+            || name.starts_with(".tmp.")
+        {
+            out.push((e.path(), None, None));
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -400,5 +429,39 @@ mod tests {
             .allocate("10.0.0.0/29".parse().unwrap(), &owner_in("other", "b"))
             .unwrap();
         assert_ne!(next.to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn directories_of_other_plugins_are_never_touched() {
+        // A dataDir shared with host-local: its per-network dirs hold
+        // other files and other content; they stay as they are.
+        let d = tempfile::tempdir().unwrap();
+        let hl = d.path().join("other-net");
+        fs::create_dir(&hl).unwrap();
+        fs::write(hl.join("10.0.0.5"), "containerid\neth0").unwrap();
+        fs::write(hl.join("last_reserved_ip.0"), "10.0.0.5").unwrap();
+        fs::write(hl.join("lock"), "").unwrap();
+        let _s = Store::open(d.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(hl.join("10.0.0.5")).unwrap(),
+            "containerid\neth0"
+        );
+        assert!(hl.join("last_reserved_ip.0").exists() && hl.join("lock").exists());
+        // An address held twice in old dirs: the second stays in its dir.
+        let d = tempfile::tempdir().unwrap();
+        for net in ["a", "b"] {
+            fs::create_dir(d.path().join(net)).unwrap();
+            fs::write(
+                d.path().join(net).join("10.0.0.2"),
+                format!(r#"{{"containerID":"{net}","ifname":"eth0"}}"#),
+            )
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.allocations().unwrap().len(), 1);
+        assert!(
+            d.path().join("a/10.0.0.2").exists() || d.path().join("b/10.0.0.2").exists(),
+            "the second holder's record must not be deleted"
+        );
     }
 }

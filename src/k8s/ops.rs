@@ -79,6 +79,12 @@ pub async fn node_views(client: &Client) -> anyhow::Result<Vec<NodeView>> {
         .context("listing Nodes")?;
     let ns = super::lease::namespace();
     let leases = match super::lease::all(client, &ns).await {
+        Ok(l) if l.is_empty() => {
+            eprintln!(
+                "warning: no heartbeat Leases in namespace {ns} (agents older than this CLI, or another namespace: set PODGUARD_NAMESPACE); agent liveness is not judged"
+            );
+            None
+        }
         Ok(l) => Some(l),
         Err(e) => {
             eprintln!(

@@ -138,9 +138,18 @@ pub async fn run(
                 waiting_logged = false;
                 metrics.record(Ok(&report));
                 if last_renew.is_none_or(|t| t.elapsed() >= cfg.lease_duration / 4) {
-                    match super::lease::renew(&lease_client, &lease_ns, &cfg.node_name, lease_secs)
-                        .await
-                    {
+                    // Bounded: an unreachable API must not hold up repairs.
+                    let renewal = tokio::time::timeout(
+                        cfg.lease_duration / 4,
+                        super::lease::renew(&lease_client, &lease_ns, &cfg.node_name, lease_secs),
+                    )
+                    .await;
+                    match renewal.unwrap_or(Err(kube::Error::Service(Box::new(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "Lease renewal timed out",
+                        ),
+                    )))) {
                         Ok(()) => {
                             last_renew = Some(tokio::time::Instant::now());
                             if std::mem::take(&mut lease_failing) {

@@ -871,8 +871,15 @@ impl Device {
             Ok(p) => self.link_for(p, None),
             Err(_) => None,
         };
-        // A cookie reply proves nothing about where the peer is.
-        let from_cookie = matches!(incoming, Ok(Packet::PacketCookieReply(_)));
+        // A cookie reply proves nothing about where the peer is, and neither
+        // does an initiation: a captured one is accepted again by a fresh
+        // session (its replay check starts at zero), so the endpoint moves
+        // only on what decrypts on a session (the initiator's first data or
+        // keepalive follows at once) or a response to our own initiation.
+        let no_roam = matches!(
+            incoming,
+            Ok(Packet::PacketCookieReply(_) | Packet::HandshakeInit(_))
+        );
         let Some((peer, link)) = found else {
             self.drops.invalid.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -923,12 +930,11 @@ impl Device {
                 tracing::debug!(?e, %from, "decapsulate");
             }
         }
-        if authenticated && !from_cookie {
+        if authenticated && !no_roam {
             peer.received(datagram.len());
             // Roaming: the endpoint follows only a packet that authenticated
-            // (a data packet that decrypted, or a handshake message that
-            // produced a response or completed a session), never a cookie
-            // exchange.
+            // (a data packet that decrypted, or the response to our own
+            // initiation), never a cookie exchange or an initiation.
             if *peer.endpoint.read() != Some(from) {
                 *peer.endpoint.write() = Some(from);
             }
