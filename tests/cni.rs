@@ -529,7 +529,7 @@ fn gc_touches_only_its_own_network_and_releases_what_it_removes() {
         return;
     }
     let mut c = CniNode::new("cgc", &[V4]);
-    let (p1, p2) = (c.n.add("p1"), c.n.add("p2"));
+    let (p1, p2, p3) = (c.n.add("p1"), c.n.add("p2"), c.n.add("p3"));
     let mut other = c.conf("1.1.0");
     other["name"] = json!("second-net");
     assert_eq!(c.cmd("ADD", "mine", &p1, "1.1.0").code, 0);
@@ -560,8 +560,19 @@ fn gc_touches_only_its_own_network_and_releases_what_it_removes() {
     );
     assert_eq!(c.allocations().len(), 1);
     assert!(pings(&p1, "10.244.1.1"));
-    // And with an empty list: released and removed.
+    // A pod of another podguard store (another dataDir) on the same node.
+    let mut elsewhere = c.conf("1.1.0");
+    elsewhere["dataDir"] = json!(c.n.path("ipam-elsewhere"));
+    elsewhere["name"] = json!("elsewhere");
+    assert_eq!(c.cmd_with("ADD", "far", &p3, &elsewhere).code, 0);
+    // And with an empty list: released and removed; the other store's pod
+    // is not podguard's network's to collect.
     gc("podguard", json!([]));
     assert!(c.allocations().is_empty(), "{:?}", c.allocations());
-    assert!(c.host_veths().is_empty());
+    assert_eq!(
+        c.host_veths().len(),
+        1,
+        "only the other store's veth is left"
+    );
+    assert!(pings(&p3, "10.244.1.1"), "another store's pod must survive");
 }

@@ -294,10 +294,11 @@ fn check(req: &Request) -> Result<(), CniError> {
 }
 
 /// GC touches only attachments of its own network: it releases their
-/// addresses and removes their veths. A podguard veth with no allocation at
-/// all (left by an interrupted DEL of an older version) belongs to no
-/// network and goes too. The store lock is held throughout, so no ADD is
-/// between allocating and creating its veth.
+/// addresses and removes their veths (found through their allocations; DEL
+/// removes a veth before its allocation, so none is left without one).
+/// Veths of other networks, or of another store, are never touched. The
+/// store lock is held throughout, so no ADD is between allocating and
+/// creating its veth.
 fn gc(req: &Request) -> Result<(), CniError> {
     let network = &req.conf.name;
     let valid: BTreeSet<Owner> = req
@@ -312,20 +313,14 @@ fn gc(req: &Request) -> Result<(), CniError> {
         })
         .collect();
     let store = Store::open(&data_dir(req)).map_err(store_err)?;
-    let mut remove: BTreeSet<String> = BTreeSet::new();
-    for (_, owner) in store.gc(network, &valid).map_err(store_err)? {
-        if let Some(o) = owner {
-            remove.insert(host_veth_name(&o.container_id, &o.ifname));
-        }
-    }
-    let keep: BTreeSet<String> = store
-        .allocations()
+    let remove: BTreeSet<String> = store
+        .gc(network, &valid)
         .map_err(store_err)?
         .into_iter()
         .filter_map(|(_, o)| o)
         .map(|o| host_veth_name(&o.container_id, &o.ifname))
         .collect();
-    pod::remove_host_veths(&remove, &keep)
+    pod::remove_host_veths(&remove)
 }
 
 #[cfg(test)]

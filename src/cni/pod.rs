@@ -188,15 +188,11 @@ pub fn inspect(
     Ok(problems)
 }
 
-/// GC: delete the podguard host veths named in `remove`, and those that
-/// are not in `keep` (the veths of every live allocation, any network).
-pub fn remove_host_veths(
-    remove: &BTreeSet<String>,
-    keep: &BTreeSet<String>,
-) -> Result<(), CniError> {
+/// GC: delete the podguard host veths named in `remove` (absent is fine).
+pub fn remove_host_veths(remove: &BTreeSet<String>) -> Result<(), CniError> {
     here(async |nl: Netlink| {
         for l in nl.links(super::HOST_VETH_PREFIX).await.map_err(net_err)? {
-            if remove.contains(&l.name) || !keep.contains(&l.name) {
+            if remove.contains(&l.name) {
                 nl.delete_link(&l.name).await.map_err(net_err)?;
             }
         }
