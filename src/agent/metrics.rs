@@ -52,6 +52,8 @@ pub struct Metrics {
 pub struct Health {
     /// When a reconcile last succeeded.
     pub last_ok: Option<Instant>,
+    /// When a reconcile last finished, whatever its outcome.
+    pub last_done: Option<Instant>,
     /// Since when the data plane has failed to reconcile (netlink,
     /// WireGuard, nftables), and the last such error.
     pub failing: Option<(Instant, String)>,
@@ -84,13 +86,19 @@ impl Health {
         }
     }
 
-    /// `/healthz`: Ok, or why the agent should be restarted.
+    /// `/healthz`: Ok, or why the agent should be restarted: the data plane
+    /// failing for longer than the grace, or no reconcile finishing at all
+    /// (a hung loop) for the staleness limit plus the grace.
     pub fn healthy(&self, now: Instant, lim: HealthLimits) -> Result<(), String> {
-        match &self.failing {
-            Some((since, e)) if now.duration_since(*since) > lim.grace => Err(format!(
+        match (&self.failing, self.last_done) {
+            (Some((since, e)), _) if now.duration_since(*since) > lim.grace => Err(format!(
                 "unhealthy: the data plane has failed to reconcile for {}s (grace {}s): {e}",
                 now.duration_since(*since).as_secs(),
                 lim.grace.as_secs()
+            )),
+            (None, Some(t)) if now.duration_since(t) > lim.stale_after + lim.grace => Err(format!(
+                "unhealthy: no reconcile has finished for {}s (the loop is stuck)",
+                now.duration_since(t).as_secs()
             )),
             _ => Ok(()),
         }
@@ -197,6 +205,7 @@ impl Metrics {
     pub fn record(&self, outcome: Result<&super::Report, &super::ReconcileError>) {
         let now = Instant::now();
         let mut h = self.health.lock();
+        h.last_done = Some(now);
         match outcome {
             Ok(r) => {
                 self.reconciles.inc();
@@ -308,7 +317,11 @@ mod tests {
         assert!(e.contains("61s") && e.contains("podguard0"), "{e}");
         h.failing = None;
         h.last_ok = Some(t0 + Duration::from_secs(61));
+        h.last_done = h.last_ok;
         assert!(h.healthy(t0 + Duration::from_secs(62), LIM).is_ok());
         assert!(h.ready(t0 + Duration::from_secs(62), LIM).is_ok());
+        // A loop that stops finishing reconciles is restarted too.
+        let stuck = t0 + Duration::from_secs(61 + 30 + 60 + 1);
+        assert!(h.healthy(stuck, LIM).unwrap_err().contains("stuck"));
     }
 }

@@ -65,6 +65,17 @@ pub fn spawn(repair: Arc<Notify>) -> Result<(), NetlinkError> {
     tokio::spawn(async move {
         let mut bridge_index = None;
         while let Some((msg, _)) = messages.next().await {
+            // Events were lost (the socket's buffer overran): whatever they
+            // said, look now.
+            if matches!(
+                msg.payload,
+                NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_)
+            ) {
+                tracing::warn!("netlink events lost; repairing now");
+                bridge_index = None;
+                repair.notify_one();
+                continue;
+            }
             if let NetlinkPayload::InnerMessage(m) = msg.payload {
                 if bridge_index.is_none() {
                     bridge_index = nl.link_index(mesh::BRIDGE_IFNAME).await.ok().flatten();
