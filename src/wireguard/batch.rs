@@ -12,10 +12,7 @@ use nix::sys::socket::{
     SockaddrStorage, recvmmsg, sendmsg, setsockopt, sockopt,
 };
 
-/// Most datagrams one `UDP_SEGMENT` send may carry (kernel limit).
-pub const MAX_GSO_SEGMENTS: usize = 64;
-/// Largest total payload of one GSO send.
-pub const MAX_GSO_BYTES: usize = 65_000;
+pub use wgcore::gso::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 
 /// A packet buffer whose length is tracked separately from its allocation,
 /// so that reusing it never re-zeroes memory.

@@ -5,7 +5,11 @@
 pub mod backend;
 pub mod batch;
 pub mod device;
-pub mod uapi;
+mod handshakes;
+mod tun_rx;
 pub mod uapi_server;
+mod udp_rx;
+
+pub use wgcore::uapi;
 
 pub use backend::{Backend, BackendChoice, SelectError, select_backend};

@@ -1,0 +1,318 @@
+//! An in-memory WireGuard network on simulated time: cores wired together
+//! by a queue of datagrams, no sockets, no threads, no root. Time moves
+//! only when a test says so, so two hours of device life take
+//! milliseconds. Models: quinn-proto's `Pair::drive`, wireguard-go's
+//! `genTestPair`.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use keys::{PrivateKey, PublicKey};
+use wgcore::uapi::{PeerUpdate, SetRequest};
+use wgcore::{Core, Opened, Sealed, SourceCache, Transmit};
+
+/// One simulated node: a core, its underlay address and pod network.
+pub struct Node {
+    pub core: Core,
+    pub key: PrivateKey,
+    pub addr: SocketAddr,
+    /// The node's pods: 10.<i>.0.0/24.
+    pub pods: IpNet,
+    /// IP packets the core delivered to its TUN.
+    pub delivered: Vec<Vec<u8>>,
+}
+
+/// A datagram on the simulated underlay.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+pub struct Net {
+    pub nodes: Vec<Node>,
+    pub now: Instant,
+    pub start: Instant,
+    queue: VecDeque<Wire>,
+    /// Every datagram ever sent, in order.
+    pub log: Vec<Wire>,
+    /// When each datagram of `log` was sent (since the start).
+    pub times: Vec<Duration>,
+    /// Datagrams to an address no node has (an attacker's, say).
+    pub unclaimed: Vec<Wire>,
+    /// When false, datagrams are dropped instead of delivered.
+    pub link_up: bool,
+}
+
+pub fn underlay(i: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 10 + i as u8], 51820))
+}
+
+pub fn pod(i: usize, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, i as u8, 0, host)
+}
+
+/// A minimal IPv4/UDP packet from `src` to `dst` carrying `payload`.
+pub fn ip_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let mut sum: u32 = 0;
+    for c in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&4000u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+pub fn peer_update(pk: PublicKey, endpoint: SocketAddr, pods: IpNet) -> PeerUpdate {
+    PeerUpdate {
+        public_key: Some(pk),
+        endpoint: Some(endpoint),
+        allowed_ips: vec![pods],
+        ..PeerUpdate::default()
+    }
+}
+
+impl Net {
+    /// `n` nodes in a full mesh, no handshakes yet.
+    pub fn mesh(n: usize) -> Self {
+        let start = Instant::now();
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| {
+                let key = PrivateKey::generate();
+                let core = Core::new(51820, start);
+                core.set_keys(&key, None, start);
+                Node {
+                    core,
+                    key,
+                    addr: underlay(i),
+                    pods: IpNet::new(IpAddr::V4(pod(i, 0)), 24).expect("prefix"),
+                    delivered: Vec::new(),
+                }
+            })
+            .collect();
+        let mut net = Self {
+            nodes,
+            now: start,
+            start,
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            times: Vec::new(),
+            unclaimed: Vec::new(),
+            link_up: true,
+        };
+        for i in 0..n {
+            let peers = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let o = &net.nodes[j];
+                    peer_update(o.key.public_key(), o.addr, o.pods)
+                })
+                .collect();
+            let req = SetRequest {
+                peers,
+                ..SetRequest::default()
+            };
+            net.nodes[i]
+                .core
+                .apply(req, start)
+                .expect("configure peers");
+        }
+        net.collect_all();
+        net
+    }
+
+    /// Node `i` restarts: a fresh core holding `keys` (primary first),
+    /// configured with every other node as a peer. Its datagrams in flight
+    /// are lost.
+    pub fn restart(&mut self, i: usize, keys: &[&PrivateKey]) {
+        let core = Core::new(51820, self.now);
+        core.set_keys(keys[0], keys.get(1).copied(), self.now);
+        let peers = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| {
+                let o = &self.nodes[j];
+                peer_update(o.key.public_key(), o.addr, o.pods)
+            })
+            .collect();
+        let req = SetRequest {
+            peers,
+            ..SetRequest::default()
+        };
+        core.apply(req, self.now).expect("configure peers");
+        self.nodes[i].core = core;
+        self.collect(i);
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn collect(&mut self, i: usize) {
+        let from = self.nodes[i].addr;
+        let mut out = Vec::new();
+        self.nodes[i].core.drain_transmits(&mut out);
+        for Transmit { to, bytes } in out {
+            self.push(Wire { from, to, bytes });
+        }
+    }
+
+    fn collect_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.collect(i);
+        }
+    }
+
+    /// Put a datagram on the wire (as an attacker may, with any source).
+    pub fn push(&mut self, w: Wire) {
+        self.log.push(w.clone());
+        self.times.push(self.now - self.start);
+        if self.link_up {
+            self.queue.push_back(w);
+        }
+    }
+
+    /// Node `i` sends an IP packet out of its TUN.
+    pub fn send(&mut self, i: usize, pkt: &[u8]) -> Sealed {
+        let dst = wgcore::dst_address(pkt).expect("an IP packet");
+        let Some(route) = self.nodes[i].core.route(dst) else {
+            return Sealed::Dropped;
+        };
+        let mut out = vec![0u8; pkt.len() + wgcore::SEAL_OVERHEAD + wgcore::SEAL_MIN];
+        let r = self.nodes[i].core.seal(&route, pkt, &mut out, self.now);
+        if let Sealed::Datagram(n) = r {
+            let w = Wire {
+                from: self.nodes[i].addr,
+                to: route.endpoint(),
+                bytes: out[..n].to_vec(),
+            };
+            self.push(w);
+        }
+        self.collect(i);
+        r
+    }
+
+    /// A pod of node `i` sends `payload` to a pod of node `j`.
+    pub fn send_pod(&mut self, i: usize, j: usize, payload: &[u8]) -> Sealed {
+        let pkt = ip_packet(pod(i, 2), pod(j, 2), payload);
+        self.send(i, &pkt)
+    }
+
+    /// Deliver datagrams until the wire is quiet.
+    pub fn drive(&mut self) {
+        let mut cache = SourceCache::default();
+        let mut out = vec![0u8; 65_536];
+        let mut steps = 0;
+        while let Some(w) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "the wire never went quiet");
+            let Some(i) = self.nodes.iter().position(|n| n.addr == w.to) else {
+                self.unclaimed.push(w);
+                continue;
+            };
+            if let Opened::Packet(n) = self.nodes[i]
+                .core
+                .open(&w.bytes, w.from, &mut out, &mut cache, self.now)
+            {
+                self.nodes[i].delivered.push(out[..n].to_vec());
+            }
+            self.collect(i);
+        }
+    }
+
+    /// Let `d` of simulated time pass in timer ticks, delivering as it goes.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            let next = self
+                .nodes
+                .iter()
+                .map(|n| n.core.poll_timeout(self.now))
+                .min()
+                .unwrap_or(end);
+            self.now = next.min(end).max(self.now + Duration::from_millis(1));
+            for i in 0..self.nodes.len() {
+                self.nodes[i].core.handle_timeout(self.now);
+                self.collect(i);
+            }
+            self.drive();
+        }
+    }
+
+    /// How many datagrams of WireGuard message type `t` node `i` sent.
+    pub fn sent_of_type(&self, i: usize, t: u8) -> usize {
+        let a = self.nodes[i].addr;
+        self.log
+            .iter()
+            .filter(|w| w.from == a && w.bytes.first() == Some(&t))
+            .count()
+    }
+
+    /// When node `i` sent datagrams of type `t` (since the start).
+    pub fn times_of_type(&self, i: usize, t: u8) -> Vec<Duration> {
+        let a = self.nodes[i].addr;
+        self.log
+            .iter()
+            .zip(&self.times)
+            .filter(|(w, _)| w.from == a && w.bytes.first() == Some(&t))
+            .map(|(_, d)| *d)
+            .collect()
+    }
+
+    /// Packets node `j` got whose payload is `payload`.
+    pub fn got(&self, j: usize, payload: &[u8]) -> usize {
+        self.nodes[j]
+            .delivered
+            .iter()
+            .filter(|p| p.len() >= 28 && &p[28..] == payload)
+            .count()
+    }
+
+    /// Whether any datagram on the wire contains `needle` in the clear.
+    pub fn plaintext_seen(&self, needle: &[u8]) -> bool {
+        self.log
+            .iter()
+            .any(|w| w.bytes.windows(needle.len()).any(|x| x == needle))
+    }
+
+    /// The endpoint node `i` has for node `j`.
+    pub fn endpoint(&self, i: usize, j: usize) -> Option<SocketAddr> {
+        let pk = self.nodes[j].key.public_key();
+        self.nodes[i]
+            .core
+            .peer_status(std::time::SystemTime::now())
+            .into_iter()
+            .find(|p| p.public_key == pk)
+            .and_then(|p| p.endpoint)
+    }
+
+    pub fn drop_count(&self, i: usize, name: &str) -> u64 {
+        self.nodes[i]
+            .core
+            .drops
+            .snapshot()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    }
+}
