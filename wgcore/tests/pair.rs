@@ -312,3 +312,21 @@ fn garbage_costs_nothing_and_is_counted() {
     assert!(net.drop_count(1, "invalid") >= 4);
     assert_eq!(net.endpoint(1, 0), Some(net.nodes[0].addr));
 }
+
+#[test]
+fn each_handshake_counts_once_towards_the_load() {
+    // 90 handshake messages in a second are below the limit of 100: no
+    // cookie. (Counted once by the screen and again by the Tunn, the load
+    // would start at 50.)
+    let (mut net, init) = handshaken();
+    for _ in 0..90 {
+        net.push(Wire {
+            from: attacker(),
+            to: net.nodes[1].addr,
+            bytes: init.bytes.clone(),
+        });
+    }
+    net.drive();
+    assert_eq!(net.drop_count(1, "under_load"), 0);
+    assert!(net.unclaimed.iter().all(|w| w.bytes[0] != 3), "a cookie below the limit");
+}
