@@ -9,47 +9,12 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
+use common::pcap::{capture_initiation, udp_payloads};
 use common::twonode::TwoNode;
 use common::*;
-
-/// UDP payloads in an Ethernet pcap: (src, dst, payload).
-fn udp_payloads(pcap: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + incl).min(pcap.len())];
-        at += 16 + incl;
-        if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let udp = &ip[ihl..];
-        let addr = |a: &[u8], p: &[u8]| {
-            SocketAddr::from(([a[0], a[1], a[2], a[3]], u16::from_be_bytes([p[0], p[1]])))
-        };
-        out.push((
-            addr(&ip[12..16], &udp[0..2]),
-            addr(&ip[16..20], &udp[2..4]),
-            udp[8..].to_vec(),
-        ));
-    }
-    out
-}
-
-fn endpoint_of(c: &TwoNode, node: usize, peer_key: &str) -> String {
-    let o = c.wg(node, &["show", "podguard0", "endpoints"]);
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .find(|l| l.starts_with(peer_key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("")
-        .to_string()
-}
 
 #[test]
 fn replayed_initiations_under_load_never_move_the_endpoint() {
@@ -61,20 +26,9 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
     let (key_a, key_b) = (c.nodes[0].public_key.clone(), c.nodes[1].public_key.clone());
     let (pa, b4) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ip4());
 
-    // Record a genuine initiation A -> B: drop A's session, ping again.
-    let cap = start_capture(&mut c.n, &ul, "br0", "init");
-    let o = c.wg(0, &["set", "podguard0", "peer", &key_b, "remove"]);
-    assert!(o.status.success());
-    wait_for("a new handshake A -> B", Duration::from_secs(15), || {
-        pings(&pa, &b4)
-    });
-    let pcap = cap.stop(&mut c.n);
-    let init = udp_payloads(&pcap)
-        .into_iter()
-        .find(|(_, to, p)| to.port() == 51820 && p.len() == 148 && p[0] == 1)
-        .map(|(_, _, p)| p)
-        .expect("a captured handshake initiation");
-    assert_eq!(endpoint_of(&c, 1, &key_a), "192.0.2.1:51820");
+    // Record a genuine initiation A -> B.
+    let init = capture_initiation(&mut c);
+    assert_eq!(c.endpoint(1, &key_a), "192.0.2.1:51820");
 
     // The attacker replays it from its own address, 300 per second for
     // 2 s: far above the 100 per second that puts the device under load.
@@ -88,7 +42,7 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
         }
     });
     assert_eq!(
-        endpoint_of(&c, 1, &key_a),
+        c.endpoint(1, &key_a),
         "192.0.2.1:51820",
         "the replayed initiation moved node B's endpoint for node A"
     );
@@ -116,7 +70,7 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
         0,
         "B still under load after the flood"
     );
-    assert_eq!(endpoint_of(&c, 1, &key_a), "192.0.2.1:51820");
+    assert_eq!(c.endpoint(1, &key_a), "192.0.2.1:51820");
 
     // A fresh session accepts an initiation of any age (its replay check
     // starts at zero): after B's agent restarts, one replay of the old
@@ -128,7 +82,7 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
     wait_for(
         "B to configure peer A again",
         Duration::from_secs(20),
-        || endpoint_of(&c, 1, &key_a) == "192.0.2.1:51820",
+        || c.endpoint(1, &key_a) == "192.0.2.1:51820",
     );
     in_netns(&evil, || {
         let s = UdpSocket::bind("192.0.2.66:40001").unwrap();
@@ -136,7 +90,7 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        endpoint_of(&c, 1, &key_a),
+        c.endpoint(1, &key_a),
         "192.0.2.1:51820",
         "a replayed initiation on a fresh session moved the endpoint"
     );

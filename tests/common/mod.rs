@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod kubelab;
 pub mod lab;
+pub mod pcap;
 pub mod runtime;
 pub mod twonode;
 
@@ -234,6 +235,18 @@ pub struct Capture {
 
 /// Start tcpdump on `iface` in `ns`; returns once it is listening.
 pub fn start_capture(n: &mut Netns, ns: &str, iface: &str, name: &str) -> Capture {
+    start_capture_with(n, ns, iface, name, &[])
+}
+
+/// Start tcpdump on `iface` in `ns`, keeping only what `filter` (a tcpdump
+/// expression, word by word) matches.
+pub fn start_capture_with(
+    n: &mut Netns,
+    ns: &str,
+    iface: &str,
+    name: &str,
+    filter: &[&str],
+) -> Capture {
     let file = n.path(&format!("{name}.pcap"));
     let err = n.path(&format!("{name}.err"));
     let label = format!("tcpdump-{name}");
@@ -257,6 +270,7 @@ pub fn start_capture(n: &mut Netns, ns: &str, iface: &str, name: &str) -> Captur
                 "-w",
             ])
             .arg(&file)
+            .args(filter)
             .stdout(Stdio::null())
             .stderr(File::create(&err).unwrap()),
     );

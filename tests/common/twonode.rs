@@ -207,6 +207,17 @@ impl TwoNode {
         self.node_cmd(i, &full).output().unwrap()
     }
 
+    /// The endpoint node `i` has for the peer with `peer_key` ("" if none).
+    pub fn endpoint(&self, i: usize, peer_key: &str) -> String {
+        let o = self.wg(i, &["show", "podguard0", "endpoints"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with(peer_key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("")
+            .to_string()
+    }
+
     pub fn start_agent(&mut self, i: usize) {
         self.start_agent_with(i, &[]);
     }

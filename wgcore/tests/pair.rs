@@ -328,5 +328,8 @@ fn each_handshake_counts_once_towards_the_load() {
     }
     net.drive();
     assert_eq!(net.drop_count(1, "under_load"), 0);
-    assert!(net.unclaimed.iter().all(|w| w.bytes[0] != 3), "a cookie below the limit");
+    assert!(
+        net.unclaimed.iter().all(|w| w.bytes[0] != 3),
+        "a cookie below the limit"
+    );
 }
