@@ -195,6 +195,15 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     }
 }
 
+/// Run `ip -n ns -batch` on `lines`.
+fn ip_batch(ns: &str, lines: &str) -> anyhow::Result<()> {
+    let file = dir().join(format!("batch-{ns}"));
+    std::fs::write(&file, lines)?;
+    run(&["ip", "-n", ns, "-batch", file.to_str().unwrap_or_default()])?;
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
 fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     std::fs::create_dir_all(dir())?;
     std::fs::write(dir().join("underlay"), &spec.underlay)?;
@@ -206,7 +215,10 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
         plan::underlay_net(&spec.underlay)
     ));
     netns_add(&ul)?;
-    run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+    let api_mac = plan::underlay_mac(plan::API_HOST);
+    run(&[
+        "ip", "-n", &ul, "link", "add", "br0", "address", &api_mac, "type", "bridge",
+    ])?;
     run(&[
         "ip",
         "-n",
@@ -254,10 +266,24 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     for n in &nodes {
         netns_add(&n.netns)?;
         let ulif = format!("ul-{}", n.name);
+        let mac = plan::underlay_mac(n.index);
         run(&[
-            "ip", "-n", &ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0", "netns",
-            &n.netns,
+            "ip", "-n", &ul, "link", "add", &ulif, "type", "veth", "peer", "name", "eth0",
+            "address", &mac, "netns", &n.netns,
         ])?;
+        // No ARP on the underlay (see plan::underlay_neighbours).
+        let count = nodes.len() as u8;
+        ip_batch(
+            &n.netns,
+            &plan::underlay_neighbours(&spec.underlay, count, n.index, "eth0"),
+        )?;
+        ip_batch(
+            &ul,
+            &format!(
+                "neigh replace {} lladdr {mac} dev br0 nud permanent\n",
+                n.underlay_ip
+            ),
+        )?;
         run(&["ip", "-n", &ul, "link", "set", &ulif, "master", "br0", "up"])?;
         run(&[
             "ip",

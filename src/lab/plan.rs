@@ -22,9 +22,40 @@ pub fn underlay_net(prefix: &str) -> String {
     format!("{prefix}.0/24")
 }
 
+/// Host number of the API server (and the underlay bridge) on the underlay.
+pub const API_HOST: u8 = 254;
+
+/// The fixed MAC of underlay host `host` (a node's index, or [`API_HOST`]).
+pub fn underlay_mac(host: u8) -> String {
+    format!("02:70:67:00:00:{host:02x}")
+}
+
+/// The permanent neighbour entries host `me` of the underlay gets: every
+/// other host of the lab (the nodes 1..=`nodes` and the API server), as
+/// `ip -batch` lines for device `dev`.
+///
+/// Why: the kernel's neighbour table is shared by all namespaces, and ARP
+/// entries beyond `gc_thresh3` (1024 by default, a root-namespace setting
+/// the lab must not touch) fail to be created in *every* namespace — a
+/// 50-node lab (2,500 underlay pairs) made the machine's own gateway
+/// unreachable and its DNS fail. Permanent entries are not counted
+/// against that limit, and with them no node ever ARPs on the underlay.
+pub fn underlay_neighbours(prefix: &str, nodes: u8, me: u8, dev: &str) -> String {
+    (1..=nodes)
+        .chain(std::iter::once(API_HOST))
+        .filter(|&h| h != me)
+        .map(|h| {
+            format!(
+                "neigh replace {prefix}.{h} lladdr {} dev {dev} nud permanent\n",
+                underlay_mac(h)
+            )
+        })
+        .collect()
+}
+
 /// Address of the embedded API server on underlay `prefix`.
 pub fn api_addr(prefix: &str) -> String {
-    format!("{prefix}.254:6443")
+    format!("{prefix}.{API_HOST}:6443")
 }
 
 /// The first of `routes` (the root namespace's destinations, the default
@@ -230,6 +261,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--pods-per-node 51")
+        );
+    }
+
+    #[test]
+    fn underlay_neighbours_cover_every_other_host_permanently() {
+        let lines = super::underlay_neighbours("198.18.0", 3, 2, "eth0");
+        assert_eq!(
+            lines,
+            "neigh replace 198.18.0.1 lladdr 02:70:67:00:00:01 dev eth0 nud permanent\n\
+             neigh replace 198.18.0.3 lladdr 02:70:67:00:00:03 dev eth0 nud permanent\n\
+             neigh replace 198.18.0.254 lladdr 02:70:67:00:00:fe dev eth0 nud permanent\n"
         );
     }
 }

@@ -52,6 +52,11 @@ impl TwoNode {
     /// Build the topology, start both agents, attach the pods, and wait
     /// until pod A reaches pod B.
     pub fn up(tag: &str) -> Self {
+        Self::up_with(tag, [&[], &[]])
+    }
+
+    /// As [`TwoNode::up`], starting node `i`'s agent with `extra[i]`.
+    pub fn up_with(tag: &str, extra: [&[&str]; 2]) -> Self {
         std::fs::create_dir_all("/run/wireguard").unwrap();
         let mut n = Netns::new(tag);
         let ul = n.underlay(None);
@@ -99,8 +104,8 @@ impl TwoNode {
             nodes_file,
         };
         c.write_nodes(|_, _| {});
-        c.start_agent(0);
-        c.start_agent(1);
+        c.start_agent_with(0, extra[0]);
+        c.start_agent_with(1, extra[1]);
         for i in 0..2 {
             let ns = c.nodes[i].ns.clone();
             wait_for("cbr0 to exist", Duration::from_secs(20), || {
@@ -245,6 +250,25 @@ impl TwoNode {
         let mut cmd = self.node_cmd(i, &args);
         let (label, log) = (format!("agent-{}", node.name), node.log.clone());
         self.n.spawn_logged(&label, &mut cmd, &log);
+    }
+
+    /// The kind of node `i`'s `podguard0` (`wireguard`, `tun`), "" if none.
+    pub fn link_kind(&self, i: usize) -> String {
+        let o = run(&[
+            "ip",
+            "-n",
+            &self.nodes[i].ns,
+            "-d",
+            "link",
+            "show",
+            "podguard0",
+        ]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        ["wireguard", "tun"]
+            .iter()
+            .find(|k| text.lines().any(|l| l.trim_start().starts_with(*k)))
+            .map(|k| k.to_string())
+            .unwrap_or_default()
     }
 
     /// kill -9 node `i`'s agent (the process that owns its device).
