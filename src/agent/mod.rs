@@ -122,18 +122,39 @@ pub fn start_device(
             use defguard_wireguard_rs::WireguardInterfaceApi as _;
             use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi};
             let mut api = WGApi::<Kernel>::new(mesh::WG_IFNAME)?;
-            // An existing interface keeps its peers (restart adopts it).
-            if api.read_interface_data().is_err() {
-                api.create_interface()?;
-                api.configure_interface(&InterfaceConfiguration {
-                    name: mesh::WG_IFNAME.into(),
-                    prvkey: key.to_base64().to_string(),
-                    addresses: vec![],
-                    port: listen_port,
-                    peers: vec![],
-                    mtu: None,
-                    fwmark: None,
-                })?;
+            let config = InterfaceConfiguration {
+                name: mesh::WG_IFNAME.into(),
+                prvkey: key.to_base64().to_string(),
+                addresses: vec![],
+                port: listen_port,
+                peers: vec![],
+                mtu: None,
+                fwmark: None,
+            };
+            match api.read_interface_data() {
+                // An existing interface keeps its peers and sessions
+                // (restart adopts it) if it runs with the key file's key
+                // and the listen port asked for.
+                Ok(host) => {
+                    // Compared by public key: the kernel clamps the
+                    // private key it is given, so its bytes read back differ.
+                    let same_key = host.private_key.as_ref().is_some_and(|k| {
+                        PrivateKey::from_bytes(k.as_array()).public_key() == key.public_key()
+                    });
+                    if !same_key || host.listen_port != listen_port {
+                        tracing::warn!(
+                            key_changed = !same_key,
+                            port = host.listen_port,
+                            want_port = listen_port,
+                            "the kernel device runs with another key or port than configured; applying the key file and port (peers re-handshake)"
+                        );
+                        api.configure_interface(&config)?;
+                    }
+                }
+                Err(_) => {
+                    api.create_interface()?;
+                    api.configure_interface(&config)?;
+                }
             }
             tracing::info!("kernel WireGuard device up");
         }

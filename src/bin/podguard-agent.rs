@@ -80,6 +80,17 @@ fn main() -> anyhow::Result<()> {
         };
         let backend = select_backend(args.backend, kernel)?;
         tracing::info!(?backend, "WireGuard backend selected");
+        if let Some(link) = nl.link(mesh::WG_IFNAME).await?
+            && podguard::wireguard::stale_link(backend, link.kind.as_deref())
+        {
+            tracing::warn!(
+                kind = link.kind.as_deref().unwrap_or("unknown"),
+                ?backend,
+                "replacing {} (a link of another kind, left by the other backend)",
+                mesh::WG_IFNAME
+            );
+            nl.delete_link(mesh::WG_IFNAME).await?;
+        }
         let (wg, device) = start_device(backend, &key, args.listen_port)?;
         if let (Some(d), Some(extra)) = (&device, &extra_key) {
             d.set_keys(&key, Some(extra));

@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -29,6 +31,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// Index of the bridge it is enslaved to.
     pub controller: Option<u32>,
+    /// The link's kind (`wireguard`, `tun`, `veth`, `bridge`…), if it has one.
+    pub kind: Option<String>,
 }
 
 fn mac(bytes: &[u8]) -> String {
@@ -55,6 +59,7 @@ impl Netlink {
                 mtu: 0,
                 up: m.header.flags.contains(LinkFlags::Up),
                 controller: None,
+                kind: None,
             };
             for a in &m.attributes {
                 match a {
@@ -62,6 +67,12 @@ impl Netlink {
                     LinkAttribute::Address(b) => info.mac = mac(b),
                     LinkAttribute::Mtu(v) => info.mtu = *v,
                     LinkAttribute::Controller(c) => info.controller = Some(*c),
+                    LinkAttribute::LinkInfo(infos) => {
+                        info.kind = infos.iter().find_map(|i| match i {
+                            NlLinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        });
+                    }
                     _ => {}
                 }
             }

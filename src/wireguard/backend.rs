@@ -52,6 +52,19 @@ pub fn select_backend(
     }
 }
 
+/// Whether an existing `podguard0` of link kind `kind` must be deleted
+/// before `backend` can run it: a TUN left by the userspace device when the
+/// kernel path starts, or a `wireguard` link when the userspace device
+/// starts (a node whose kernel gained the module, or `--backend` changed).
+/// Adopting it would fail and crash-loop the agent.
+pub fn stale_link(backend: Backend, kind: Option<&str>) -> bool {
+    let want = match backend {
+        Backend::Kernel => "wireguard",
+        Backend::Userspace => "tun",
+    };
+    kind != Some(want)
+}
+
 fn mask(net: &IpNet) -> IpAddrMask {
     IpAddrMask::new(net.network(), net.prefix_len())
 }
@@ -184,6 +197,15 @@ mod tests {
         assert_eq!(select_backend(Kernel, true), Ok(Backend::Kernel));
         let e = select_backend(Kernel, false).unwrap_err();
         assert!(e.to_string().contains("--backend kernel"));
+    }
+
+    #[test]
+    fn a_link_of_the_other_kind_is_replaced() {
+        assert!(stale_link(Backend::Kernel, Some("tun")));
+        assert!(stale_link(Backend::Userspace, Some("wireguard")));
+        assert!(stale_link(Backend::Kernel, None));
+        assert!(!stale_link(Backend::Kernel, Some("wireguard")));
+        assert!(!stale_link(Backend::Userspace, Some("tun")));
     }
 
     #[test]

@@ -12,4 +12,4 @@ mod udp_rx;
 
 pub use wgcore::uapi;
 
-pub use backend::{Backend, BackendChoice, SelectError, select_backend};
+pub use backend::{Backend, BackendChoice, SelectError, select_backend, stale_link};
