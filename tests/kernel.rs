@@ -231,3 +231,21 @@ fn in_vm_switching_backends_replaces_the_link_and_mixed_clusters_talk() {
         c.log(0)
     );
 }
+
+#[test]
+#[ignore = "runs inside the VM: kernel_wireguard_in_a_vm"]
+fn in_vm_a_deleted_device_is_recreated_in_place() {
+    vm_only("in_vm_a_deleted_device_is_recreated_in_place");
+    let c = TwoNode::up_with("kd", kernel());
+    pods_talk(&c);
+    ok(&["ip", "-n", &c.nodes[0].ns, "link", "del", "podguard0"]);
+    wait_for("podguard0 to be recreated", Duration::from_secs(30), || {
+        c.link_kind(0) == "wireguard"
+    });
+    pods_talk(&c);
+    assert_eq!(device_key(&c, 0), c.nodes[0].public_key);
+    assert!(
+        c.log(0)
+            .contains("WireGuard interface was deleted; recreated")
+    );
+}

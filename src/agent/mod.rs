@@ -100,6 +100,9 @@ pub struct Agent {
     /// Woken by netlink events that remove podguard state (routes, cbr0's
     /// addresses, podguard0/cbr0): reconcile at once.
     repair: std::sync::Arc<tokio::sync::Notify>,
+    /// Kernel path: the key file and port to recreate `podguard0` from
+    /// when it was deleted under us.
+    kernel: Option<(PathBuf, u16)>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -179,7 +182,15 @@ impl Agent {
             device: None,
             last_ignored: BTreeMap::new(),
             repair: std::sync::Arc::new(tokio::sync::Notify::new()),
+            kernel: None,
         }
+    }
+
+    /// Kernel path: recreate a deleted `podguard0` from `key_file` (the
+    /// current key, also after a rotation) on `listen_port`.
+    pub fn with_kernel_recreate(mut self, key_file: PathBuf, listen_port: u16) -> Self {
+        self.kernel = Some((key_file, listen_port));
+        self
     }
 
     /// What wakes a repair (hand it to `netlink::watch::spawn`).
@@ -212,6 +223,21 @@ impl Agent {
             // place; peers and sessions stay, routes come back below.
             dev.recreate_tun()
                 .map_err(|e| ReconcileError::Device(e.to_string()))?;
+            tracing::warn!(
+                ifname = mesh::WG_IFNAME,
+                "WireGuard interface was deleted; recreated"
+            );
+        }
+        if let Some((key_file, port)) = &self.kernel
+            && self.nl.link_index(mesh::WG_IFNAME).await?.is_none()
+        {
+            // Deleted under us: a new wireguard link with the current key;
+            // peers and routes come back below (peers re-handshake).
+            let key = keys::store::load(key_file).map_err(|e| {
+                ReconcileError::Device(format!("loading {}: {e}", key_file.display()))
+            })?;
+            start_device(Backend::Kernel, &key, *port)
+                .map_err(|e| ReconcileError::Device(format!("{e:#}")))?;
             tracing::warn!(
                 ifname = mesh::WG_IFNAME,
                 "WireGuard interface was deleted; recreated"

@@ -125,7 +125,10 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
         let node_name = cfg.node_name.clone();
-        let agent = Agent::new(cfg, &key, wg, nl).with_device(device);
+        let mut agent = Agent::new(cfg, &key, wg, nl).with_device(device);
+        if backend == podguard::wireguard::Backend::Kernel {
+            agent = agent.with_kernel_recreate(args.key_file.clone(), args.listen_port);
+        }
         netlink::watch::spawn(agent.repair_trigger())
             .context("subscribing to netlink events (route, address and link removals)")?;
         let source = async {
