@@ -266,6 +266,11 @@ fn transport(
     problems: &BTreeMap<String, String>,
     status: &BTreeMap<String, Agreement>,
 ) -> Transport {
+    // Same node first: traffic between two pods of one node never reaches
+    // the underlay, host network or not (it was reported as plaintext).
+    if src.node.is_some() && src.node == dst.node {
+        return Transport::Local;
+    }
     if src.host_network || dst.host_network {
         return Transport::NotCovered;
     }
@@ -444,6 +449,9 @@ mod tests {
             t("a/p1", "kube-system/exporter"),
             Some(Transport::NotCovered)
         );
+        // A host-network pod and a pod of the same node: never on the wire.
+        assert_eq!(t("b/p2", "kube-system/exporter"), Some(Transport::Local));
+        assert_eq!(t("kube-system/exporter", "b/p2"), Some(Transport::Local));
         assert!(!r.ok);
         assert_eq!(r.findings[0].severity, Severity::High);
         assert!(r.findings.iter().any(|f| f.subject == "node n3"));
