@@ -18,12 +18,43 @@ use crate::wireguard::BackendChoice;
 /// CIDR into `podguard0` with an `unreachable` backstop, so pod traffic is
 /// encrypted or dropped, never sent in plaintext. It then reconciles peers
 /// and routes with the node list.
+/// How the agent writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A log level or filter, checked when the flag is parsed.
+pub fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| {
+            format!(
+                "{e}; give a level (error, warn, info, debug, trace) or a RUST_LOG-style filter"
+            )
+        })
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "podguard-agent", version, about, long_about)]
 pub struct Args {
     /// This node's name (in a DaemonSet: the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
+
+    /// Log format: `text` for people, `json` (one object per line) for log
+    /// pipelines.
+    #[arg(long, env = "PODGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a filter
+    /// in RUST_LOG syntax (e.g. `info,podguard::agent=debug`). RUST_LOG,
+    /// when set, wins.
+    #[arg(long, env = "PODGUARD_LOG_LEVEL", default_value = "info", value_parser = parse_log_filter)]
+    pub log_level: String,
 
     /// Read the node list from this JSON or YAML file instead of the
     /// Kubernetes API (a list of {name, podCIDRs, endpoint, publicKey,

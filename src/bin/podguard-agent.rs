@@ -12,14 +12,24 @@ use podguard::wireguard::{BackendChoice, select_backend};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,defguard_wireguard_rs=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // A bare level keeps defguard's per-call chatter out of info logs.
+        let quiet = if args.log_level.contains(['=', ',']) {
+            ""
+        } else {
+            ",defguard_wireguard_rs=warn"
+        };
+        tracing_subscriber::EnvFilter::new(format!("{}{quiet}", args.log_level))
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        podguard::agent::cli::LogFormat::Json => logs.json().init(),
+        podguard::agent::cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 
     if args.print_public_key {
         // Read-only: never take rotation steps for a query.

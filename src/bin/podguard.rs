@@ -37,9 +37,11 @@ enum Command {
         /// podguard.dev/mesh-digest agrees) and print the result.
         #[arg(long)]
         wait: bool,
-        /// Give up waiting for one node after this long (e.g. 90s, 5m).
-        #[arg(long, default_value = "5m", value_parser = podguard::agent::cli::parse_duration)]
-        timeout: std::time::Duration,
+        /// Give up waiting for one node after this long (e.g. 90s, 5m;
+        /// default 5m). Only with --wait or --all: without them nothing
+        /// waits, so a timeout is an error rather than silently ignored.
+        #[arg(long, value_parser = podguard::agent::cli::parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -186,6 +188,16 @@ fn main() -> anyhow::Result<()> {
             lab,
         } => {
             use podguard::k8s::ops;
+            if timeout.is_some() && !wait && !all {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--timeout needs --wait (or --all): without them `rotate` does not wait, so there is nothing to time out",
+                    )
+                    .exit();
+            }
+            let timeout = timeout.unwrap_or(std::time::Duration::from_secs(300));
             let results = ops::with_client(target(lab), |client| async move {
                 let names = match node {
                     Some(n) => vec![n],

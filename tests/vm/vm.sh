@@ -92,15 +92,17 @@ o=trans=virtio,version=9p2000.L,msize=262144
 mount -t 9p -o $o,ro usr /usr || { echo "vm: no /usr"; poweroff -f; }
 mount -t 9p -o $o,ro mods /usr/lib/modules
 mount -t 9p -o $o out /out
-work=$(cat /out/workdir)
-/usr/bin/mkdir -p "$work" 2>/dev/null || mkdir -p "$work"
-mount -t 9p -o $o,ro work "$work"
-mount -t 9p -o $o target "$work/target"
+# The scratch file systems first, the checkout on top: a checkout under
+# /tmp (a CI clone) must not be hidden by the tmpfs.
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /root
 mkdir -p /var/lib /dev/pts /dev/shm /dev/net
 mount -t tmpfs tmpfs /var/lib
+work=$(cat /out/workdir)
+mkdir -p "$work"
+mount -t 9p -o $o,ro work "$work" || echo "vm: cannot mount the checkout at $work"
+mount -t 9p -o $o target "$work/target"
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
