@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::lab::{exclusive, podguard};
+use common::lab::{podguard, up_nodes};
 use common::*;
 
 const NODES: usize = 50;
@@ -48,22 +48,7 @@ fn fifty_nodes_stay_fully_connected_past_two_rekeys() {
     if !require_root("fifty_nodes_stay_fully_connected_past_two_rekeys") {
         return;
     }
-    let _guard = exclusive();
-    let n = NODES.to_string();
-    let up = podguard(&[
-        "lab",
-        "up",
-        "--nodes",
-        &n,
-        "--pods-per-node",
-        "1",
-        "--ipv4-only",
-    ]);
-    assert!(
-        up.status.success(),
-        "lab up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let _guard = up_nodes(NODES);
     std::thread::sleep(IDLE);
 
     // Idle CPU of every agent over 10 s.

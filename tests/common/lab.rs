@@ -62,12 +62,19 @@ pub fn refuse_foreign() -> Result<(), String> {
 
 /// A fresh lab of 3 nodes with 1 pod each, IPv4 only; gone when the guard drops.
 pub fn up_small() -> Down {
+    up_nodes(3)
+}
+
+/// A fresh lab of `nodes` nodes with 1 pod each, IPv4 only; gone when the
+/// guard drops.
+pub fn up_nodes(nodes: usize) -> Down {
     let guard = exclusive();
+    let n = nodes.to_string();
     let up = podguard(&[
         "lab",
         "up",
         "--nodes",
-        "3",
+        &n,
         "--pods-per-node",
         "1",
         "--ipv4-only",

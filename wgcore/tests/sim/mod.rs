@@ -120,21 +120,8 @@ impl Net {
             link_up: true,
         };
         for i in 0..n {
-            let peers = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| {
-                    let o = &net.nodes[j];
-                    peer_update(o.key.public_key(), o.addr, o.pods)
-                })
-                .collect();
-            let req = SetRequest {
-                peers,
-                ..SetRequest::default()
-            };
-            net.nodes[i]
-                .core
-                .apply(req, start)
-                .expect("configure peers");
+            let core = &net.nodes[i].core;
+            core.apply(net.peers_of(i), start).expect("configure peers");
         }
         net.collect_all();
         net
@@ -146,6 +133,14 @@ impl Net {
     pub fn restart(&mut self, i: usize, keys: &[&PrivateKey]) {
         let core = Core::new(51820, self.now);
         core.set_keys(keys[0], keys.get(1).copied(), self.now);
+        core.apply(self.peers_of(i), self.now)
+            .expect("configure peers");
+        self.nodes[i].core = core;
+        self.collect(i);
+    }
+
+    /// Every other node as a peer of node `i`.
+    fn peers_of(&self, i: usize) -> SetRequest {
         let peers = (0..self.nodes.len())
             .filter(|&j| j != i)
             .map(|j| {
@@ -153,13 +148,10 @@ impl Net {
                 peer_update(o.key.public_key(), o.addr, o.pods)
             })
             .collect();
-        let req = SetRequest {
+        SetRequest {
             peers,
             ..SetRequest::default()
-        };
-        core.apply(req, self.now).expect("configure peers");
-        self.nodes[i].core = core;
-        self.collect(i);
+        }
     }
 
     /// Simulated time since the start.
