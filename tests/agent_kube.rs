@@ -1,5 +1,8 @@
-//! The agent on the (lab) Kubernetes API, with real agents in network
-//! namespaces and pods attached by the real CNI plugin.
+//! The agent on the Kubernetes API, with real agents in network namespaces
+//! and pods attached by the real CNI plugin. Every scenario runs twice:
+//! against the embedded API server (`::embedded`) and against the real
+//! control plane with the shipped manifests applied and each agent on its
+//! own bound ServiceAccount token (`::real`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,36 +12,66 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::kubelab::KubeLab;
+use common::kubelab::{Kube, KubeLab, require_real_kube};
 use common::*;
 use serde_json::json;
 
-#[test]
-fn keys_published_mesh_converges_and_follows_nodes() {
-    if !require_root("keys_published_mesh_converges_and_follows_nodes") {
-        return;
-    }
-    let mut lab = KubeLab::new("km");
+/// `name::embedded` and `name::real` for scenario `fn name(Kube)`.
+macro_rules! on_both_api_servers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn embedded() {
+                if require_root(concat!(stringify!($name), "::embedded")) {
+                    super::$name(Kube::Embedded);
+                }
+            }
+            #[test]
+            fn real() {
+                let name = concat!(stringify!($name), "::real");
+                if require_root(name) && require_real_kube(name) {
+                    super::$name(Kube::Real);
+                }
+            }
+        }
+    )*};
+}
+
+on_both_api_servers!(
+    keys_published_mesh_converges_and_follows_nodes,
+    api_outage_keeps_traffic_and_agents_catch_up,
+    agent_restart_keeps_key_and_tcp_stream,
+    rotation_resumes_after_kill_9_and_waits_for_an_absent_peer,
+    scheduled_rotation_rotates_by_itself,
+);
+
+fn keys_published_mesh_converges_and_follows_nodes(kube: Kube) {
+    let mut lab = KubeLab::with("km", kube);
     let a = lab.add_node("a", 1);
     // b starts before the controller manager gave it a podCIDR: it waits.
+    // (The real controller manager allocates at once: there the agent
+    // takes what node IPAM gave the Node.)
     let b = lab.add_node_with("b", 2, false);
-    wait_for(
-        "b to say it waits for podCIDRs",
-        Duration::from_secs(15),
-        || {
-            lab.log(b)
-                .contains("waiting for this Node to exist and have spec.podCIDRs")
-        },
-    );
-    assert!(
-        !lab.nodes[b].state_file.exists(),
-        "no node state before podCIDRs"
-    );
-    lab.api(
-        "PATCH",
-        "/api/v1/nodes/b",
-        Some(&json!({"spec": {"podCIDRs": KubeLab::pod_cidrs(2)}})),
-    );
+    if !lab.is_real() {
+        wait_for(
+            "b to say it waits for podCIDRs",
+            Duration::from_secs(15),
+            || {
+                lab.log(b)
+                    .contains("waiting for this Node to exist and have spec.podCIDRs")
+            },
+        );
+        assert!(
+            !lab.nodes[b].state_file.exists(),
+            "no node state before podCIDRs"
+        );
+        lab.api(
+            "PATCH",
+            "/api/v1/nodes/b",
+            Some(&json!({"spec": {"podCIDRs": KubeLab::pod_cidrs(2)}})),
+        );
+    }
     // Each agent publishes its own key and endpoint.
     for i in [a, b] {
         let name = lab.nodes[i].name.clone();
@@ -138,6 +171,28 @@ fn keys_published_mesh_converges_and_follows_nodes() {
     wait_for("pod a -> pod b again", Duration::from_secs(20), || {
         pings(&pa, &ipb)
     });
+    // It returns: the same Event about b again, recorded as a series (a
+    // patch of the first), then it goes for good.
+    lab.create_node(
+        "d",
+        4,
+        json!({"podguard.dev/public-key": kb, "podguard.dev/endpoint": "192.0.2.4:51820"}),
+    );
+    wait_for(
+        "the PeerRejected event for b to become a series",
+        Duration::from_secs(20),
+        || {
+            lab.events().iter().any(|e| {
+                e["reason"] == "PeerRejected"
+                    && e["regarding"]["name"] == "b"
+                    && e["series"]["count"].as_u64() >= Some(2)
+            })
+        },
+    );
+    lab.api("DELETE", "/api/v1/nodes/d", None);
+    wait_for("pod a -> pod b once more", Duration::from_secs(20), || {
+        pings(&pa, &ipb)
+    });
 
     // A node is deleted: its peer disappears.
     let kc = lab.public_key(c);
@@ -148,14 +203,30 @@ fn keys_published_mesh_converges_and_follows_nodes() {
         !lab.wg_peers(a).contains(&kc)
     });
     assert!(!pings(&pa, &ipc));
+
+    if lab.is_real() {
+        // The pods got their addresses from the podCIDRs node IPAM gave.
+        let cidrs = lab.node_pod_cidrs("a");
+        let net: ipnet::IpNet = cidrs[0].parse().unwrap();
+        assert!(
+            net.contains(&lab.nodes[a].pod_ips[0].parse::<std::net::IpAddr>().unwrap()),
+            "pod a's address is not from a's podCIDR {cidrs:?}"
+        );
+        // Every grant has its moment: the heartbeat is renewed (an update
+        // of the Lease) within a quarter of --lease-duration.
+        wait_for("a heartbeat renewal", Duration::from_secs(30), || {
+            common::rbac::used(&lab).0.contains(&(
+                "coordination.k8s.io".into(),
+                "leases".into(),
+                "update".into(),
+            ))
+        });
+        common::rbac::assert_least_privilege(&lab);
+    }
 }
 
-#[test]
-fn api_outage_keeps_traffic_and_agents_catch_up() {
-    if !require_root("api_outage_keeps_traffic_and_agents_catch_up") {
-        return;
-    }
-    let (mut lab, a, b) = KubeLab::connected_pair("ko");
+fn api_outage_keeps_traffic_and_agents_catch_up(kube: Kube) {
+    let (mut lab, a, b) = KubeLab::connected_pair("ko", kube);
     let (pa, _) = lab.pod(a);
     let (_, ipb) = lab.pod(b);
     let kb = lab.public_key(b);
@@ -199,12 +270,8 @@ fn api_outage_keeps_traffic_and_agents_catch_up() {
     assert!(pings(&pa, &ipb));
 }
 
-#[test]
-fn agent_restart_keeps_key_and_tcp_stream() {
-    if !require_root("agent_restart_keeps_key_and_tcp_stream") {
-        return;
-    }
-    let (mut lab, a, b) = KubeLab::connected_pair("kr");
+fn agent_restart_keeps_key_and_tcp_stream(kube: Kube) {
+    let (mut lab, a, b) = KubeLab::connected_pair("kr", kube);
     let (pa, _) = lab.pod(a);
     let (pb, ipb) = lab.pod(b);
     let key_before = lab.public_key(a);
@@ -260,12 +327,8 @@ fn agent_restart_keeps_key_and_tcp_stream() {
 /// A rotation interrupted by kill -9 resumes with the key it had staged
 /// (it is not regenerated), waits for an absent peer, and finishes once
 /// the peer is back; traffic flows afterwards.
-#[test]
-fn rotation_resumes_after_kill_9_and_waits_for_an_absent_peer() {
-    if !require_root("rotation_resumes_after_kill_9_and_waits_for_an_absent_peer") {
-        return;
-    }
-    let (mut lab, a, b) = KubeLab::connected_pair("kx");
+fn rotation_resumes_after_kill_9_and_waits_for_an_absent_peer(kube: Kube) {
+    let (mut lab, a, b) = KubeLab::connected_pair("kx", kube);
     let (pa, _) = lab.pod(a);
     let (_, ipb) = lab.pod(b);
     let old = lab.public_key(a);
@@ -339,12 +402,8 @@ fn rotation_resumes_after_kill_9_and_waits_for_an_absent_peer() {
 
 /// `--rotate-every`: an agent rotates its key on schedule, by itself,
 /// again and again, and traffic keeps flowing.
-#[test]
-fn scheduled_rotation_rotates_by_itself() {
-    if !require_root("scheduled_rotation_rotates_by_itself") {
-        return;
-    }
-    let mut lab = KubeLab::new("ks");
+fn scheduled_rotation_rotates_by_itself(kube: Kube) {
+    let mut lab = KubeLab::with("ks", kube);
     let b = lab.add_node("b", 2);
     lab.agent_args = vec!["--rotate-every".into(), "3s".into()];
     let a = lab.add_node("a", 1);

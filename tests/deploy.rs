@@ -73,7 +73,7 @@ fn kustomization_renders_and_validates_against_1_30() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "schema validation failed:\n{out}");
-    assert_eq!(out.matches(" passed for resource ").count(), 9, "{out}");
+    assert_eq!(out.matches(" passed for resource ").count(), 15, "{out}");
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::lab::{podguard, up_small};
+use common::kubelab::require_real_kube;
+use common::lab::{podguard, up_small, up_with};
 use common::*;
 
 fn lab_namespaces() -> Vec<String> {
@@ -118,5 +119,76 @@ fn lab_up_check_down_and_crash_cleanup() {
     assert!(
         leftover.trim().is_empty(),
         "agents left running: {leftover}"
+    );
+}
+
+/// `podguard lab up --kube real`: the same lab on etcd, kube-apiserver and
+/// kube-controller-manager, the shipped manifests applied; podCIDRs from
+/// node IPAM; `lab check`, `status`, `rotate` and kubectl work on it.
+#[test]
+fn lab_on_the_real_control_plane() {
+    let name = "lab_on_the_real_control_plane";
+    if !require_root(name) || !require_real_kube(name) {
+        return;
+    }
+    let _guard = up_with(3, &["--kube", "real"]);
+    let check = podguard(&["lab", "check", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|_| panic!("check output: {}", String::from_utf8_lossy(&check.stdout)));
+    assert!(check.status.success(), "{report:#}");
+    assert_eq!(report["capture"]["plaintext_packets"], 0);
+    assert!(report["capture"]["encrypted_packets"].as_u64().unwrap() > 0);
+
+    // kubectl of the pinned release, with the lab's (admin) kubeconfig: the
+    // Nodes have the podCIDRs the controller manager allocated.
+    let kc = podguard(&["lab", "kubeconfig"]);
+    assert!(kc.status.success());
+    assert!(String::from_utf8_lossy(&kc.stdout).contains("https://"));
+    let kubectl = podguard::lab::kube::bin_dir().join("kubectl");
+    let nodes = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "pglab-ul",
+        kubectl.to_str().unwrap(),
+        "--kubeconfig",
+        "/run/podguard-lab/kubeconfig",
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}",
+    ]);
+    let cidrs: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!(cidrs.len(), 3, "{nodes}");
+    for c in &cidrs {
+        assert!(c.contains("=10.244."), "no podCIDR from node IPAM: {nodes}");
+    }
+
+    let status = podguard(&["status", "--lab", "--output", "json"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let rotate = podguard(&[
+        "rotate",
+        "--lab",
+        "--node",
+        "node-2",
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(
+        rotate.status.success(),
+        "rotate on the real API server: {}{}",
+        String::from_utf8_lossy(&rotate.stdout),
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let check = podguard(&["lab", "check"]);
+    assert!(
+        check.status.success(),
+        "after the rotation: {}",
+        String::from_utf8_lossy(&check.stdout)
     );
 }

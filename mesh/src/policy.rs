@@ -171,10 +171,18 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the policy is of type `t`, defaulted as the API server
+    /// stores it (`SetDefaults_NetworkPolicy`): a missing *or empty*
+    /// `policyTypes` means Ingress, plus Egress when there is at least one
+    /// egress rule (`egress: []` is none). The embedded API server does no
+    /// defaulting, so the audit must, to give the upstream answer.
     fn has_type(&self, t: &str) -> bool {
         match &self.spec.policy_types {
-            Some(ts) => ts.iter().any(|x| x == t),
-            None => t == "Ingress" || (t == "Egress" && self.spec.egress.is_some()),
+            Some(ts) if !ts.is_empty() => ts.iter().any(|x| x == t),
+            _ => {
+                t == "Ingress"
+                    || (t == "Egress" && self.spec.egress.as_ref().is_some_and(|e| !e.is_empty()))
+            }
         }
     }
 }

@@ -185,6 +185,40 @@ fn default_policies() {
     assert!(!c.allowed_any(&a, &b) && !c.allowed_any(&o, &a) && !c.allowed_any(&a, &o));
 }
 
+/// The API server's defaulting of `policyTypes` (the same answers a real
+/// cluster gives; tests/agent_kube.rs reads them back from one).
+#[test]
+fn policy_types_default_as_the_api_server_does() {
+    let a = pod("default", "a", &[("app", "a")], "10.244.1.1");
+    let o = pod("other", "o", &[], "10.244.2.1");
+    // `egress: []` without policyTypes: Ingress only (no egress rule), so
+    // ingress is denied and egress is not isolated.
+    let c = cluster(vec![policy(
+        "default",
+        "empty-egress",
+        json!({"podSelector": {}, "egress": []}),
+    )]);
+    assert!(!c.allowed_any(&o, &a), "ingress isolated");
+    assert!(c.allowed_any(&a, &o), "egress: [] does not isolate egress");
+    // `policyTypes: []` is defaulted like a missing one.
+    let c = cluster(vec![policy(
+        "default",
+        "empty-types",
+        json!({"podSelector": {}, "policyTypes": []}),
+    )]);
+    assert!(!c.allowed_any(&o, &a), "policyTypes: [] means Ingress");
+    assert!(c.allowed_any(&a, &o));
+    // `policyTypes: []` with an egress rule: Ingress and Egress.
+    let c = cluster(vec![policy(
+        "default",
+        "empty-types-egress-rule",
+        json!({"podSelector": {}, "policyTypes": [],
+               "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
+    )]);
+    assert!(!c.allowed_any(&o, &a));
+    assert!(!c.allowed_any(&a, &o), "egress isolated by its rule");
+}
+
 #[test]
 fn and_versus_or_of_selectors() {
     let db = pod("default", "db", &[("role", "db")], "10.244.1.10");

@@ -110,6 +110,19 @@ struct UpArgs {
     /// IPv4 and IPv6 podCIDRs (the default).
     #[arg(long)]
     dual_stack: bool,
+    /// The API server: `embedded` (podguard's own subset, fast, no auth)
+    /// or `real` (etcd, kube-apiserver and kube-controller-manager of the
+    /// pinned release, built by `bash tests/kube/kube.sh setup`; the
+    /// shipped manifests applied, podCIDRs from the controller manager,
+    /// each agent on its own bound ServiceAccount token).
+    #[arg(long, value_enum, default_value_t = KubeArg::Embedded)]
+    kube: KubeArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KubeArg {
+    Embedded,
+    Real,
 }
 
 impl UpArgs {
@@ -119,6 +132,10 @@ impl UpArgs {
             pods_per_node: self.pods_per_node,
             dual_stack: !self.ipv4_only,
             underlay: podguard::lab::plan::DEFAULT_UNDERLAY.into(),
+            kube: match self.kube {
+                KubeArg::Embedded => podguard::lab::plan::KubeMode::Embedded,
+                KubeArg::Real => podguard::lab::plan::KubeMode::Real,
+            },
         }
     }
 }
@@ -148,6 +165,11 @@ enum Lab {
     },
     /// Remove everything a lab created (also after a crash or kill -9).
     Down,
+    /// Print the running lab's kubeconfig (the embedded server: no auth;
+    /// `--kube real`: the cluster admin's token and the lab CA). The API
+    /// server listens inside the lab's underlay namespace, so run kubectl
+    /// there: `sudo ip netns exec pglab-ul kubectl --kubeconfig FILE get nodes`.
+    Kubeconfig,
     /// Serve the lab's embedded Kubernetes API (Nodes and Events) on ADDR.
     /// The lab runs it inside its underlay namespace; plain HTTP, no auth.
     ApiServer {
@@ -303,6 +325,19 @@ fn main() -> anyhow::Result<()> {
             if !report.ok {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Lab(Lab::Kubeconfig) => {
+            let p = std::path::Path::new(cluster::STATE_DIR).join("kubeconfig");
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                anyhow::anyhow!("no lab is up ({}: {e}): run `podguard lab up`", p.display())
+            })?;
+            print!("{text}");
+            eprintln!(
+                "(the API server is reachable inside the lab's underlay: sudo ip netns exec {} kubectl --kubeconfig {} get nodes)",
+                podguard::lab::plan::underlay_netns(),
+                p.display()
+            );
             Ok(())
         }
         Command::Lab(Lab::Down) => {

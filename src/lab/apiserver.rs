@@ -165,6 +165,7 @@ impl ApiServer {
                 "leases",
                 Kind::Lease,
             ))
+            .merge(super::discovery::router())
             .with_state(self)
     }
 

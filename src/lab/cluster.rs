@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::plan::{self, LabSpec, NodePlan};
+use super::plan::{self, KubeMode, LabSpec, NodePlan};
 use super::sys::{self, in_netns, netns_add, run};
 
 /// Where a lab keeps its files (tmpfs, gone at reboot).
@@ -230,33 +230,11 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
         "br0",
     ])?;
     run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
-    let api_state = dir().join("api.json");
-    sys::spawn_in(
-        &ul,
-        &[
-            bins.podguard.to_str().unwrap_or("podguard"),
-            "lab",
-            "api-server",
-            "--listen",
-            &api_addr,
-            "--state",
-            api_state.to_str().unwrap_or_default(),
-        ],
-        &dir().join("api.log"),
-        None,
-        &[],
-    )?;
-    let kubeconfig = dir().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: podguard-lab\n  cluster: {{server: \"http://{}\"}}\ncontexts:\n- name: podguard-lab\n  context: {{cluster: podguard-lab, user: lab}}\ncurrent-context: podguard-lab\nusers:\n- name: lab\n  user: {{}}\n",
-            api_addr
-        ),
-    )?;
-    wait("the API server", Duration::from_secs(10), || {
-        api(&ul, "GET", "/healthz", None).is_ok()
-    })?;
+    let server = match spec.kube {
+        KubeMode::Embedded => start_embedded(bins, &ul, &api_addr)?,
+        KubeMode::Real => start_real(spec, &ul)?,
+    };
+    let kubeconfig = dir().join("kubeconfig").to_string_lossy().into_owned();
 
     let nodes = spec.all_nodes();
     progress(&format!(
@@ -296,12 +274,27 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             "eth0",
         ])?;
         run(&["ip", "-n", &n.netns, "link", "set", "eth0", "up"])?;
-        let body = json!({
-            "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
-            "spec": {"podCIDRs": n.pod_cidrs},
-            "status": {"addresses": [{"type": "InternalIP", "address": n.underlay_ip}, {"type": "Hostname", "address": n.name}]},
-        });
-        api(&ul, "POST", "/api/v1/nodes", Some(&body))?;
+        let mut agent_env = vec![("KUBECONFIG", kubeconfig.clone())];
+        match &server {
+            Server::Embedded => {
+                let body = json!({
+                    "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
+                    "spec": {"podCIDRs": n.pod_cidrs},
+                    "status": {"addresses": [{"type": "InternalIP", "address": n.underlay_ip}, {"type": "Hostname", "address": n.name}]},
+                });
+                api(&ul, "POST", "/api/v1/nodes", Some(&body))?;
+            }
+            Server::Real(cp) => {
+                // As a kubelet registers; node IPAM gives the podCIDRs, and
+                // the agent runs on its own bound ServiceAccount token.
+                cp.register_node(&n.name, &n.underlay_ip, &json!({}))?;
+                let kc = cp.agent_kubeconfig(&n.name)?;
+                agent_env = vec![
+                    ("KUBECONFIG", kc.to_string_lossy().into_owned()),
+                    ("POD_NAMESPACE", super::kube::AGENT_NAMESPACE.into()),
+                ];
+            }
+        }
         let nd = node_dir(n);
         std::fs::create_dir_all(nd.join("wg"))?;
         let key = nd.join("private.key");
@@ -323,7 +316,10 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             ],
             &nd.join("agent.log"),
             Some(&nd.join("wg")),
-            &[("KUBECONFIG", kubeconfig.to_str().unwrap_or_default())],
+            &agent_env
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
         )?;
     }
     progress("waiting for every agent to publish its key and configure its peers");
@@ -341,11 +337,27 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     ));
     let mut pods = Vec::new();
     for ns in plan::NAMESPACES {
-        api(
+        server.call(
             &ul,
             "POST",
             "/api/v1/namespaces",
             Some(&json!({"metadata": {"name": ns, "labels": {"team": ns}}})),
+        )?;
+    }
+    if let Server::Real(cp) = &server {
+        wait(
+            "the namespaces' default ServiceAccounts",
+            Duration::from_secs(30),
+            || {
+                plan::NAMESPACES.iter().all(|ns| {
+                    cp.call(
+                        "GET",
+                        &format!("/api/v1/namespaces/{ns}/serviceaccounts/default"),
+                        None,
+                    )
+                    .is_ok()
+                })
+            },
         )?;
     }
     for n in &nodes {
@@ -354,7 +366,9 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             let ips = cni_add(bins, n, &p.name, &p.netns)?;
             // The Pod object a kubelet would have: what `podguard audit` reads.
             let ns = plan::pod_namespace(n);
-            api(
+            let status = json!({"phase": "Running", "podIP": ips.first(),
+                "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()});
+            server.call(
                 &ul,
                 "POST",
                 &format!("/api/v1/namespaces/{ns}/pods"),
@@ -362,10 +376,18 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
                     "metadata": {"name": p.name, "labels": {"app": p.name, "team": ns}},
                     "spec": {"nodeName": n.name, "containers": [{"name": "echo", "image": "lab",
                         "ports": [{"name": "echo", "containerPort": super::check::ECHO_PORT, "protocol": "TCP"}]}]},
-                    "status": {"phase": "Running", "podIP": ips.first(),
-                        "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()},
+                    "status": status,
                 })),
             )?;
+            if matches!(server, Server::Real(_)) {
+                // A real API server drops the status of a create.
+                server.call(
+                    &ul,
+                    "PATCH",
+                    &format!("/api/v1/namespaces/{ns}/pods/{}/status", p.name),
+                    Some(&json!({"status": status})),
+                )?;
+            }
             pods.push(Pod {
                 name: p.name.clone(),
                 node: n.name.clone(),
@@ -380,6 +402,74 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     };
     std::fs::write(dir().join("state.json"), serde_json::to_vec_pretty(&state)?)?;
     Ok(state)
+}
+
+/// The lab's API server, as `build` talks to it.
+enum Server {
+    /// `podguard lab api-server` in the underlay namespace.
+    Embedded,
+    /// The real control plane.
+    Real(Box<super::kube::ControlPlane>),
+}
+
+impl Server {
+    fn call(
+        &self,
+        ul: &str,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Self::Embedded => api(ul, method, path, body),
+            Self::Real(cp) => cp.call(method, path, body),
+        }
+    }
+}
+
+fn start_embedded(bins: &Binaries, ul: &str, api_addr: &str) -> anyhow::Result<Server> {
+    let api_state = dir().join("api.json");
+    sys::spawn_in(
+        ul,
+        &[
+            bins.podguard.to_str().unwrap_or("podguard"),
+            "lab",
+            "api-server",
+            "--listen",
+            api_addr,
+            "--state",
+            api_state.to_str().unwrap_or_default(),
+        ],
+        &dir().join("api.log"),
+        None,
+        &[],
+    )?;
+    std::fs::write(
+        dir().join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: podguard-lab\n  cluster: {{server: \"http://{api_addr}\"}}\ncontexts:\n- name: podguard-lab\n  context: {{cluster: podguard-lab, user: lab}}\ncurrent-context: podguard-lab\nusers:\n- name: lab\n  user: {{}}\n"
+        ),
+    )?;
+    wait("the API server", Duration::from_secs(10), || {
+        api(ul, "GET", "/healthz", None).is_ok()
+    })?;
+    Ok(Server::Embedded)
+}
+
+/// etcd, kube-apiserver and kube-controller-manager in the underlay, the
+/// shipped manifests applied with kubectl; the lab's kubeconfig is the
+/// cluster admin's.
+fn start_real(spec: &LabSpec, ul: &str) -> anyhow::Result<Server> {
+    let ip = plan::api_addr(&spec.underlay);
+    let ip = ip.split(':').next().unwrap_or_default();
+    progress("the real control plane: etcd, kube-apiserver, kube-controller-manager");
+    let cp = super::kube::ControlPlane::start(ul, &dir().join("kube"), ip, &spec.cluster_cidrs())?;
+    let manifests = dir().join("deploy");
+    super::kube::write_manifests(&manifests)?;
+    progress("kubectl apply -k deploy/ (the shipped manifests)");
+    cp.apply_kustomization(&manifests)?;
+    std::fs::copy(cp.admin_kubeconfig(), dir().join("kubeconfig"))?;
+    Ok(Server::Real(Box::new(cp)))
 }
 
 /// The state of the running lab.

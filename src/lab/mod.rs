@@ -6,5 +6,7 @@
 pub mod apiserver;
 pub mod check;
 pub mod cluster;
+pub mod discovery;
+pub mod kube;
 pub mod plan;
 pub mod sys;

@@ -97,6 +97,21 @@ pub struct LabSpec {
     /// The underlay's first three octets (chosen by `lab up`).
     #[serde(default = "default_underlay")]
     pub underlay: String,
+    /// Which API server the lab runs.
+    #[serde(default)]
+    pub kube: KubeMode,
+}
+
+/// The lab's API server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeMode {
+    /// podguard's embedded subset (fast; no auth, no defaulting).
+    #[default]
+    Embedded,
+    /// etcd, kube-apiserver and kube-controller-manager of the pinned
+    /// release, the shipped manifests applied (see `lab::kube`).
+    Real,
 }
 
 /// Why a spec is refused.
@@ -230,6 +245,7 @@ mod tests {
             pods_per_node: 2,
             dual_stack: true,
             underlay: DEFAULT_UNDERLAY.into(),
+            kube: KubeMode::Embedded,
         };
         s.check().unwrap();
         let n = s.node(3);

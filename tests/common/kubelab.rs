@@ -1,6 +1,7 @@
 //! N nodes in network namespaces running the real agent against the lab's
-//! embedded API server (in the underlay namespace), with pods attached by
-//! the real CNI plugin.
+//! embedded API server, or against the real control plane (etcd,
+//! kube-apiserver, kube-controller-manager: `KubeLab::real`), in the
+//! underlay namespace, with pods attached by the real CNI plugin.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,9 +10,34 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use podguard::lab::kube::ControlPlane;
 use serde_json::{Value, json};
 
 use super::{Netns, dump_logs_on_panic, run, wait_for};
+
+/// Whether the real control plane's binaries are built (tests/kube/kube.sh
+/// setup); without them a `::real` test is skipped, except under CI=true,
+/// where that is a failure.
+pub fn require_real_kube(test: &str) -> bool {
+    let Err(e) = podguard::lab::kube::check_bins(&podguard::lab::kube::bin_dir()) else {
+        return true;
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: {e:#}; under CI=true this is a failure, not a skip");
+    }
+    eprintln!("skipping {test}: {e:#}");
+    false
+}
+
+/// Which API server a lab runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kube {
+    /// The embedded stand-in (`podguard lab api-server`).
+    Embedded,
+    /// etcd + kube-apiserver + kube-controller-manager, with the shipped
+    /// manifests applied and each agent on its ServiceAccount token.
+    Real,
+}
 
 pub const CLUSTER: &str = "10.244.0.0/16,fd00:10:244::/56";
 pub const API: &str = "192.0.2.100:6443";
@@ -27,6 +53,8 @@ pub struct KNode {
     pub state_file: PathBuf,
     pub ipam_dir: PathBuf,
     pub log: PathBuf,
+    /// Real mode: the agent's kubeconfig (its bound ServiceAccount token).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 pub struct KubeLab {
@@ -37,6 +65,8 @@ pub struct KubeLab {
     pub nodes: Vec<KNode>,
     /// Extra arguments for every agent started from now on.
     pub agent_args: Vec<String>,
+    /// The real control plane (`Kube::Real`).
+    pub cp: Option<ControlPlane>,
 }
 
 fn bin(name: &str) -> String {
@@ -48,9 +78,34 @@ fn bin(name: &str) -> String {
 
 impl KubeLab {
     pub fn new(tag: &str) -> Self {
+        Self::with(tag, Kube::Embedded)
+    }
+
+    /// A lab on the real control plane.
+    pub fn real(tag: &str) -> Self {
+        Self::with(tag, Kube::Real)
+    }
+
+    pub fn with(tag: &str, kube: Kube) -> Self {
         std::fs::create_dir_all("/run/wireguard").unwrap();
         let mut n = Netns::new(tag);
         let ul = n.underlay(Some("192.0.2.100/24"));
+        if kube == Kube::Real {
+            let cp = ControlPlane::start(&ul, &n.path("kube"), "192.0.2.100", CLUSTER)
+                .unwrap_or_else(|e| panic!("starting the real control plane: {e:#}"));
+            let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+            cp.apply_kustomization(&deploy)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            return Self {
+                kubeconfig: cp.admin_kubeconfig(),
+                api_state: n.path("unused"),
+                n,
+                ul,
+                nodes: Vec::new(),
+                agent_args: Vec::new(),
+                cp: Some(cp),
+            };
+        }
         let kubeconfig = n.path("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -67,12 +122,21 @@ impl KubeLab {
             api_state,
             nodes: Vec::new(),
             agent_args: Vec::new(),
+            cp: None,
         };
         lab.start_api();
         lab
     }
 
+    pub fn is_real(&self) -> bool {
+        self.cp.is_some()
+    }
+
     pub fn start_api(&mut self) {
+        if let Some(cp) = self.cp.as_mut() {
+            cp.start_apiserver().unwrap_or_else(|e| panic!("{e:#}"));
+            return;
+        }
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -94,13 +158,21 @@ impl KubeLab {
     }
 
     pub fn stop_api(&mut self) {
+        if let Some(cp) = self.cp.as_mut() {
+            cp.stop_apiserver();
+            return;
+        }
         self.n.kill("api");
     }
 
     fn try_api(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
         let body = body.map(|b| b.to_string());
-        let (code, text) =
-            podguard::lab::cluster::http(&self.ul, API, method, path, body.as_deref()).ok()?;
+        let (code, text) = match &self.cp {
+            Some(cp) => cp.request(method, path, body.as_deref(), "admin").ok()?,
+            None => {
+                podguard::lab::cluster::http(&self.ul, API, method, path, body.as_deref()).ok()?
+            }
+        };
         Some((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
@@ -129,6 +201,13 @@ impl KubeLab {
         annotations: Value,
         pod_cidrs: Option<Value>,
     ) {
+        if let Some(cp) = &self.cp {
+            // A kubelet's registration; podCIDRs come from the controller
+            // manager.
+            cp.register_node(name, &format!("192.0.2.{idx}"), &annotations)
+                .unwrap_or_else(|e| panic!("registering node {name}: {e:#}"));
+            return;
+        }
         let mut spec = json!({});
         if let Some(c) = pod_cidrs {
             spec["podCIDRs"] = c;
@@ -143,6 +222,12 @@ impl KubeLab {
             })),
         );
         assert_eq!(code, 201, "creating node {name}: {body}");
+    }
+
+    /// Node `name`'s spec.podCIDRs as the API server has them.
+    pub fn node_pod_cidrs(&self, name: &str) -> Vec<String> {
+        let (_, n) = self.api("GET", &format!("/api/v1/nodes/{name}"), None);
+        serde_json::from_value(n["spec"]["podCIDRs"].clone()).unwrap_or_default()
     }
 
     pub fn annotations(&self, name: &str) -> BTreeMap<String, String> {
@@ -178,6 +263,10 @@ impl KubeLab {
             state_file: dir.join("node.json"),
             ipam_dir: dir.join("ipam"),
             log: dir.join("agent.log"),
+            kubeconfig: self.cp.as_ref().map(|cp| {
+                cp.agent_kubeconfig(name)
+                    .unwrap_or_else(|e| panic!("credentials for {name}'s agent: {e:#}"))
+            }),
         });
         let i = self.nodes.len() - 1;
         // Create the key first, so the test knows it before the agent runs.
@@ -188,8 +277,8 @@ impl KubeLab {
 
     /// Nodes a (index 1) and b (index 2), a pod on each, and pod a
     /// reaching pod b. Returns the lab and the two node indices.
-    pub fn connected_pair(tag: &str) -> (Self, usize, usize) {
-        let mut lab = Self::new(tag);
+    pub fn connected_pair(tag: &str, kube: Kube) -> (Self, usize, usize) {
+        let mut lab = Self::with(tag, kube);
         let a = lab.add_node("a", 1);
         let b = lab.add_node("b", 2);
         lab.attach_pod(a);
@@ -248,7 +337,15 @@ impl KubeLab {
             ],
         );
         cmd.args(&self.agent_args);
-        cmd.env("KUBECONFIG", &self.kubeconfig);
+        match &node.kubeconfig {
+            Some(kc) => {
+                cmd.env("KUBECONFIG", kc);
+                cmd.env("POD_NAMESPACE", podguard::lab::kube::AGENT_NAMESPACE);
+            }
+            None => {
+                cmd.env("KUBECONFIG", &self.kubeconfig);
+            }
+        }
         let (label, log) = (format!("agent-{}", node.name), node.log.clone());
         self.n.spawn_logged(&label, &mut cmd, &log);
     }
@@ -310,7 +407,10 @@ impl KubeLab {
 
 impl Drop for KubeLab {
     fn drop(&mut self) {
-        let api_log = self.n.path("api.log");
+        let api_log = match &self.cp {
+            Some(cp) => cp.dir.join("kube-apiserver.log"),
+            None => self.n.path("api.log"),
+        };
         dump_logs_on_panic(
             self.nodes
                 .iter()

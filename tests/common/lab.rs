@@ -68,9 +68,14 @@ pub fn up_small() -> Down {
 /// A fresh lab of `nodes` nodes with 1 pod each, IPv4 only; gone when the
 /// guard drops.
 pub fn up_nodes(nodes: usize) -> Down {
+    up_with(nodes, &[])
+}
+
+/// Like [`up_nodes`], with more `podguard lab up` arguments.
+pub fn up_with(nodes: usize, extra: &[&str]) -> Down {
     let guard = exclusive();
     let n = nodes.to_string();
-    let up = podguard(&[
+    let mut args = vec![
         "lab",
         "up",
         "--nodes",
@@ -78,7 +83,9 @@ pub fn up_nodes(nodes: usize) -> Down {
         "--pods-per-node",
         "1",
         "--ipv4-only",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let up = podguard(&args);
     assert!(
         up.status.success(),
         "lab up: {}",

@@ -9,6 +9,7 @@ pub mod cni;
 pub mod kubelab;
 pub mod lab;
 pub mod pcap;
+pub mod rbac;
 pub mod runtime;
 pub mod twonode;
 
@@ -221,7 +222,10 @@ pub fn dump_logs_on_panic<'a>(logs: impl IntoIterator<Item = (&'a str, &'a Path)
     if std::thread::panicking() {
         for (name, path) in logs {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            eprintln!("---- {name} log ----\n{text}");
+            // The last 300 lines (kube-apiserver's log is long).
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(300)..].join("\n");
+            eprintln!("---- {name} log ({}) ----\n{tail}", path.display());
         }
     }
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The real Kubernetes control plane for the lab and the tests: kube-apiserver,
+# kube-controller-manager and kubectl of one pinned release, and etcd, built
+# from the Go module proxy into a cache outside the repo (never committed).
+# $CACHE/bin links to the current build (what `podguard lab up --kube real`
+# uses unless PODGUARD_KUBE_BIN says otherwise).
+#
+#   kube.sh setup    build what is missing (idempotent; Go's module and build
+#                    caches are reused), print the bin directory
+#   kube.sh bin      print the bin directory (exit 1 if not built)
+#
+# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the
+# staging modules (k8s.io/api, k8s.io/client-go, ...) with local paths. A
+# small build module requires it and replaces each staging module with its
+# published version of the same release (v0.X.Y for v1.X.Y). etcd has a
+# build module of its own (its dependencies must not meet Kubernetes' in
+# one module graph).
+#
+# Cache: PODGUARD_KUBE_CACHE, default /var/cache/podguard-kube.
+set -euo pipefail
+
+KUBE_VERSION=${PODGUARD_KUBE_VERSION:-v1.36.3}
+ETCD_VERSION=${PODGUARD_ETCD_VERSION:-v3.6.16}
+CACHE=${PODGUARD_KUBE_CACHE:-/var/cache/podguard-kube}
+BIN=$CACHE/$KUBE_VERSION-etcd-$ETCD_VERSION/bin
+
+die() { echo "kube.sh: $*" >&2; exit 1; }
+
+built() {
+  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/etcd" ]
+}
+
+# The build module of k8s.io/kubernetes@$KUBE_VERSION.
+kube_module() {
+  local dir=$1 gomod staging
+  mkdir -p "$dir"
+  cd "$dir"
+  rm -f go.mod go.sum
+  go mod init podguard.dev/kube-build >/dev/null 2>&1
+  # Kubernetes' own go.mod: its replace lines name every staging module.
+  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  [ -f "$gomod" ] || die "go mod download k8s.io/kubernetes@$KUBE_VERSION gave no go.mod"
+  staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod")
+  [ -n "$staging" ] || die "no staging replaces in $gomod"
+  local minor=v0.${KUBE_VERSION#v1.}
+  for m in $staging; do
+    go mod edit -replace "$m=$m@$minor"
+  done
+  go mod edit -require "k8s.io/kubernetes@$KUBE_VERSION"
+  # The go directive of Kubernetes itself (a newer one than ours would
+  # need GOTOOLCHAIN).
+  go mod edit -go "$(sed -n 's/^go \([0-9.]*\)/\1/p' "$gomod")"
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
+    "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
+    "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION"
+}
+
+etcd_module() {
+  local dir=$1
+  mkdir -p "$dir"
+  cd "$dir"
+  rm -f go.mod go.sum
+  go mod init podguard.dev/etcd-build >/dev/null 2>&1
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+}
+
+setup() {
+  command -v go >/dev/null || die "no Go toolchain (go) on PATH"
+  if built; then ln -sfn "$BIN" "$CACHE/bin"; echo "$BIN"; return 0; fi
+  local start=$SECONDS work=$CACHE/build
+  mkdir -p "$BIN" "$work"
+  export GOFLAGS=-mod=mod CGO_ENABLED=0
+  local ld="-s -w"
+  (kube_module "$work/kube" \
+    && go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl) \
+    || die "building kube-apiserver, kube-controller-manager and kubectl $KUBE_VERSION failed"
+  (etcd_module "$work/etcd" && go build -trimpath -ldflags "$ld" -o "$BIN/etcd" go.etcd.io/etcd/server/v3) \
+    || die "building etcd $ETCD_VERSION failed"
+  built || die "the build left no binaries in $BIN"
+  ln -sfn "$BIN" "$CACHE/bin"
+  # The build cache (GBs) is not needed again on a CI machine.
+  if [ "${CI:-}" = "true" ]; then go clean -cache; fi
+  echo "kube.sh: built Kubernetes $KUBE_VERSION and etcd $ETCD_VERSION in $((SECONDS - start)) s" >&2
+  echo "$BIN"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  bin) built || die "not built: run bash tests/kube/kube.sh setup"; echo "$BIN" ;;
+  *) die "usage: kube.sh setup|bin" ;;
+esac

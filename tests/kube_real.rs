@@ -1,0 +1,318 @@
+//! The shipped manifests on the real control plane (etcd, kube-apiserver,
+//! kube-controller-manager of the pinned release; built by
+//! tests/kube/kube.sh): the admission policy that fences the podguard.dev/*
+//! annotations, checked on the real admission path with real bound
+//! ServiceAccount tokens and `kubectl` as the client; NetworkPolicy
+//! defaulting as the real API server stores it, read by `podguard audit`
+//! with the documented operator role.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::kubelab::{KubeLab, require_real_kube};
+use common::*;
+use serde_json::{Value, json};
+
+const KEY: &str = "cTR6NR0olRDrhpeMmo7YolLmzeQ8yl8yX1NCiXH5Vic=";
+const DENIED: &str = "podguard.dev/* annotations of Node a may be changed only by the podguard agent on that node or a podguard admin";
+
+fn annotate(lab: &KubeLab, token: &str, node: &str, key: &str, value: &str) -> (u16, String) {
+    let cp = lab.cp.as_ref().unwrap();
+    let body = json!({"metadata": {"annotations": {key: value}}}).to_string();
+    cp.request_with_token(
+        "PATCH",
+        &format!("/api/v1/nodes/{node}"),
+        Some(&body),
+        token,
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server() {
+    let name = "the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server";
+    if !require_root(name) || !require_real_kube(name) {
+        return;
+    }
+    let lab = KubeLab::real("ka");
+    lab.create_node("a", 1, json!({}));
+    lab.create_node("b", 2, json!({}));
+    let cp = lab.cp.as_ref().unwrap();
+    for n in ["a", "b"] {
+        cp.agent_kubeconfig(n).unwrap();
+    }
+    let (ta, tb) = (cp.agent_token("a").unwrap(), cp.agent_token("b").unwrap());
+    let ops = cp.token("ops").unwrap();
+
+    // The policy is enforced once the API server's informer has it (a
+    // moment after `kubectl apply`): wait, with dry runs.
+    wait_for(
+        "the admission policy to be in force",
+        Duration::from_secs(30),
+        || {
+            let body = json!({"metadata": {"annotations": {"podguard.dev/public-key": KEY}}});
+            cp.request_with_token(
+                "PATCH",
+                "/api/v1/nodes/a?dryRun=All",
+                Some(&body.to_string()),
+                &tb,
+            )
+            .unwrap()
+            .0 == 403
+        },
+    );
+    // Node b's agent cannot publish a key (or anything podguard.dev/*) on
+    // node a: 403 with the policy's message.
+    for key in [
+        "podguard.dev/public-key",
+        "podguard.dev/endpoint",
+        "podguard.dev/anything",
+    ] {
+        let (code, body) = annotate(&lab, &tb, "a", key, KEY);
+        assert_eq!(code, 403, "b's agent set {key} on a: {body}");
+        assert!(body.contains(DENIED), "{body}");
+    }
+    // RBAC lets it patch Nodes; the policy fences only podguard.dev/*.
+    assert_eq!(annotate(&lab, &tb, "a", "example.com/note", "x").0, 200);
+    // Each agent on its own Node, and a podguard admin on any.
+    assert_eq!(
+        annotate(&lab, &ta, "a", "podguard.dev/public-key", KEY).0,
+        200
+    );
+    assert_eq!(
+        annotate(&lab, &tb, "b", "podguard.dev/public-key", KEY).0,
+        200
+    );
+    assert_eq!(
+        annotate(&lab, &ops, "a", "podguard.dev/endpoint", "192.0.2.1:51820").0,
+        200
+    );
+    // A token without the node claim (a plain ServiceAccount token of the
+    // same account, not bound to a Pod) is refused too.
+    let plain = cp
+        .call(
+            "POST",
+            "/api/v1/namespaces/podguard/serviceaccounts/podguard/token",
+            Some(
+                &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 600}}),
+            ),
+        )
+        .unwrap()["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        annotate(&lab, &plain, "a", "podguard.dev/public-key", "x").0,
+        403
+    );
+
+    // kubectl as the client, with b's token: refused, and it says why.
+    let o = cp
+        .kubectl(&[
+            "annotate",
+            "node",
+            "a",
+            "--overwrite",
+            // (A value it does not have: re-setting the current one is no
+            // change, which the policy lets through.)
+            "podguard.dev/public-key=spoofed-by-b",
+            &format!("--token={tb}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "kubectl annotate as b's agent succeeded"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(DENIED), "{err}");
+
+    // Negative control: without the policy's binding the same request
+    // succeeds, so it was the policy that refused it.
+    let o = cp
+        .kubectl(&[
+            "delete",
+            "validatingadmissionpolicybinding",
+            "podguard-node-annotations",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_for(
+        "b's agent to set a's key once the policy is unbound",
+        Duration::from_secs(20),
+        || annotate(&lab, &tb, "a", "podguard.dev/public-key", "spoofed").0 == 200,
+    );
+}
+
+fn apply(lab: &KubeLab, yaml: &str) {
+    let cp = lab.cp.as_ref().unwrap();
+    let f = cp.dir.join("apply.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let mut c = cp.kubectl(&["apply", "-f"]);
+    c.arg(&f);
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn kubectl_json(lab: &KubeLab, args: &[&str]) -> Value {
+    let o = lab.cp.as_ref().unwrap().kubectl(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `podguard audit` as an operator with only the shipped podguard-audit
+/// and podguard-status roles (static user "ops", group podguard:admins).
+fn audit_as_ops(lab: &KubeLab) -> Value {
+    let cp = lab.cp.as_ref().unwrap();
+    let kc = cp.user_kubeconfig("ops").unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.ul, env!("CARGO_BIN_EXE_podguard")])
+        .args(["audit", "--pods", "--output", "json"])
+        .env("KUBECONFIG", &kc)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("Forbidden") && !err.contains("403"),
+        "audit as ops was denied: {err}"
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("audit output: {}{err}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn allowed(r: &Value, from: &str, to: &str) -> u64 {
+    r["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["from"] == from && c["to"] == to)
+        .and_then(|c| c["allowed"].as_u64())
+        .unwrap_or_else(|| panic!("no cell {from} -> {to}: {r:#}"))
+}
+
+#[test]
+fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
+    let name = "network_policies_are_audited_as_the_real_api_server_defaults_them";
+    if !require_root(name) || !require_real_kube(name) {
+        return;
+    }
+    let lab = KubeLab::real("kn");
+    lab.create_node("a", 1, json!({}));
+    let cidr = lab.node_pod_cidrs("a")[0].clone();
+    let base = cidr.rsplit_once('.').unwrap().0.to_string();
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    );
+    wait_for(
+        "the default ServiceAccounts",
+        Duration::from_secs(30),
+        || {
+            ["default", "other"].iter().all(|ns| {
+                lab.api(
+                    "GET",
+                    &format!("/api/v1/namespaces/{ns}/serviceaccounts/default"),
+                    None,
+                )
+                .0 == 200
+            })
+        },
+    );
+    for (ns, name, host) in [("default", "web", 10), ("other", "client", 11)] {
+        let (code, body) = lab.api(
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            Some(&json!({"metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"nodeName": "a", "containers": [{"name": "c", "image": "x"}]}})),
+        );
+        assert_eq!(code, 201, "{body}");
+        let ip = format!("{base}.{host}");
+        let (code, body) = lab.api(
+            "PATCH",
+            &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+            Some(&json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let r = audit_as_ops(&lab);
+    assert_eq!(allowed(&r, "other", "default"), 1, "{r:#}");
+
+    // `egress: []` and no policyTypes: stored as [Ingress]; ingress to
+    // default is isolated, egress from it is not.
+    apply(
+        &lab,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-egress, namespace: default}\nspec:\n  podSelector: {}\n  egress: []\n",
+    );
+    let stored = kubectl_json(
+        &lab,
+        &[
+            "get",
+            "networkpolicy",
+            "empty-egress",
+            "-n",
+            "default",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        stored["spec"]["policyTypes"],
+        json!(["Ingress"]),
+        "{stored:#}"
+    );
+    let r = audit_as_ops(&lab);
+    assert_eq!(allowed(&r, "other", "default"), 0, "{r:#}");
+    assert_eq!(allowed(&r, "default", "other"), 1, "{r:#}");
+
+    // `policyTypes: []`: defaulted like a missing one.
+    let o = lab
+        .cp
+        .as_ref()
+        .unwrap()
+        .kubectl(&["delete", "networkpolicy", "empty-egress", "-n", "default"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    apply(
+        &lab,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-types, namespace: default}\nspec:\n  podSelector: {}\n  policyTypes: []\n  egress:\n  - to:\n    - podSelector: {matchLabels: {app: web}}\n",
+    );
+    let stored = kubectl_json(
+        &lab,
+        &[
+            "get",
+            "networkpolicy",
+            "empty-types",
+            "-n",
+            "default",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        stored["spec"]["policyTypes"],
+        json!(["Ingress", "Egress"]),
+        "{stored:#}"
+    );
+    let r = audit_as_ops(&lab);
+    assert_eq!(allowed(&r, "other", "default"), 0, "{r:#}");
+    assert_eq!(
+        allowed(&r, "default", "other"),
+        0,
+        "egress isolated by its rule: {r:#}"
+    );
+}
