@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::lab::{api, podguard, up_small};
+use common::lab::{api, podguard};
 use common::*;
 
 const MARKER: &[u8] = b"PGROTATE-PLAINTEXT-MARKER";
@@ -191,10 +191,23 @@ fn wg_show(node: &str) -> String {
 
 #[test]
 fn rotation_is_hitless_in_the_lab() {
-    if !require_root("rotation_is_hitless_in_the_lab") {
-        return;
+    if require_root("rotation_is_hitless_in_the_lab") {
+        rotation_is_hitless(&[]);
     }
-    let _guard = up_small();
+}
+
+/// The same on the real control plane (`lab up --kube real`): the agents
+/// on their bound tokens, `podguard rotate` as the cluster admin.
+#[test]
+fn rotation_is_hitless_in_the_lab_on_the_real_api_server() {
+    let name = "rotation_is_hitless_in_the_lab_on_the_real_api_server";
+    if require_root(name) && common::kubelab::require_real_kube(name) {
+        rotation_is_hitless(&["--kube", "real"]);
+    }
+}
+
+fn rotation_is_hitless(lab_args: &[&str]) {
+    let _guard = common::lab::up_with(3, lab_args);
     let pods = pods();
     let on = |n: &str| pods.iter().find(|p| p.node == n).unwrap();
     let names: Vec<String> = {

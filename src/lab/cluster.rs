@@ -533,13 +533,27 @@ fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow
     bail!("timed out after {timeout:?} waiting for {what} (logs under {STATE_DIR})")
 }
 
-/// One HTTP request to the lab API server (from inside the underlay).
+/// The real control plane of the running lab, if it runs one.
+pub fn real_control_plane() -> Option<super::kube::ControlPlane> {
+    let d = dir().join("kube");
+    let addr = plan::api_addr(&underlay());
+    let ip = addr.split(':').next().unwrap_or_default();
+    d.join("admin.token")
+        .exists()
+        .then(|| super::kube::ControlPlane::attach(&plan::underlay_netns(), &d, ip))
+}
+
+/// One request to the lab's API server (from inside the underlay; as the
+/// cluster admin on a `--kube real` lab).
 pub fn api(
     ul: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
+    if let Some(cp) = real_control_plane() {
+        return cp.call(method, path, body);
+    }
     let (code, text) = http(
         ul,
         &plan::api_addr(&underlay()),

@@ -118,6 +118,19 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// The control plane a running lab started (in `ns`, files in `dir`),
+    /// to talk to it.
+    pub fn attach(ns: &str, dir: &Path, ip: &str) -> Self {
+        Self {
+            ns: ns.into(),
+            dir: dir.into(),
+            ip: ip.into(),
+            bin: bin_dir(),
+            cluster_cidrs: String::new(),
+            apiserver_pid: None,
+        }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
