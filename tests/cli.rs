@@ -1,8 +1,13 @@
-//! The `podguard` CLI's own rules, checked before it talks to any API.
+//! The `podguard` CLI's own rules (usage, exit codes, completions, man
+//! page), and its views of the mesh (`showconf`, `graph`) against a lab.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Command;
+
+use common::kubelab::{Kube, KubeLab};
 
 fn podguard(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_podguard"))
@@ -80,5 +85,137 @@ fn agent_logs_as_json_and_checks_its_log_level() {
     assert!(
         err.contains("--log-level") && err.contains("give a level"),
         "{err}"
+    );
+}
+
+#[test]
+fn could_not_run_is_exit_2_and_names_the_cause_once() {
+    let o = podguard(&["status", "--kubeconfig", "/nonexistent/podguard-kc"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: reading --kubeconfig /nonexistent/podguard-kc"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // --lab has its own kubeconfig: combining them is a usage error.
+    let o = podguard(&["status", "--lab", "--context", "prod"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lab uses the lab's own kubeconfig"));
+    // A context the kubeconfig does not have.
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"http://127.0.0.1:1\"}\ncontexts:\n- name: dev\n  context: {cluster: c, user: u}\ncurrent-context: dev\nusers:\n- name: u\n  user: {}\n",
+    )
+    .unwrap();
+    let o = podguard(&[
+        "status",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--context",
+        "prod",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("context \"prod\""),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn completions_and_man_page() {
+    for (shell, marker) in [
+        ("bash", "_podguard()"),
+        ("zsh", "#compdef podguard"),
+        ("fish", "complete -c podguard"),
+    ] {
+        let o = podguard(&["completions", shell]);
+        assert!(o.status.success());
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(marker), "{shell}: {out}");
+        assert!(out.contains("showconf"), "{shell} completes subcommands");
+    }
+    let o = podguard(&["man"]);
+    assert!(o.status.success());
+    let man = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH podguard"),
+        "{man}"
+    );
+    assert!(
+        man.contains("Exit codes"),
+        "the man page says what the exit codes mean"
+    );
+}
+
+/// `showconf` plans from the API exactly what the node's device has;
+/// `graph` draws the pair as peers (and `dot` accepts it when installed).
+#[test]
+fn showconf_matches_the_device_and_graph_draws_the_mesh() {
+    if !common::require_root("showconf_matches_the_device_and_graph_draws_the_mesh") {
+        return;
+    }
+    let (lab, a, b) = KubeLab::connected_pair("cs", Kube::Embedded);
+    let cli = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ul, env!("CARGO_BIN_EXE_podguard")])
+            .args(args)
+            .args(["--kubeconfig", lab.kubeconfig.to_str().unwrap()])
+            .args(["--cluster-cidr", common::kubelab::CLUSTER])
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["showconf", "a"]);
+    assert!(o.status.success(), "{o:?}");
+    let planned = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!planned.contains("PrivateKey ="), "{planned}");
+    let o = lab
+        .node_cmd(a, &["wg", "showconf", "podguard0"])
+        .output()
+        .unwrap();
+    let actual = String::from_utf8_lossy(&o.stdout).into_owned();
+    let settings = |text: &str| -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                ["PublicKey =", "AllowedIPs =", "Endpoint =", "ListenPort ="]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| l.replace(", ", ","))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        settings(&planned),
+        settings(&actual),
+        "planned:\n{planned}\nactual:\n{actual}"
+    );
+    assert!(planned.contains(&lab.public_key(b)));
+
+    let o = cli(&["graph"]);
+    assert!(o.status.success(), "{o:?}");
+    let dot = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(dot.contains("\"a\" -- \"b\" [color=darkgreen]"), "{dot}");
+    if common::tool("dot") {
+        let mut c = Command::new("dot")
+            .arg("-Tsvg")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("<svg"));
+    }
+    let o = cli(&["showconf", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no Node \"nope\" (the cluster has: a, b)"),
+        "{o:?}"
     );
 }

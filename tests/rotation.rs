@@ -224,7 +224,7 @@ fn rotation_is_hitless(lab_args: &[&str]) {
 
     // Bad input first: refused with a reason, nothing changes.
     let bad = podguard(&["rotate", "--lab", "--node", "no-such-node"]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "refused input: exit 2");
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("\"no-such-node\" not found"), "{err}");
 
@@ -302,7 +302,7 @@ fn rotation_is_hitless(lab_args: &[&str]) {
         },
     );
     let busy = podguard(&["rotate", "--lab", "--node", &names[0]]);
-    assert_eq!(busy.status.code(), Some(1));
+    assert_eq!(busy.status.code(), Some(2), "refused input: exit 2");
     let err = String::from_utf8_lossy(&busy.stderr);
     assert!(err.contains("already rotating"), "{err}");
 

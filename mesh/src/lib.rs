@@ -22,6 +22,7 @@ pub mod node;
 pub mod plan;
 pub mod policy;
 pub mod publish;
+pub mod showconf;
 pub mod status;
 
 pub use diff::{Action, Observed, ObservedPeer, accept_roaming, diff, renames};

@@ -17,11 +17,19 @@ use serde::Serialize;
 use super::convert::node_info;
 use super::source::FIELD_MANAGER;
 
-/// Where the API is: the default kubeconfig, or the local lab's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the API is: the default kubeconfig, one named on the command
+/// line, or the local lab's.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// In-cluster config or `$KUBECONFIG` / `~/.kube/config`.
     Default,
+    /// A kubeconfig file and/or context named on the command line.
+    Kubeconfig {
+        /// The file (else `$KUBECONFIG` / `~/.kube/config`).
+        path: Option<std::path::PathBuf>,
+        /// The context (else the file's current context).
+        context: Option<String>,
+    },
     /// The `podguard lab` API server, reached from inside the lab underlay.
     Lab,
 }
@@ -35,6 +43,7 @@ where
     F: FnOnce(Client) -> Fut + Send,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
+    let in_lab = target == Target::Lab;
     let body = move || -> anyhow::Result<T> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -44,6 +53,25 @@ where
                 Target::Default => Client::try_default().await.context(
                     "connecting to the Kubernetes API (in-cluster config or $KUBECONFIG); for the local lab use --lab",
                 )?,
+                Target::Kubeconfig { path, context } => {
+                    let kc = match &path {
+                        Some(p) => kube::config::Kubeconfig::read_from(p)
+                            .with_context(|| format!("reading --kubeconfig {}", p.display()))?,
+                        None => kube::config::Kubeconfig::read()
+                            .context("reading $KUBECONFIG or ~/.kube/config")?,
+                    };
+                    let opts = kube::config::KubeConfigOptions {
+                        context: context.clone(),
+                        ..Default::default()
+                    };
+                    let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+                        .await
+                        .with_context(|| match &context {
+                            Some(c) => format!("using context {c:?} of the kubeconfig"),
+                            None => "using the kubeconfig's current context".into(),
+                        })?;
+                    Client::try_from(cfg)?
+                }
                 Target::Lab => {
                     let path = std::path::Path::new(crate::lab::cluster::STATE_DIR).join("kubeconfig");
                     let kc = kube::config::Kubeconfig::read_from(&path).with_context(|| {
@@ -56,16 +84,14 @@ where
             f(client).await
         })
     };
-    match target {
-        Target::Default => body(),
-        Target::Lab => {
-            let ul = crate::lab::plan::underlay_netns();
-            if !std::path::Path::new("/run/netns").join(&ul).exists() {
-                bail!("no lab is up (namespace {ul} is missing): run `podguard lab up` first");
-            }
-            crate::lab::sys::in_netns(&ul, body)?
-        }
+    if !in_lab {
+        return body();
     }
+    let ul = crate::lab::plan::underlay_netns();
+    if !std::path::Path::new("/run/netns").join(&ul).exists() {
+        bail!("no lab is up (namespace {ul} is missing): run `podguard lab up` first");
+    }
+    crate::lab::sys::in_netns(&ul, body)?
 }
 
 /// Every Node as the status logic sees it, with its agent's heartbeat

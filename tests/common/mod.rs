@@ -217,6 +217,14 @@ impl Drop for Netns {
     }
 }
 
+/// Whether `name` is on PATH.
+pub fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Print each (name, log file) while a test is panicking.
 pub fn dump_logs_on_panic<'a>(logs: impl IntoIterator<Item = (&'a str, &'a Path)>) {
     if std::thread::panicking() {

@@ -2,15 +2,62 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use podguard::lab::{check, cluster};
 
+mod view;
+
 /// podguard: a WireGuard-encrypted pod network for Kubernetes.
+///
+/// Exit codes: 0 fine; 1 the command ran and found a problem (a node not
+/// converged, unencrypted flows, a failed check or rotation); 2 it could
+/// not run (bad arguments, no API, refused input).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about)]
 struct Cli {
+    /// The kubeconfig for commands that talk to the API (else $KUBECONFIG,
+    /// ~/.kube/config, or the in-cluster config).
+    #[arg(long, global = true, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (else its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What the planner needs beyond the API's Nodes.
+#[derive(Debug, clap::Args)]
+struct PlanArgs {
+    /// The cluster CIDR(s), as the agents have them (PODGUARD_CLUSTER_CIDRS).
+    #[arg(
+        long = "cluster-cidr",
+        env = "PODGUARD_CLUSTER_CIDRS",
+        value_delimiter = ',',
+        default_value = "10.244.0.0/16,fd00:10:244::/56"
+    )]
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    /// The WireGuard port of the agents (PODGUARD_LISTEN_PORT).
+    #[arg(long, env = "PODGUARD_LISTEN_PORT", default_value_t = mesh::DEFAULT_LISTEN_PORT)]
+    listen_port: u16,
+}
+
+impl PlanArgs {
+    fn config(&self) -> mesh::plan::MeshConfig {
+        mesh::plan::MeshConfig {
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            listen_port: self.listen_port,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GraphFormat {
+    /// Graphviz DOT text.
+    Dot,
+    /// SVG, drawn by Graphviz `dot` (must be installed).
+    Svg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +122,39 @@ enum Command {
         #[arg(long, requires = "lab")]
         probe: bool,
     },
+    /// The WireGuard configuration a node should have (`wg setconf`
+    /// syntax, no private key), as the agents plan it from the API: diff it
+    /// against `wg showconf podguard0` on the node.
+    Showconf {
+        /// The node.
+        node: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Talk to the local lab's API server instead of $KUBECONFIG.
+        #[arg(long)]
+        lab: bool,
+    },
+    /// The mesh as a graph: every node (endpoint, key fingerprint) and, per
+    /// pair, whether they are peers (green) or why not (red, dashed).
+    /// Handshake ages are on each agent's /metrics, not in the API.
+    Graph {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Talk to the local lab's API server instead of $KUBECONFIG.
+        #[arg(long)]
+        lab: bool,
+    },
+    /// Print a shell completion script (e.g. `podguard completions bash >
+    /// /etc/bash_completion.d/podguard`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `podguard man | man -l -`.
+    Man,
     /// Per node: key fingerprint, key age, rotation state, and whether its
     /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster.
     /// Exit code 1 if a node has not converged.
@@ -190,17 +270,69 @@ fn print_report(r: &check::Report, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn target(lab: bool) -> podguard::k8s::ops::Target {
-    if lab {
-        podguard::k8s::ops::Target::Lab
-    } else {
-        podguard::k8s::ops::Target::Default
+/// Where the API is, from `--lab`, `--kubeconfig` and `--context`.
+struct Api {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+}
+
+impl Api {
+    fn target(&self, lab: bool) -> podguard::k8s::ops::Target {
+        use podguard::k8s::ops::Target;
+        if lab && (self.kubeconfig.is_some() || self.context.is_some()) {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--lab uses the lab's own kubeconfig: drop --kubeconfig/--context, or --lab",
+                )
+                .exit();
+        }
+        match (lab, &self.kubeconfig, &self.context) {
+            (true, _, _) => Target::Lab,
+            (false, None, None) => Target::Default,
+            (false, path, context) => Target::Kubeconfig {
+                path: path.clone(),
+                context: context.clone(),
+            },
+        }
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let api = Api {
+        kubeconfig: cli.kubeconfig,
+        context: cli.context,
+    };
+    let target = |lab: bool| api.target(lab);
     match cli.command {
+        Command::Showconf { node, plan, lab } => view::showconf(target(lab), &node, &plan.config()),
+        Command::Graph { format, plan, lab } => {
+            view::graph(target(lab), format == GraphFormat::Svg, &plan.config())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "podguard",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Rotate {
             node,
             all,
@@ -211,7 +343,6 @@ fn main() -> anyhow::Result<()> {
         } => {
             use podguard::k8s::ops;
             if timeout.is_some() && !wait && !all {
-                use clap::CommandFactory;
                 Cli::command()
                     .error(
                         clap::error::ErrorKind::ArgumentConflict,

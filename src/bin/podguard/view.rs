@@ -1,0 +1,60 @@
+//! `podguard showconf` and `podguard graph`: the planner's view of the
+//! API's Nodes (mesh::showconf), fetched and printed.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use podguard::k8s::ops::{self, Target};
+
+fn infos(target: Target) -> anyhow::Result<Vec<mesh::node::NodeInfo>> {
+    let views = ops::with_client(
+        target,
+        |client| async move { ops::node_views(&client).await },
+    )?;
+    Ok(views.into_iter().map(|v| v.info).collect())
+}
+
+/// Print the WireGuard configuration `node` should have.
+pub fn showconf(target: Target, node: &str, config: &mesh::plan::MeshConfig) -> anyhow::Result<()> {
+    let nodes = infos(target)?;
+    let Some(me) = nodes.iter().find(|n| n.name == node) else {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!("no Node {node:?} (the cluster has: {})", names.join(", "));
+    };
+    let key = me.public_key.clone().unwrap_or_default();
+    let plans = mesh::showconf::plans(&nodes, config);
+    match &plans[node] {
+        Ok(p) => {
+            print!("{}", mesh::showconf::render(p, &key));
+            Ok(())
+        }
+        Err(e) => bail!("node {node} has no plan: {e}"),
+    }
+}
+
+/// Print the mesh as DOT, or as SVG through Graphviz's `dot`.
+pub fn graph(target: Target, svg: bool, config: &mesh::plan::MeshConfig) -> anyhow::Result<()> {
+    let nodes = infos(target)?;
+    let text = mesh::showconf::dot(&nodes, &mesh::showconf::plans(&nodes, config));
+    if !svg {
+        print!("{text}");
+        return Ok(());
+    }
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .spawn()
+        .context("running Graphviz `dot` for --format svg (apt-get install graphviz, or use --format dot)")?;
+    child
+        .stdin
+        .take()
+        .context("dot's stdin")?
+        .write_all(text.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("dot -Tsvg failed ({status})");
+    }
+    Ok(())
+}
