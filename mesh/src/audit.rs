@@ -2,8 +2,11 @@
 //!
 //! For every pair of pods, NetworkPolicy decides whether the flow is
 //! allowed ([`crate::policy`]); the nodes' published state decides how it
-//! travels ([`Transport`]). Findings carry a severity; the audit fails when
-//! an allowed flow is unencrypted or broken. Pure: the CLI reads the API.
+//! travels ([`Transport`]). Findings carry a severity: high when allowed
+//! traffic is dropped or unmaintained (a node without a valid key, an agent
+//! down), warning for host-network pods (plaintext by design: outside the
+//! pod network), reported once per node; the CLI's `--fail-on` picks the
+//! severity that fails. Pure: the CLI reads the API.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,7 +53,7 @@ impl Transport {
     }
 }
 
-/// Finding severity.
+/// Finding severity (`--fail-on` names: low, medium, high).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Severity {
@@ -114,8 +117,16 @@ pub struct Report {
     pub pods: Vec<PairVerdict>,
     /// Findings, worst first.
     pub findings: Vec<Finding>,
-    /// False when an allowed flow is unencrypted or broken.
+    /// False when there is a high finding (allowed traffic dropped or
+    /// unmaintained).
     pub ok: bool,
+}
+
+impl Report {
+    /// Whether a finding is at least `threshold` (`None`: never fail).
+    pub fn fails(&self, threshold: Option<Severity>) -> bool {
+        threshold.is_some_and(|t| self.findings.iter().any(|f| f.severity >= t))
+    }
 }
 
 /// Why a node cannot carry encrypted traffic, if it cannot.
@@ -164,20 +175,21 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
         .map(|r| (r.node, r.digest))
         .collect();
     let mut findings: BTreeSet<Finding> = BTreeSet::new();
+    // Node problems are high where policy-allowed pod traffic meets them
+    // (decided below, once the flows are known), else warnings.
+    let mut node_findings: Vec<(String, String)> = Vec::new();
     for (node, why) in &problems {
-        findings.insert(Finding {
-            severity: Severity::High,
-            subject: format!("node {node}"),
-            message: format!("{why}: pod traffic to and from it is dropped (fail closed)"),
-        });
+        node_findings.push((
+            node.clone(),
+            format!("{why}: pod traffic to and from it is dropped (fail closed)"),
+        ));
     }
     for (node, a) in &status {
         if *a == Agreement::AgentDown && !problems.contains_key(node) {
-            findings.insert(Finding {
-                severity: Severity::High,
-                subject: format!("node {node}"),
-                message: "its agent is not alive (heartbeat Lease expired): its peers, keys and routes are not maintained".into(),
-            });
+            node_findings.push((
+                node.clone(),
+                "its agent is not alive (heartbeat Lease expired): its peers, keys and routes are not maintained".into(),
+            ));
         } else if *a != Agreement::Agrees && !problems.contains_key(node) {
             findings.insert(Finding {
                 severity: Severity::Warning,
@@ -187,6 +199,10 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
         }
     }
     let scheduled: Vec<&Pod> = pods.iter().filter(|p| p.node.is_some()).collect();
+    // Host-network pods in plaintext flows, per node: (pods, pairs).
+    let mut host_network: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
+    // Nodes where allowed flows are dropped or unmaintained.
+    let mut hit: BTreeSet<String> = BTreeSet::new();
     let mut verdicts = Vec::new();
     let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
     for src in &scheduled {
@@ -212,13 +228,16 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
                 let subject = format!("{} -> {}", id(src), id(dst));
                 match t {
                     Transport::NotCovered => {
-                        findings.insert(Finding {
-                            severity: Severity::High,
-                            subject,
-                            message: "allowed by policy, but a host-network pod is involved: plaintext on the underlay, not covered by podguard".into(),
-                        });
+                        for p in [src, dst].into_iter().filter(|p| p.host_network) {
+                            let e = host_network
+                                .entry(p.node.clone().unwrap_or_default())
+                                .or_default();
+                            e.0.insert(id(p));
+                            e.1 += 1;
+                        }
                     }
                     Transport::AgentDown => {
+                        hit.extend([src, dst].iter().filter_map(|p| p.node.clone()));
                         findings.insert(Finding {
                             severity: Severity::High,
                             subject,
@@ -226,6 +245,7 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
                         });
                     }
                     Transport::Broken => {
+                        hit.extend([src, dst].iter().filter_map(|p| p.node.clone()));
                         findings.insert(Finding {
                             severity: Severity::High,
                             subject,
@@ -243,15 +263,33 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
             });
         }
     }
+    for (node, message) in node_findings {
+        findings.insert(Finding {
+            severity: if hit.contains(&node) {
+                Severity::High
+            } else {
+                Severity::Warning
+            },
+            subject: format!("node {node}"),
+            message,
+        });
+    }
+    for (node, (hn_pods, pairs)) in &host_network {
+        let list: Vec<&str> = hn_pods.iter().map(String::as_str).collect();
+        findings.insert(Finding {
+            severity: Severity::Warning,
+            subject: format!("node {node} (host network)"),
+            message: format!(
+                "{} host-network pod(s) ({}) in {pairs} policy-allowed pod pair(s) with other nodes: plaintext on the underlay, outside the pod network podguard encrypts",
+                list.len(),
+                list.join(", ")
+            ),
+        });
+    }
     verdicts.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
     let mut findings: Vec<Finding> = findings.into_iter().collect();
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.cmp(b)));
-    let ok = !verdicts.iter().any(|v| {
-        matches!(
-            v.transport,
-            Some(Transport::NotCovered) | Some(Transport::Broken) | Some(Transport::AgentDown)
-        )
-    });
+    let ok = !findings.iter().any(|f| f.severity == Severity::High);
     Report {
         namespaces: cells.into_values().collect(),
         pods: verdicts,
@@ -365,10 +403,14 @@ pub fn render(r: &Report, with_pods: bool) -> String {
             f.message
         ));
     }
-    out.push_str(if r.ok {
-        "\nOK: every policy-allowed cross-node flow is encrypted\n"
-    } else {
-        "\nFAIL: some policy-allowed traffic is unencrypted or broken\n"
+    let plaintext = r
+        .findings
+        .iter()
+        .any(|f| f.severity == Severity::Warning && f.subject.ends_with("(host network)"));
+    out.push_str(match (r.ok, plaintext) {
+        (true, false) => "\nOK: every policy-allowed cross-node pod flow is encrypted\n",
+        (true, true) => "\nOK: every policy-allowed flow between pods on the pod network is encrypted (host-network pods are not: see the warnings)\n",
+        (false, _) => "\nFAIL: some policy-allowed traffic is dropped or unmaintained\n",
     });
     out
 }
@@ -455,8 +497,57 @@ mod tests {
         assert!(!r.ok);
         assert_eq!(r.findings[0].severity, Severity::High);
         assert!(r.findings.iter().any(|f| f.subject == "node n3"));
+        // The host-network pod: one warning for its node, not one per pair.
+        let hn: Vec<&Finding> = r
+            .findings
+            .iter()
+            .filter(|f| f.subject.contains("host network"))
+            .collect();
+        assert_eq!(hn.len(), 1, "{:#?}", r.findings);
+        assert_eq!(hn[0].subject, "node n2 (host network)");
+        assert_eq!(hn[0].severity, Severity::Warning);
+        assert!(
+            hn[0].message.contains("kube-system/exporter"),
+            "{}",
+            hn[0].message
+        );
+        assert!(r.fails(Some(Severity::High)) && r.fails(Some(Severity::Warning)));
+        assert!(!r.fails(None));
         let text = render(&r, true);
         assert!(text.contains("FAIL") && text.contains("BROKEN") && text.contains("PLAINTEXT"));
+    }
+
+    #[test]
+    fn host_network_alone_warns_once_per_node_and_passes_the_default_gate() {
+        let nodes = views(vec![
+            node("n1", 1, Some(PrivateKey::generate().public_key())),
+            node("n2", 2, Some(PrivateKey::generate().public_key())),
+        ]);
+        let pods = vec![
+            pod("a", "p1", "n1", false),
+            pod("a", "p2", "n2", false),
+            pod("podguard", "agent-1", "n1", true),
+            pod("podguard", "agent-2", "n2", true),
+            pod("monitoring", "exporter-2", "n2", true),
+        ];
+        let r = audit(&nodes, &pods, &Cluster::default(), 0);
+        assert!(r.ok, "{r:#?}");
+        let subjects: Vec<&str> = r.findings.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            ["node n1 (host network)", "node n2 (host network)"]
+        );
+        assert!(
+            r.findings[1]
+                .message
+                .starts_with("2 host-network pod(s) (monitoring/exporter-2, podguard/agent-2)")
+        );
+        assert!(!r.fails(Some(Severity::High)));
+        assert!(r.fails(Some(Severity::Warning)) && r.fails(Some(Severity::Info)));
+        assert!(
+            render(&r, false)
+                .contains("OK: every policy-allowed flow between pods on the pod network")
+        );
     }
 
     #[test]

@@ -53,6 +53,26 @@ impl PlanArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FailOn {
+    High,
+    Medium,
+    Low,
+    Never,
+}
+
+impl FailOn {
+    fn threshold(self) -> Option<mesh::audit::Severity> {
+        use mesh::audit::Severity;
+        match self {
+            Self::High => Some(Severity::High),
+            Self::Medium => Some(Severity::Warning),
+            Self::Low => Some(Severity::Info),
+            Self::Never => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum GraphFormat {
     /// Graphviz DOT text.
     Dot,
@@ -104,9 +124,15 @@ enum Command {
     /// namespace matrix: denied, local (same node, never on the wire),
     /// encrypted, stale (a node has not converged), PLAINTEXT (a host-network
     /// pod: not covered by podguard) or BROKEN (a node without a valid key:
-    /// dropped, fail closed). Exit code 1 when a policy-allowed flow is
-    /// unencrypted or broken.
+    /// dropped, fail closed). podguard audits NetworkPolicy; it does not
+    /// enforce it. Exit code 1 when a finding is at least --fail-on.
     Audit {
+        /// The least severe finding that fails the audit (exit 1): high =
+        /// policy-allowed traffic dropped or unmaintained; medium = also
+        /// host-network plaintext and nodes not converged; low = any
+        /// finding; never = always exit 0 (report only).
+        #[arg(long, value_enum, default_value_t = FailOn::High)]
+        fail_on: FailOn,
         /// Also list every pod pair.
         #[arg(long)]
         pods: bool,
@@ -375,6 +401,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit {
+            fail_on,
             pods,
             output,
             lab,
@@ -417,7 +444,7 @@ fn run() -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 }
             }
-            if !report.ok || !probe_ok {
+            if report.fails(fail_on.threshold()) || !probe_ok {
                 std::process::exit(1);
             }
             Ok(())
