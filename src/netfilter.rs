@@ -168,6 +168,15 @@ pub fn ruleset(
     b.to_nftables()
 }
 
+/// The transaction that removes the table (uninstall): added first, so it
+/// never fails where the table is already gone.
+pub fn removal() -> Nftables<'static> {
+    let mut b = Batch::new();
+    b.add(table());
+    b.delete(table());
+    b.to_nftables()
+}
+
 /// Apply a [`ruleset`] (one `nft` transaction).
 pub fn apply(rules: &Nftables<'_>) -> Result<(), NetfilterError> {
     nftables::helper::apply_ruleset(rules).map_err(NetfilterError::Nft)

@@ -42,7 +42,12 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
 #[command(name = "podguard-agent", version, about, long_about)]
 pub struct Args {
     /// This node's name (in a DaemonSet: the downward API's spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(
+        long,
+        env = "NODE_NAME",
+        required_unless_present = "uninstall",
+        default_value = ""
+    )]
     pub node_name: String,
 
     /// Log format: `text` for people, `json` (one object per line) for log
@@ -105,7 +110,7 @@ pub struct Args {
         long = "cluster-cidr",
         env = "PODGUARD_CLUSTER_CIDRS",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "uninstall"
     )]
     pub cluster_cidrs: Vec<IpNet>,
 
@@ -169,6 +174,18 @@ pub struct Args {
     /// With --install-cni: install, then exit (the DaemonSet's init step).
     #[arg(long, requires = "install_cni")]
     pub install_only: bool,
+
+    /// Remove everything podguard created on this node, then exit: the
+    /// podguard0 and cbr0 links, podguard's routes, the nftables table
+    /// inet podguard, the CNI plugin and conflist (from --cni-bin-dir and
+    /// --cni-conf-dir), the address leases (--ipam-dir), the node state
+    /// file, the UAPI socket and the keys (--key-file). Drain the node first.
+    #[arg(long, conflicts_with_all = ["install_cni", "print_public_key"])]
+    pub uninstall: bool,
+
+    /// The CNI plugin's address leases (its dataDir), for --uninstall.
+    #[arg(long, env = "PODGUARD_IPAM_DIR", default_value = crate::cni::store::DEFAULT_DIR)]
+    pub ipam_dir: PathBuf,
 }
 
 /// Parse `10s`, `500ms`, `2m`, `12h`, `30d`.

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod node_state;
 pub mod nodes_file;
 pub mod rotation;
+pub mod uninstall;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

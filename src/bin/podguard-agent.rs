@@ -31,6 +31,30 @@ fn main() -> anyhow::Result<()> {
             .init(),
     }
 
+    if args.uninstall {
+        let files = podguard::agent::uninstall::Files {
+            key_file: args.key_file.clone(),
+            state_file: args.state_file.clone(),
+            cni_bin_dir: args.cni_bin_dir.clone(),
+            cni_conf_dir: args.cni_conf_dir.clone(),
+            ipam_dir: args.ipam_dir.clone(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let removed = rt.block_on(async {
+            let nl = Netlink::connect()?;
+            podguard::agent::uninstall::uninstall(&nl, &files).await
+        })?;
+        for r in &removed {
+            println!("removed {r}");
+        }
+        eprintln!(
+            "podguard uninstalled from this node ({} items removed)",
+            removed.len()
+        );
+        return Ok(());
+    }
     if args.print_public_key {
         // Read-only: never take rotation steps for a query.
         let key = keys::store::load_or_generate(&args.key_file)

@@ -1,0 +1,86 @@
+//! `podguard-agent --uninstall`: remove everything podguard created on this
+//! node, so it is as it was before the install: the `podguard0` and `cbr0`
+//! links (and with them their addresses and routes), podguard's remaining
+//! routes (the `unreachable` backstops, protocol 77), the nftables table
+//! `inet podguard`, the CNI plugin and conflist, the pods' address leases,
+//! the node state file, the UAPI socket and the node's keys (a reinstall
+//! makes a new key). Idempotent: what is gone already is skipped. Pods go
+//! first (drain the node): their veths are their runtime's to remove.
+//! IP forwarding stays on (other software on the node may rely on it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::netlink::Netlink;
+
+/// The files podguard keeps on a node.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// The private key (its `.next` and `.old` siblings go too).
+    pub key_file: PathBuf,
+    /// The node state the CNI plugin reads.
+    pub state_file: PathBuf,
+    /// Where the CNI plugin binary was installed.
+    pub cni_bin_dir: PathBuf,
+    /// Where the conflist was installed.
+    pub cni_conf_dir: PathBuf,
+    /// The CNI plugin's address leases.
+    pub ipam_dir: PathBuf,
+}
+
+fn remove_file(path: &Path, removed: &mut Vec<String>) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            removed.push(path.display().to_string());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Remove it all; returns what was removed, one line each.
+pub async fn uninstall(nl: &Netlink, files: &Files) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for link in [mesh::WG_IFNAME, mesh::BRIDGE_IFNAME] {
+        if nl.delete_link(link).await? {
+            removed.push(format!("link {link}"));
+        }
+    }
+    for r in nl.observe_routes().await? {
+        nl.del_route(&r).await?;
+        removed.push(format!("route {}", r.dst));
+    }
+    crate::netfilter::apply(&crate::netfilter::removal())?;
+    removed.push(format!("nftables table inet {}", crate::netfilter::TABLE));
+    remove_file(
+        &files.cni_bin_dir.join(super::install::PLUGIN_NAME),
+        &mut removed,
+    )?;
+    remove_file(
+        &files.cni_conf_dir.join(super::install::CONFLIST_NAME),
+        &mut removed,
+    )?;
+    if files.ipam_dir.exists() {
+        std::fs::remove_dir_all(&files.ipam_dir)
+            .with_context(|| format!("removing {}", files.ipam_dir.display()))?;
+        removed.push(files.ipam_dir.display().to_string());
+    }
+    remove_file(&files.state_file, &mut removed)?;
+    remove_file(
+        &Path::new("/run/wireguard").join(format!("{}.sock", mesh::WG_IFNAME)),
+        &mut removed,
+    )?;
+    let key = files.key_file.display().to_string();
+    for k in [key.clone(), format!("{key}.next"), format!("{key}.old")] {
+        remove_file(Path::new(&k), &mut removed)?;
+    }
+    // The directories podguard made, when nothing else is left in them.
+    for f in [&files.key_file, &files.state_file] {
+        if let Some(d) = f.parent() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    Ok(removed)
+}
