@@ -88,7 +88,12 @@ impl KubeLab {
 
     pub fn with(tag: &str, kube: Kube) -> Self {
         std::fs::create_dir_all("/run/wireguard").unwrap();
-        let mut n = Netns::new(tag);
+        // One scenario runs on both API servers at once: distinct names.
+        let tag = match kube {
+            Kube::Embedded => format!("{tag}e"),
+            Kube::Real => format!("{tag}r"),
+        };
+        let mut n = Netns::new(&tag);
         let ul = n.underlay(Some("192.0.2.100/24"));
         if kube == Kube::Real {
             let cp = ControlPlane::start(&ul, &n.path("kube"), "192.0.2.100", CLUSTER)

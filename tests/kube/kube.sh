@@ -78,8 +78,9 @@ setup() {
     || die "building etcd $ETCD_VERSION failed"
   built || die "the build left no binaries in $BIN"
   ln -sfn "$BIN" "$CACHE/bin"
-  # The build cache (GBs) is not needed again on a CI machine.
-  if [ "${CI:-}" = "true" ]; then go clean -cache; fi
+  # The build and module caches (GBs) are not needed again on a CI machine,
+  # which builds once: give the disk back to the Rust builds.
+  if [ "${CI:-}" = "true" ]; then go clean -cache -modcache; fi
   echo "kube.sh: built Kubernetes $KUBE_VERSION and etcd $ETCD_VERSION in $((SECONDS - start)) s" >&2
   echo "$BIN"
 }
