@@ -59,10 +59,10 @@ fn audit_matrix_policies_findings_and_probe() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let p: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
-        p["probe"]["encrypted_packets"].as_u64().unwrap() > 0,
+        p["probe"]["encryptedPackets"].as_u64().unwrap() > 0,
         "{p:#}"
     );
-    assert_eq!(p["probe"]["plaintext_packets"], 0);
+    assert_eq!(p["probe"]["plaintextPackets"], 0);
 
     // Default-deny ingress in team-b: team-a -> team-b is denied, the
     // other direction still encrypted.

@@ -60,11 +60,11 @@ fn lab_up_check_down_and_crash_cleanup() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|p| p["no_nat"] == true)
+            .all(|p| p["noNat"] == true)
     );
-    assert!(report["capture"]["encrypted_packets"].as_u64().unwrap() > 0);
-    assert_eq!(report["capture"]["plaintext_packets"], 0);
-    assert_eq!(report["capture"]["marker_hits"], 0);
+    assert!(report["capture"]["encryptedPackets"].as_u64().unwrap() > 0);
+    assert_eq!(report["capture"]["plaintextPackets"], 0);
+    assert_eq!(report["capture"]["markerHits"], 0);
     assert_eq!(report["handshakes"].as_array().unwrap().len(), 6);
 
     // Break a node (kill its agent and delete its tunnel): check fails, non-zero.
@@ -136,8 +136,8 @@ fn lab_on_the_real_control_plane() {
     let report: serde_json::Value = serde_json::from_slice(&check.stdout)
         .unwrap_or_else(|_| panic!("check output: {}", String::from_utf8_lossy(&check.stdout)));
     assert!(check.status.success(), "{report:#}");
-    assert_eq!(report["capture"]["plaintext_packets"], 0);
-    assert!(report["capture"]["encrypted_packets"].as_u64().unwrap() > 0);
+    assert_eq!(report["capture"]["plaintextPackets"], 0);
+    assert!(report["capture"]["encryptedPackets"].as_u64().unwrap() > 0);
 
     // kubectl of the pinned release, with the lab's (admin) kubeconfig: the
     // Nodes have the podCIDRs the controller manager allocated.

@@ -75,7 +75,7 @@ fn fifty_nodes_stay_fully_connected_past_two_rekeys() {
     assert_eq!(pairs.len(), NODES * (NODES - 1));
     let failed: Vec<String> = pairs
         .iter()
-        .filter(|p| !(p["ping"] == true && p["tcp"] == true && p["no_nat"] == true))
+        .filter(|p| !(p["ping"] == true && p["tcp"] == true && p["noNat"] == true))
         .map(|p| format!("{} -> {}", p["from"], p["to"]))
         .collect();
     assert!(
@@ -90,10 +90,10 @@ fn fifty_nodes_stay_fully_connected_past_two_rekeys() {
     assert_eq!(handshakes.len(), NODES * (NODES - 1));
     let stale: Vec<String> = handshakes
         .iter()
-        .filter(|h| h["age_seconds"].as_u64().is_none_or(|a| a > 180))
-        .map(|h| format!("{} -> {}: {}", h["node"], h["peer"], h["age_seconds"]))
+        .filter(|h| h["ageSeconds"].as_u64().is_none_or(|a| a > 180))
+        .map(|h| format!("{} -> {}: {}", h["node"], h["peer"], h["ageSeconds"]))
         .collect();
     assert!(stale.is_empty(), "stale peer links: {stale:?}");
     assert!(check.status.success(), "lab check failed");
-    assert_eq!(report["capture"]["plaintext_packets"], 0);
+    assert_eq!(report["capture"]["plaintextPackets"], 0);
 }

@@ -29,6 +29,7 @@ pub const PLAINTEXT_FILTER: &str = "(ip and not udp port 51820 and not igmp and 
 
 /// One directed pod pair in one address family.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PairResult {
     /// Source pod.
     pub from: String,
@@ -50,6 +51,7 @@ pub struct PairResult {
 
 /// What the underlay capture saw.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CaptureResult {
     /// WireGuard packets (UDP 51820).
     pub encrypted_packets: usize,
@@ -62,6 +64,7 @@ pub struct CaptureResult {
 
 /// Handshake age of one peer, seen from one node.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Handshake {
     /// The node reporting.
     pub node: String,
@@ -73,6 +76,7 @@ pub struct Handshake {
 
 /// The whole check.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Pods checked.
     pub pods: Vec<Pod>,
