@@ -238,21 +238,41 @@ pub async fn rotate(
 
 /// The table `podguard rotate` prints.
 pub fn render_rotate(rs: &[RotateResult]) -> String {
-    let mut out = format!(
-        "{:<16} {:<10} {:<10} {:>8}  {}\n",
-        "NODE", "OLD KEY", "NEW KEY", "SECONDS", "RESULT"
-    );
-    for r in rs {
-        out.push_str(&format!(
-            "{:<16} {:<10} {:<10} {:>8}  {}\n",
-            r.node,
-            r.old_key,
-            r.new_key.as_deref().unwrap_or("-"),
-            r.seconds
-                .map(|s| format!("{s:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            r.result
-        ));
+    table(
+        &["NODE", "OLD KEY", "NEW KEY", "SECONDS", "RESULT"],
+        rs.iter()
+            .map(|r| {
+                vec![
+                    r.node.clone(),
+                    r.old_key.clone(),
+                    r.new_key.clone().unwrap_or_else(|| "-".into()),
+                    r.seconds
+                        .map(|s| format!("{s:.1}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.result.clone(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// A plain table, kubectl style: columns as wide as their widest cell,
+/// no borders, nothing wrapped.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
+    for r in rows {
+        t.add_row(r);
+    }
+    // The preset pads each cell by one space on both sides.
+    let mut out: String = t
+        .lines()
+        .map(|l| l.strip_prefix(' ').unwrap_or(&l).trim_end().to_string() + "\n")
+        .collect();
+    if out.is_empty() {
+        out.push('\n');
     }
     out
 }
@@ -268,34 +288,41 @@ fn age(secs: u64) -> String {
 
 /// The table `podguard status` prints.
 pub fn render_status(rows: &[mesh::status::Row]) -> String {
-    let mut out = format!(
-        "{:<16} {:<10} {:>8}  {:<10} {:<10} {}\n",
-        "NODE", "KEY", "KEY AGE", "ROTATION", "NEXT KEY", "MESH DIGEST"
+    let mut out = table(
+        &[
+            "NODE",
+            "KEY",
+            "KEY AGE",
+            "ROTATION",
+            "NEXT KEY",
+            "MESH DIGEST",
+        ],
+        rows.iter()
+            .map(|r| {
+                let rotation = if r.rotation_requested {
+                    format!("{}*", r.rotation)
+                } else {
+                    r.rotation.clone()
+                };
+                vec![
+                    r.node.clone(),
+                    r.key.clone().unwrap_or_else(|| "(none)".into()),
+                    r.key_age_secs.map(age).unwrap_or_else(|| "-".into()),
+                    rotation,
+                    r.next_key.clone().unwrap_or_else(|| "-".into()),
+                    match r.digest {
+                        mesh::status::Agreement::Agrees => "agrees".to_string(),
+                        mesh::status::Agreement::Differs => "DIFFERS (not converged)".to_string(),
+                        mesh::status::Agreement::Missing => "missing (no agent?)".to_string(),
+                        mesh::status::Agreement::AgentDown => match r.heartbeat_age_secs {
+                            Some(a) => format!("AGENT DOWN (heartbeat {} ago)", age(a)),
+                            None => "AGENT DOWN (no heartbeat)".to_string(),
+                        },
+                    },
+                ]
+            })
+            .collect(),
     );
-    for r in rows {
-        let rotation = if r.rotation_requested {
-            format!("{}*", r.rotation)
-        } else {
-            r.rotation.clone()
-        };
-        out.push_str(&format!(
-            "{:<16} {:<10} {:>8}  {:<10} {:<10} {}\n",
-            r.node,
-            r.key.as_deref().unwrap_or("(none)"),
-            r.key_age_secs.map(age).unwrap_or_else(|| "-".into()),
-            rotation,
-            r.next_key.as_deref().unwrap_or("-"),
-            match r.digest {
-                mesh::status::Agreement::Agrees => "agrees".to_string(),
-                mesh::status::Agreement::Differs => "DIFFERS (not converged)".to_string(),
-                mesh::status::Agreement::Missing => "missing (no agent?)".to_string(),
-                mesh::status::Agreement::AgentDown => match r.heartbeat_age_secs {
-                    Some(a) => format!("AGENT DOWN (heartbeat {} ago)", age(a)),
-                    None => "AGENT DOWN (no heartbeat)".to_string(),
-                },
-            }
-        ));
-    }
     if rows.iter().any(|r| r.rotation_requested) {
         out.push_str("* a rotation was requested and not yet taken on\n");
     }
@@ -417,4 +444,36 @@ pub async fn audit(client: &Client) -> anyhow::Result<(mesh::audit::Report, Vec<
     }
     let now = crate::agent::rotation::unix_now();
     Ok((mesh::audit::audit(&nodes, &pods, &cluster, now), warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_fit_long_node_names() {
+        let row = |node: &str, digest| mesh::status::Row {
+            node: node.into(),
+            key: Some("ab12cd34".into()),
+            key_age_secs: Some(90),
+            rotation: "idle".into(),
+            next_key: None,
+            rotation_requested: false,
+            digest,
+            heartbeat_age_secs: Some(3),
+        };
+        let out = render_status(&[
+            row(
+                "ip-10-0-12-34.eu-west-1.compute.internal",
+                mesh::status::Agreement::Agrees,
+            ),
+            row("n2", mesh::status::Agreement::Differs),
+        ]);
+        assert_eq!(
+            out,
+            "NODE                                      KEY       KEY AGE  ROTATION  NEXT KEY  MESH DIGEST\n\
+             ip-10-0-12-34.eu-west-1.compute.internal  ab12cd34  90s      idle      -         agrees\n\
+             n2                                        ab12cd34  90s      idle      -         DIFFERS (not converged)\n"
+        );
+    }
 }
