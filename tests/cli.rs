@@ -19,7 +19,11 @@ fn podguard(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_timeout_without_wait_is_a_usage_error() {
-    let o = podguard(&["rotate", "--node", "node-1", "--timeout", "5"]);
+    // A bare number is not taken as seconds: the unit is asked for.
+    let o = podguard(&["rotate", "--node", "node-1", "--wait", "--timeout", "5"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no unit: write 5s"));
+    let o = podguard(&["rotate", "--node", "node-1", "--timeout", "5s"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--timeout needs --wait"), "{err}");

@@ -188,28 +188,16 @@ pub struct Args {
     pub ipam_dir: PathBuf,
 }
 
-/// Parse `10s`, `500ms`, `2m`, `12h`, `30d`.
+/// Parse a duration with its unit (humantime): `500ms`, `10s`, `2m`,
+/// `12h`, `30d`, `1h30m`. A bare number is refused rather than guessed.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 2m, 12h or 30d"))?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => Err(format!("{s:?}: unit must be ms, s, m, h or d")),
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} has no unit: write {s}s (or {s}ms, {s}m, {s}h, {s}d)"
+        ));
     }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 10s, 500ms, 2m, 12h or 30d: {e}"))
 }
 
 #[cfg(test)]
@@ -219,11 +207,16 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(
+            parse_duration("10")
+                .unwrap_err()
+                .contains("has no unit: write 10s")
+        );
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
-        assert!(parse_duration("5w").unwrap_err().contains("unit"));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5x").unwrap_err().contains("\"5x\""));
         assert!(parse_duration("x").unwrap_err().contains("\"x\""));
         assert!(parse_duration("99999999999999999999d").is_err());
     }
