@@ -10,19 +10,18 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::lab::{api, podguard};
 use common::*;
 
-const MARKER: &[u8] = b"PGROTATE-PLAINTEXT-MARKER";
+use common::stream::MARKER;
 
 struct Pod {
     node: String,
@@ -43,77 +42,6 @@ fn pods() -> Vec<Pod> {
             ip: p["ips"][0].as_str().unwrap().into(),
         })
         .collect()
-}
-
-/// What a UDP receiver saw.
-struct UdpResult {
-    sent: u64,
-    received: BTreeSet<u64>,
-    longest_gap: Duration,
-}
-
-/// A 1000 packets/s UDP stream from `from` to `to` until `stop`.
-fn udp_stream(from: &Pod, to: &Pod, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<UdpResult> {
-    let (from_ns, to_ns) = (from.netns.clone(), to.netns.clone());
-    let dst: SocketAddr = format!("{}:{port}", to.ip).parse().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let rx_stop = stop.clone();
-    let receiver = std::thread::spawn(move || {
-        enter_netns(&to_ns);
-        let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut got = BTreeSet::new();
-        let mut last: Option<Instant> = None;
-        let mut gap = Duration::ZERO;
-        let mut buf = [0u8; 2048];
-        let mut idle_since_stop = None;
-        loop {
-            match s.recv(&mut buf) {
-                Ok(n) if n >= 8 => {
-                    let now = Instant::now();
-                    if let Some(l) = last {
-                        gap = gap.max(now - l);
-                    }
-                    last = Some(now);
-                    got.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
-                }
-                _ => {}
-            }
-            if rx_stop.load(Ordering::Relaxed) {
-                let t = *idle_since_stop.get_or_insert_with(Instant::now);
-                if t.elapsed() > Duration::from_secs(1) {
-                    return (got, gap);
-                }
-            }
-        }
-    });
-    ready_rx.recv().unwrap();
-    std::thread::spawn(move || {
-        enter_netns(&from_ns);
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let mut seq = 0u64;
-        let start = Instant::now();
-        let mut payload = vec![0u8; 200];
-        payload[8..8 + MARKER.len()].copy_from_slice(MARKER);
-        while !stop.load(Ordering::Relaxed) {
-            payload[..8].copy_from_slice(&seq.to_be_bytes());
-            s.send_to(&payload, dst).unwrap();
-            seq += 1;
-            // Paced on the clock: 1 packet per millisecond on average.
-            let due = start + Duration::from_millis(seq);
-            if let Some(d) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
-            }
-        }
-        let (received, longest_gap) = receiver.join().unwrap();
-        UdpResult {
-            sent: seq,
-            received,
-            longest_gap,
-        }
-    })
 }
 
 /// A TCP stream (about 1 MB/s) from `from` to `to` until `stop`; returns
@@ -269,8 +197,8 @@ fn rotation_is_hitless(lab_args: &[&str]) {
         "rot",
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let udp1 = udp_stream(n1, n2, 7000, stop.clone());
-    let udp2 = udp_stream(n3, n1, 7002, stop.clone());
+    let udp1 = common::stream::udp(&n1.netns, &n2.netns, &n2.ip, 7000, stop.clone());
+    let udp2 = common::stream::udp(&n3.netns, &n1.netns, &n1.ip, 7002, stop.clone());
     let tcp = tcp_stream(n2, n3, 7001, stop.clone());
     std::thread::sleep(Duration::from_secs(2));
 

@@ -312,7 +312,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
                 "--state-file",
                 state.to_str().unwrap_or_default(),
                 "--backend",
-                "userspace",
+                spec.backend.arg(),
             ],
             &nd.join("agent.log"),
             Some(&nd.join("wg")),

@@ -100,6 +100,30 @@ pub struct LabSpec {
     /// Which API server the lab runs.
     #[serde(default)]
     pub kube: KubeMode,
+    /// The agents' WireGuard backend.
+    #[serde(default)]
+    pub backend: LabBackend,
+}
+
+/// The lab agents' WireGuard backend (`podguard-agent --backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabBackend {
+    /// podguard's own device (no kernel module needed).
+    #[default]
+    Userspace,
+    /// Kernel WireGuard (the wireguard module must be loadable).
+    Kernel,
+}
+
+impl LabBackend {
+    /// The agent's `--backend` value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Userspace => "userspace",
+            Self::Kernel => "kernel",
+        }
+    }
 }
 
 /// The lab's API server.
@@ -246,6 +270,7 @@ mod tests {
             dual_stack: true,
             underlay: DEFAULT_UNDERLAY.into(),
             kube: KubeMode::Embedded,
+            backend: LabBackend::Userspace,
         };
         s.check().unwrap();
         let n = s.node(3);

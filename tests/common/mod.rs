@@ -11,6 +11,7 @@ pub mod lab;
 pub mod pcap;
 pub mod rbac;
 pub mod runtime;
+pub mod stream;
 pub mod twonode;
 
 use std::fs::File;

@@ -223,6 +223,16 @@ struct UpArgs {
     /// each agent on its own bound ServiceAccount token).
     #[arg(long, value_enum, default_value_t = KubeArg::Embedded)]
     kube: KubeArg,
+    /// The agents' WireGuard backend: `userspace` (podguard's device, works
+    /// anywhere) or `kernel` (needs the wireguard module).
+    #[arg(long, value_enum, default_value_t = BackendArg::Userspace)]
+    backend: BackendArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Userspace,
+    Kernel,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -241,6 +251,10 @@ impl UpArgs {
             kube: match self.kube {
                 KubeArg::Embedded => podguard::lab::plan::KubeMode::Embedded,
                 KubeArg::Real => podguard::lab::plan::KubeMode::Real,
+            },
+            backend: match self.backend {
+                BackendArg::Userspace => podguard::lab::plan::LabBackend::Userspace,
+                BackendArg::Kernel => podguard::lab::plan::LabBackend::Kernel,
             },
         }
     }
