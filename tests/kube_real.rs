@@ -111,23 +111,51 @@ fn the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server() {
         403
     );
 
-    // kubectl as the client, with b's token: refused, and it says why.
+    // kubectl as the client, as an account RBAC lets patch Nodes (the
+    // operator role) that is neither the node's agent nor an admin:
+    // refused by the policy, and kubectl says why. (Not with an agent's
+    // token: kubectl GETs the Node first, which the agent's role lacks.)
+    let o = cp
+        .kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "intruder-rotate",
+            "--clusterrole=podguard-rotate",
+            "--user=intruder",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let intruder = cp.token("intruder").unwrap();
+    wait_for(
+        "the intruder's binding to be in force",
+        Duration::from_secs(20),
+        || {
+            cp.kubectl(&[
+                "auth",
+                "can-i",
+                "patch",
+                "nodes",
+                &format!("--token={intruder}"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        },
+    );
     let o = cp
         .kubectl(&[
             "annotate",
             "node",
             "a",
             "--overwrite",
-            // (A value it does not have: re-setting the current one is no
-            // change, which the policy lets through.)
-            "podguard.dev/public-key=spoofed-by-b",
-            &format!("--token={tb}"),
+            "podguard.dev/public-key=spoofed-by-intruder",
+            &format!("--token={intruder}"),
         ])
         .output()
         .unwrap();
     assert!(
         !o.status.success(),
-        "kubectl annotate as b's agent succeeded"
+        "kubectl annotate as an intruder succeeded"
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(DENIED), "{err}");

@@ -24,8 +24,14 @@ pub const AGENT_NAMESPACE: &str = "podguard";
 pub const AGENT_SERVICE_ACCOUNT: &str = "podguard";
 /// The Service range of the lab cluster (kept off the pod network).
 pub const SERVICE_CIDR: &str = "10.96.0.0/24";
-/// Users of the static token file: name, groups.
-const USERS: [(&str, &str); 2] = [("admin", "system:masters"), ("ops", "podguard:admins")];
+/// Users of the static token file: name, groups. `intruder` has no role
+/// until a test binds one: an account that may patch Nodes but is neither
+/// an agent nor an admin.
+const USERS: [(&str, &str); 3] = [
+    ("admin", "system:masters"),
+    ("ops", "podguard:admins"),
+    ("intruder", "example:others"),
+];
 
 /// Where the control plane's binaries are: `$PODGUARD_KUBE_BIN`, else the
 /// cache `tests/kube/kube.sh setup` fills.
