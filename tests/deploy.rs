@@ -179,10 +179,10 @@ fn bad_agent_arguments_are_refused_with_the_bad_input_named() {
         "--cluster-cidr",
         "10.0.0.0/8",
         "--resync",
-        "5 years",
+        "5 fortnights",
     ])
     .unwrap_err();
-    assert!(e.to_string().contains("5 years"), "{e}");
+    assert!(e.to_string().contains("5 fortnights"), "{e}");
     let e = Args::try_parse_from([
         "podguard-agent",
         "--node-name",

@@ -189,10 +189,39 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     match build(&spec, bins) {
         Ok(s) => Ok(s),
         Err(e) => {
+            let kept = keep_logs();
             let _ = down();
-            Err(e)
+            Err(e.context(format!(
+                "lab up failed and was removed; its logs are kept in {}",
+                kept.display()
+            )))
         }
     }
+}
+
+/// Where a failed `lab up` leaves its logs (the lab itself is removed).
+pub const FAILED_LOGS: &str = "/run/podguard-lab.failed";
+
+/// Copy every log of the lab (API server, agents) to [`FAILED_LOGS`].
+fn keep_logs() -> PathBuf {
+    let out = PathBuf::from(FAILED_LOGS);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::create_dir_all(&out);
+    let copy = |from: &Path, name: String| {
+        let _ = std::fs::copy(from, out.join(name));
+    };
+    if let Ok(entries) = std::fs::read_dir(dir()) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log") {
+                copy(&p, name);
+            } else if p.join("agent.log").exists() {
+                copy(&p.join("agent.log"), format!("{name}-agent.log"));
+            }
+        }
+    }
+    out
 }
 
 /// Run `ip -n ns -batch` on `lines`.

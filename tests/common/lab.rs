@@ -86,11 +86,23 @@ pub fn up_with(nodes: usize, extra: &[&str]) -> Down {
     ];
     args.extend_from_slice(extra);
     let up = podguard(&args);
-    assert!(
-        up.status.success(),
-        "lab up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    if !up.status.success() {
+        let mut logs = String::new();
+        for e in std::fs::read_dir(podguard::lab::cluster::FAILED_LOGS)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            logs.push_str(&format!(
+                "---- {} ----\n{}\n",
+                e.path().display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        panic!("lab up: {}\n{logs}", String::from_utf8_lossy(&up.stderr));
+    }
     guard
 }
 

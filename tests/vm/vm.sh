@@ -76,6 +76,12 @@ build_initramfs() {
   cp /etc/passwd /etc/group /etc/hosts /etc/nsswitch.conf /etc/ld.so.cache "$ir/etc/"
   cp -a /etc/alternatives "$ir/etc/"
   [ -d /etc/iproute2 ] && cp -a /etc/iproute2 "$ir/etc/"
+  # The CA bundle: the agent's Kubernetes client (rustls with the system's
+  # roots) refuses to start without one, even for a plain-HTTP lab server.
+  if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    mkdir -p "$ir/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$ir/etc/ssl/certs/"
+  fi
   echo "podguard-vm" > "$ir/etc/hostname"
   cat > "$ir/init" <<'EOF'
 #!/bb/sh
