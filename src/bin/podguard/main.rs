@@ -91,8 +91,9 @@ enum Command {
     /// creates a next key, publishes it (`podguard.dev/next-public-key`),
     /// waits until every peer has a session on it, switches, and retires
     /// the old key. On the userspace device no packet is lost; on kernel
-    /// WireGuard peers see a short gap at the switch. Refused for an
-    /// unknown node, a node without agent, or one already rotating.
+    /// WireGuard a rotation is known to stall before retiring the old key
+    /// (see README, "WireGuard backends"). Refused for an unknown node, a
+    /// node without agent, or one already rotating.
     Rotate {
         /// The node to rotate.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
