@@ -178,30 +178,6 @@ fn the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server() {
     );
 }
 
-fn apply(lab: &KubeLab, yaml: &str) {
-    let cp = lab.cp.as_ref().unwrap();
-    let f = cp.dir.join("apply.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    let mut c = cp.kubectl(&["apply", "-f"]);
-    c.arg(&f);
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn kubectl_json(lab: &KubeLab, args: &[&str]) -> Value {
-    let o = lab.cp.as_ref().unwrap().kubectl(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// `podguard audit` as an operator with only the shipped podguard-audit
 /// and podguard-status roles (static user "ops", group podguard:admins).
 fn audit_as_ops(lab: &KubeLab) -> Value {
@@ -242,10 +218,7 @@ fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
     lab.create_node("a", 1, json!({}));
     let cidr = lab.node_pod_cidrs("a")[0].clone();
     let base = cidr.rsplit_once('.').unwrap().0.to_string();
-    apply(
-        &lab,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
-    );
+    lab.kubectl_apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n");
     wait_for(
         "the default ServiceAccounts",
         Duration::from_secs(30),
@@ -281,22 +254,9 @@ fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
 
     // `egress: []` and no policyTypes: stored as [Ingress]; ingress to
     // default is isolated, egress from it is not.
-    apply(
-        &lab,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-egress, namespace: default}\nspec:\n  podSelector: {}\n  egress: []\n",
+    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-egress, namespace: default}\nspec:\n  podSelector: {}\n  egress: []\n",
     );
-    let stored = kubectl_json(
-        &lab,
-        &[
-            "get",
-            "networkpolicy",
-            "empty-egress",
-            "-n",
-            "default",
-            "-o",
-            "json",
-        ],
-    );
+    let stored = lab.kubectl_get(&["networkpolicy", "empty-egress", "-n", "default"]);
     assert_eq!(
         stored["spec"]["policyTypes"],
         json!(["Ingress"]),
@@ -307,30 +267,10 @@ fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
     assert_eq!(allowed(&r, "default", "other"), 1, "{r:#}");
 
     // `policyTypes: []`: defaulted like a missing one.
-    let o = lab
-        .cp
-        .as_ref()
-        .unwrap()
-        .kubectl(&["delete", "networkpolicy", "empty-egress", "-n", "default"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    apply(
-        &lab,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-types, namespace: default}\nspec:\n  podSelector: {}\n  policyTypes: []\n  egress:\n  - to:\n    - podSelector: {matchLabels: {app: web}}\n",
+    lab.kubectl_ok(&["delete", "networkpolicy", "empty-egress", "-n", "default"]);
+    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: empty-types, namespace: default}\nspec:\n  podSelector: {}\n  policyTypes: []\n  egress:\n  - to:\n    - podSelector: {matchLabels: {app: web}}\n",
     );
-    let stored = kubectl_json(
-        &lab,
-        &[
-            "get",
-            "networkpolicy",
-            "empty-types",
-            "-n",
-            "default",
-            "-o",
-            "json",
-        ],
-    );
+    let stored = lab.kubectl_get(&["networkpolicy", "empty-types", "-n", "default"]);
     assert_eq!(
         stored["spec"]["policyTypes"],
         json!(["Ingress", "Egress"]),

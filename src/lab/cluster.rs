@@ -366,7 +366,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     ));
     let mut pods = Vec::new();
     for ns in plan::NAMESPACES {
-        server.call(
+        api(
             &ul,
             "POST",
             "/api/v1/namespaces",
@@ -397,7 +397,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             let ns = plan::pod_namespace(n);
             let status = json!({"phase": "Running", "podIP": ips.first(),
                 "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()});
-            server.call(
+            api(
                 &ul,
                 "POST",
                 &format!("/api/v1/namespaces/{ns}/pods"),
@@ -410,7 +410,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             )?;
             if matches!(server, Server::Real(_)) {
                 // A real API server drops the status of a create.
-                server.call(
+                api(
                     &ul,
                     "PATCH",
                     &format!("/api/v1/namespaces/{ns}/pods/{}/status", p.name),
@@ -433,27 +433,13 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     Ok(state)
 }
 
-/// The lab's API server, as `build` talks to it.
+/// The lab's API server, as `build` sets it up (requests go through
+/// [`api`], which finds a real control plane by its files).
 enum Server {
     /// `podguard lab api-server` in the underlay namespace.
     Embedded,
     /// The real control plane.
     Real(Box<super::kube::ControlPlane>),
-}
-
-impl Server {
-    fn call(
-        &self,
-        ul: &str,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
-        match self {
-            Self::Embedded => api(ul, method, path, body),
-            Self::Real(cp) => cp.call(method, path, body),
-        }
-    }
 }
 
 fn start_embedded(bins: &Binaries, ul: &str, api_addr: &str) -> anyhow::Result<Server> {

@@ -229,6 +229,48 @@ impl KubeLab {
         assert_eq!(code, 201, "creating node {name}: {body}");
     }
 
+    /// `kubectl` of the pinned release inside the underlay, as the admin
+    /// (real) or with the lab's kubeconfig (embedded).
+    pub fn kubectl(&self, args: &[&str]) -> Command {
+        if let Some(cp) = &self.cp {
+            return cp.kubectl(args);
+        }
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ul])
+            .arg(podguard::lab::kube::bin_dir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args);
+        c
+    }
+
+    /// `kubectl args` that must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `kubectl get args -o json`.
+    pub fn kubectl_get(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&a)).unwrap()
+    }
+
+    /// `kubectl apply -f` of `yaml`; its stdout.
+    pub fn kubectl_apply(&self, yaml: &str) -> String {
+        let f = self.n.path("apply.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        self.kubectl_ok(&["apply", "-f", f.to_str().unwrap()])
+    }
+
     /// Node `name`'s spec.podCIDRs as the API server has them.
     pub fn node_pod_cidrs(&self, name: &str) -> Vec<String> {
         let (_, n) = self.api("GET", &format!("/api/v1/nodes/{name}"), None);
