@@ -272,9 +272,25 @@ impl KubeLab {
     }
 
     /// Node `name`'s spec.podCIDRs as the API server has them.
+    /// The node's podCIDRs; on a real control plane node IPAM assigns them
+    /// shortly after registration, so this waits for them (up to 30 s).
     pub fn node_pod_cidrs(&self, name: &str) -> Vec<String> {
-        let (_, n) = self.api("GET", &format!("/api/v1/nodes/{name}"), None);
-        serde_json::from_value(n["spec"]["podCIDRs"].clone()).unwrap_or_default()
+        let get = || -> Vec<String> {
+            let (_, n) = self.api("GET", &format!("/api/v1/nodes/{name}"), None);
+            serde_json::from_value(n["spec"]["podCIDRs"].clone()).unwrap_or_default()
+        };
+        let mut cidrs = get();
+        if self.is_real() {
+            wait_for(
+                &format!("node IPAM to give {name} podCIDRs"),
+                Duration::from_secs(30),
+                || {
+                    cidrs = get();
+                    !cidrs.is_empty()
+                },
+            );
+        }
+        cidrs
     }
 
     pub fn annotations(&self, name: &str) -> BTreeMap<String, String> {
