@@ -10,6 +10,7 @@
 //! * [`store::load_or_generate`]: the 0600 key file, written atomically.
 
 mod base64key;
+pub mod kernel_ack;
 mod key;
 pub mod rotation;
 pub mod store;

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use keys::kernel_ack::{self, Handshakes, Switch};
 use keys::rotation::{Ack, Decision, DeviceKeys, Inputs, Phase, Policy, Step, decide};
 use keys::store::{Loaded, RotationFiles};
 use keys::{PrivateKey, PublicKey};
 
+use crate::wireguard::backend::{Backend, WgClient};
 use crate::wireguard::device::Device;
 
 /// Now, in unix seconds.
@@ -28,6 +30,8 @@ pub struct Rotator {
     last_problems: Vec<String>,
     /// Kernel WireGuard interface whose private key follows the primary.
     kernel_ifname: Option<String>,
+    /// Kernel WireGuard: the handshakes when it took its current key.
+    kernel_switch: Option<Switch>,
 }
 
 impl std::fmt::Debug for Rotator {
@@ -47,6 +51,11 @@ fn pick(loaded: &Loaded, k: &PublicKey) -> Option<PrivateKey> {
         .map(|p| PrivateKey::from_bytes(*p.as_bytes()))
 }
 
+fn kernel_handshakes(ifname: &str) -> anyhow::Result<Handshakes> {
+    let wg = WgClient::new(Backend::Kernel, ifname)?;
+    Ok(wg.handshakes()?)
+}
+
 impl Rotator {
     /// A rotator for the key at `key_file`.
     pub fn new(key_file: &std::path::Path, policy: Policy) -> Self {
@@ -57,12 +66,15 @@ impl Rotator {
             applied: None,
             last_problems: Vec::new(),
             kernel_ifname: None,
+            kernel_switch: None,
         }
     }
 
     /// Kernel WireGuard: the interface's private key follows the primary
     /// key (`wg set IF private-key FILE`). Kernel WireGuard holds one key,
-    /// so peers see a short gap at the switch (documented).
+    /// so peers see a short gap at the switch (documented), and the old key
+    /// is retired once every peer handshook after the switch
+    /// ([`keys::kernel_ack`]).
     pub fn set_kernel(&mut self, ifname: &str) {
         self.kernel_ifname = Some(ifname.to_string());
         // Apply on the first tick, whatever the interface had.
@@ -170,8 +182,15 @@ impl Rotator {
         done: Option<String>,
         peers_applied: bool,
     ) -> anyhow::Result<(Decision, bool)> {
-        let ack = match &self.device {
-            Some(d) if peers_applied => Ack::Keys(d.key_acks()),
+        let ack = match (&self.device, &self.kernel_ifname, &self.kernel_switch) {
+            (Some(d), _, _) if peers_applied => Ack::Keys(d.key_acks()),
+            (None, Some(ifname), Some(sw)) if peers_applied => match kernel_handshakes(ifname) {
+                Ok(now) => kernel_ack::ack(sw, &now),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading handshakes for the rotation; timeouts decide");
+                    Ack::Unknown
+                }
+            },
             _ => Ack::Unknown,
         };
         let inputs = Inputs {
@@ -216,6 +235,11 @@ impl Rotator {
                 } else {
                     &self.files.next
                 };
+                // Before the switch: only handshakes after it use the new key.
+                let before = kernel_handshakes(ifname).unwrap_or_else(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch");
+                    Default::default()
+                });
                 let st = std::process::Command::new("wg")
                     .args(["set", ifname, "private-key"])
                     .arg(path)
@@ -224,6 +248,10 @@ impl Rotator {
                 if !st.success() {
                     anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
                 }
+                self.kernel_switch = Some(Switch {
+                    primary: dk.primary,
+                    before,
+                });
             }
             tracing::info!(
                 primary = %dk.primary.fingerprint(),

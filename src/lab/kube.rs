@@ -73,6 +73,13 @@ pub struct ControlPlane {
     bin: PathBuf,
     cluster_cidrs: String,
     apiserver_pid: Option<u32>,
+    controller_manager_pid: Option<u32>,
+}
+
+fn kill_wait(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
 }
 
 impl ControlPlane {
@@ -90,6 +97,7 @@ impl ControlPlane {
             bin,
             cluster_cidrs: cluster_cidrs.into(),
             apiserver_pid: None,
+            controller_manager_pid: None,
         };
         cp.write_credentials()?;
         let etcd = cp.bin.join("etcd");
@@ -134,6 +142,7 @@ impl ControlPlane {
             bin: bin_dir(),
             cluster_cidrs: String::new(),
             apiserver_pid: None,
+            controller_manager_pid: None,
         }
     }
 
@@ -258,7 +267,10 @@ impl ControlPlane {
         self.path("audit.log")
     }
 
-    /// Start (or restart) kube-apiserver; returns once it is ready.
+    /// Start (or restart) kube-apiserver; returns once it is ready. After
+    /// an outage the controller manager is restarted too: a running one can
+    /// take over a minute to notice the new API server (client-go's watch
+    /// backoff), and node IPAM is not what the outage tests are about.
     pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
         let d = |n: &str| self.path(n).to_string_lossy().into_owned();
         let args = [
@@ -288,6 +300,10 @@ impl ControlPlane {
         let start = Instant::now();
         loop {
             if let Ok((200, _)) = self.request("GET", "/readyz", None, "admin") {
+                if let Some(pid) = self.controller_manager_pid.take() {
+                    kill_wait(pid);
+                    self.start_controller_manager()?;
+                }
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(90) {
@@ -304,13 +320,11 @@ impl ControlPlane {
     /// outage.
     pub fn stop_apiserver(&mut self) {
         if let Some(pid) = self.apiserver_pid.take() {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+            kill_wait(pid);
         }
     }
 
-    fn start_controller_manager(&self) -> anyhow::Result<()> {
+    fn start_controller_manager(&mut self) -> anyhow::Result<()> {
         let cm = self.bin.join("kube-controller-manager");
         let v4v6: Vec<&str> = self.cluster_cidrs.split(',').collect();
         let args = [
@@ -337,13 +351,14 @@ impl ControlPlane {
         ];
         let mut argv = vec![s(&cm)];
         argv.extend(args.iter().flat_map(|a| a.split(' ')));
-        sys::spawn_in(
+        let pid = sys::spawn_in(
             &self.ns,
             &argv,
             &self.path("kube-controller-manager.log"),
             None,
             &[],
         )?;
+        self.controller_manager_pid = Some(pid);
         Ok(())
     }
 

@@ -157,6 +157,25 @@ impl WgClient {
         Ok(observed_peers(&host))
     }
 
+    /// Each peer's last completed handshake (for the kernel path's
+    /// rotation acks).
+    pub fn handshakes(&self) -> Result<keys::kernel_ack::Handshakes, WgError> {
+        let host = self.api().read_interface_data().map_err(|source| WgError {
+            what: "reading WireGuard handshakes".into(),
+            source,
+        })?;
+        Ok(host
+            .peers
+            .values()
+            .map(|p| {
+                let last = p
+                    .last_handshake
+                    .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
+                (PublicKey::from_bytes(p.public_key.as_array()), last)
+            })
+            .collect())
+    }
+
     /// Carry out the peer actions of a diff (route actions are ignored here).
     pub fn apply(&self, actions: &[Action]) -> Result<(), WgError> {
         for a in actions {

@@ -470,15 +470,24 @@ impl KubeLab {
 
 impl Drop for KubeLab {
     fn drop(&mut self) {
-        let api_log = match &self.cp {
-            Some(cp) => cp.dir.join("kube-apiserver.log"),
-            None => self.n.path("api.log"),
-        };
+        let mut extra = vec![(
+            "api",
+            match &self.cp {
+                Some(cp) => cp.dir.join("kube-apiserver.log"),
+                None => self.n.path("api.log"),
+            },
+        )];
+        if let Some(cp) = &self.cp {
+            extra.push((
+                "controller-manager",
+                cp.dir.join("kube-controller-manager.log"),
+            ));
+        }
         dump_logs_on_panic(
             self.nodes
                 .iter()
                 .map(|n| (n.name.as_str(), n.log.as_path()))
-                .chain([("api", api_log.as_path())]),
+                .chain(extra.iter().map(|(l, p)| (*l, p.as_path()))),
         );
     }
 }
