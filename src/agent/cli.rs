@@ -159,8 +159,12 @@ pub struct Args {
 
     /// During a rotation, how long to wait for every peer to take the next
     /// key before switching anyway (an absent peer must not block it).
-    #[arg(long, env = "PODGUARD_ROTATION_STAGE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub rotation_stage_timeout: Duration,
+    /// Default 60s on the userspace device, which switches as soon as every
+    /// peer has a session on the next key; 10s on kernel WireGuard, which
+    /// holds one key and so cannot confirm the next one: the stage only
+    /// gives peers time to learn it.
+    #[arg(long, env = "PODGUARD_ROTATION_STAGE_TIMEOUT", value_parser = parse_duration)]
+    pub rotation_stage_timeout: Option<Duration>,
 
     /// After the switch, how long the old key stays accepted at most
     /// (it is dropped earlier once every peer uses the new one).

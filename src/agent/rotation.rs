@@ -75,8 +75,11 @@ impl Rotator {
     /// so peers see a short gap at the switch (documented), and the old key
     /// is retired once every peer handshook after the switch
     /// ([`keys::kernel_ack`]).
-    pub fn set_kernel(&mut self, ifname: &str) {
+    /// `stage_timeout` replaces the policy's: nothing acknowledges the
+    /// next key on such a device, so the stage always lasts this long.
+    pub fn set_kernel(&mut self, ifname: &str, stage_timeout: std::time::Duration) {
         self.kernel_ifname = Some(ifname.to_string());
+        self.policy.stage_timeout = stage_timeout.as_secs();
         // Apply on the first tick, whatever the interface had.
         self.applied = None;
     }

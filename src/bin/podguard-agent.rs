@@ -10,6 +10,10 @@ use podguard::agent::{Agent, AgentConfig, install, run_nodes_file, start_device}
 use podguard::netlink::{self, Netlink};
 use podguard::wireguard::{BackendChoice, select_backend};
 
+/// `--rotation-stage-timeout` unless given (see its help).
+const STAGE_TIMEOUT_USERSPACE: Duration = Duration::from_secs(60);
+const STAGE_TIMEOUT_KERNEL: Duration = Duration::from_secs(10);
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -66,7 +70,10 @@ fn main() -> anyhow::Result<()> {
     // the key(s) the device starts with.
     let every = args.rotate_every.map(|d| d.as_secs());
     let policy = keys::rotation::Policy {
-        stage_timeout: args.rotation_stage_timeout.as_secs(),
+        stage_timeout: args
+            .rotation_stage_timeout
+            .unwrap_or(STAGE_TIMEOUT_USERSPACE)
+            .as_secs(),
         retire_timeout: args.rotation_retire_timeout.as_secs(),
         every,
         jitter: every
@@ -131,7 +138,10 @@ fn main() -> anyhow::Result<()> {
         }
         rotator.set_device(device.clone());
         if backend == podguard::wireguard::Backend::Kernel {
-            rotator.set_kernel(mesh::WG_IFNAME);
+            rotator.set_kernel(
+                mesh::WG_IFNAME,
+                args.rotation_stage_timeout.unwrap_or(STAGE_TIMEOUT_KERNEL),
+            );
         }
         let cfg = AgentConfig {
             node_name: args.node_name,

@@ -90,10 +90,10 @@ enum Command {
     /// Sets `podguard.dev/rotate-requested` on each node; the node's agent
     /// creates a next key, publishes it (`podguard.dev/next-public-key`),
     /// waits until every peer has a session on it, switches, and retires
-    /// the old key. On the userspace device no packet is lost; on kernel
-    /// WireGuard a rotation is known to stall before retiring the old key
-    /// (see README, "WireGuard backends"). Refused for an unknown node, a
-    /// node without agent, or one already rotating.
+    /// the old key. On the userspace device no packet is lost; kernel
+    /// WireGuard holds one key, so its peers lose packets for a moment at
+    /// the switch (see README, "WireGuard backends"). Refused for an
+    /// unknown node, a node without agent, or one already rotating.
     Rotate {
         /// The node to rotate.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
