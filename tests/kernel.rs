@@ -412,6 +412,12 @@ fn in_vm_kernel_path_rotation_completes_encrypted() {
         !contains(&pcap, common::stream::MARKER),
         "plaintext on the underlay during the rotation"
     );
+    // Retired by handshake acks: by the retire timeout alone each node
+    // would take over 190 s.
+    assert!(
+        took < Duration::from_secs(150),
+        "rotate --all took {took:?}: the old keys were not retired by handshake acks"
+    );
     let after = keys();
     assert_eq!(before.len(), 3);
     for (b, a) in before.iter().zip(&after) {

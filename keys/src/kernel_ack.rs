@@ -3,10 +3,14 @@
 //!
 //! What it can say is when each peer last completed a handshake. After the
 //! switch (`wg set private-key`, which also expires the sessions on the old
-//! key) every handshake that completes uses the new key, so "every peer
-//! handshook after the switch" means "every peer has a session on the new
-//! key", which is what [`decide`](crate::rotation::decide) waits for before
-//! retiring the old key. The next key of `Staged` is never on such a
+//! key for sending) the handshakes that complete use the new key, so "every
+//! peer handshook after the switch" means "every peer has a session on the
+//! new key", which is what [`decide`](crate::rotation::decide) waits for
+//! before retiring the old key. Two windows about a round trip long can
+//! count an old-key handshake (one completing between the snapshot and the
+//! switch; a responder session confirmed by its first data packet after
+//! the switch); the cost is only an early `RetireOld`, which on a one-key
+//! device removes a file: the device dropped the old key at the switch. The next key of `Staged` is never on such a
 //! device, so it is never acknowledged: the stage timeout decides.
 
 use std::collections::{BTreeMap, BTreeSet};

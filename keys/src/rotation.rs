@@ -84,7 +84,7 @@ pub struct Disk {
 /// Which local keys every current peer has an established session on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
-    /// The backend cannot tell (kernel WireGuard): timeouts decide.
+    /// The backend cannot tell: timeouts decide.
     Unknown,
     /// The local public keys every peer has a live session on (with no
     /// peers at all: every key the device holds).

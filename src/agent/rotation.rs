@@ -238,11 +238,14 @@ impl Rotator {
                 } else {
                     &self.files.next
                 };
-                // Before the switch: only handshakes after it use the new key.
-                let before = kernel_handshakes(ifname).unwrap_or_else(|e| {
-                    tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch");
-                    Default::default()
-                });
+                // Before the switch: only handshakes after it use the new
+                // key. Without that snapshot, timeouts decide.
+                self.kernel_switch = None;
+                let before = kernel_handshakes(ifname)
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch; the rotation goes by its timeouts");
+                    })
+                    .ok();
                 let st = std::process::Command::new("wg")
                     .args(["set", ifname, "private-key"])
                     .arg(path)
@@ -251,7 +254,7 @@ impl Rotator {
                 if !st.success() {
                     anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
                 }
-                self.kernel_switch = Some(Switch {
+                self.kernel_switch = before.map(|before| Switch {
                     primary: dk.primary,
                     before,
                 });

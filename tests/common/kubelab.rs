@@ -271,8 +271,7 @@ impl KubeLab {
         self.kubectl_ok(&["apply", "-f", f.to_str().unwrap()])
     }
 
-    /// Node `name`'s spec.podCIDRs as the API server has them.
-    /// The node's podCIDRs; on a real control plane node IPAM assigns them
+    /// Node `name`'s spec.podCIDRs as the API server has them; on a real control plane node IPAM assigns them
     /// shortly after registration, so this waits for them (up to 30 s).
     pub fn node_pod_cidrs(&self, name: &str) -> Vec<String> {
         let get = || -> Vec<String> {

@@ -89,8 +89,9 @@ enum Command {
     ///
     /// Sets `podguard.dev/rotate-requested` on each node; the node's agent
     /// creates a next key, publishes it (`podguard.dev/next-public-key`),
-    /// waits until every peer has a session on it, switches, and retires
-    /// the old key. On the userspace device no packet is lost; kernel
+    /// waits until every peer has a session on it (kernel WireGuard: for
+    /// the stage timeout), switches, and retires the old key once every
+    /// peer uses the new one. On the userspace device no packet is lost; kernel
     /// WireGuard holds one key, so its peers lose packets for a moment at
     /// the switch (see README, "WireGuard backends"). Refused for an
     /// unknown node, a node without agent, or one already rotating.
