@@ -112,6 +112,16 @@ fn rx_bytes(c: &TwoNode, i: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// Node `i`'s latest handshake with its one peer (unix seconds).
+fn latest_handshake(c: &TwoNode, i: usize) -> String {
+    let o = c.wg(i, &["show", "podguard0", "latest-handshakes"]);
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn device_key(c: &TwoNode, i: usize) -> String {
     let o = c.wg(i, &["show", "podguard0", "public-key"]);
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -155,9 +165,18 @@ fn in_vm_kill9_keeps_forwarding_and_restart_adopts() {
     assert!(pings(&c.nodes[0].pod_ns, &c.nodes[1].pod_ip4()));
     let before = rx_bytes(&c, 0);
     assert!(before > 0);
+    let handshake = latest_handshake(&c, 0);
+    assert_ne!(handshake, "0");
     c.start_agent_with(0, kernel()[0]);
     std::thread::sleep(Duration::from_secs(5));
     pods_talk(&c);
+    // The sessions were kept: no new handshake (re-applying the key with
+    // `wg set` expired them all).
+    assert_eq!(
+        latest_handshake(&c, 0),
+        handshake,
+        "the restart dropped the sessions"
+    );
     // Adopted, not rebuilt: same key, the peer's counters kept counting.
     assert_eq!(device_key(&c, 0), c.nodes[0].public_key);
     assert!(

@@ -246,12 +246,24 @@ impl Rotator {
                         tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch; the rotation goes by its timeouts");
                     })
                     .ok();
-                let st = std::process::Command::new("wg")
-                    .args(["set", ifname, "private-key"])
-                    .arg(path)
-                    .status()
-                    .context("running wg set (wireguard-tools) for the kernel backend")?;
-                if !st.success() {
+                // A device that already holds the key (a restarted agent
+                // adopting it) keeps its sessions: `wg set` with the
+                // unclamped file bytes would expire them all.
+                let held = WgClient::new(Backend::Kernel, ifname)
+                    .ok()
+                    .and_then(|wg| wg.device_public_key().ok().flatten());
+                let st = if held == Some(dk.primary) {
+                    None
+                } else {
+                    Some(
+                        std::process::Command::new("wg")
+                            .args(["set", ifname, "private-key"])
+                            .arg(path)
+                            .status()
+                            .context("running wg set (wireguard-tools) for the kernel backend")?,
+                    )
+                };
+                if st.is_some_and(|st| !st.success()) {
                     anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
                 }
                 self.kernel_switch = before.map(|before| Switch {

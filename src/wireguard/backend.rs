@@ -157,6 +157,17 @@ impl WgClient {
         Ok(observed_peers(&host))
     }
 
+    /// The public half of the device's private key, if it has one.
+    pub fn device_public_key(&self) -> Result<Option<PublicKey>, WgError> {
+        let host = self.api().read_interface_data().map_err(|source| WgError {
+            what: "reading the WireGuard device's key".into(),
+            source,
+        })?;
+        Ok(host
+            .private_key
+            .map(|k| keys::PrivateKey::from_bytes(k.as_array()).public_key()))
+    }
+
     /// Each peer's last completed handshake (for the kernel path's
     /// rotation acks).
     pub fn handshakes(&self) -> Result<keys::kernel_ack::Handshakes, WgError> {

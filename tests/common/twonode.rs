@@ -108,7 +108,7 @@ impl TwoNode {
         c.start_agent_with(1, extra[1]);
         for i in 0..2 {
             let ns = c.nodes[i].ns.clone();
-            wait_for("cbr0 to exist", Duration::from_secs(20), || {
+            wait_for("cbr0 to exist", Duration::from_secs(60), || {
                 run(&["ip", "-n", &ns, "link", "show", "cbr0"])
                     .status
                     .success()
