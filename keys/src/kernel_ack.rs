@@ -10,14 +10,22 @@
 //! count an old-key handshake (one completing between the snapshot and the
 //! switch; a responder session confirmed by its first data packet after
 //! the switch); the cost is only an early `RetireOld`, which on a one-key
-//! device removes a file: the device dropped the old key at the switch. The next key of `Staged` is never on such a
-//! device, so it is never acknowledged: the stage timeout decides.
+//! device removes a file: the device dropped the old key at the switch.
+//!
+//! The next key of `Staged` is never on such a device, so it is never
+//! acknowledged: the stage lasts [`STAGE_TIMEOUT`] unless the operator
+//! chose another, only long enough for peers to learn the next key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use crate::PublicKey;
 use crate::rotation::Ack;
+
+/// The stage timeout on a one-key device unless one is configured
+/// (seconds): watch propagation to the peers, not a handshake, is what the
+/// stage waits for there.
+pub const STAGE_TIMEOUT: u64 = 10;
 
 /// Each peer's last completed handshake, by the peer's public key (`None`:
 /// never).

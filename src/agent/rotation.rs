@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use keys::kernel_ack::{self, Handshakes, Switch};
-use keys::rotation::{Ack, Decision, DeviceKeys, Inputs, Phase, Policy, Step, decide};
+use keys::rotation::{Ack, Decision, DeviceKeys, File, Inputs, Phase, Policy, Step, decide};
 use keys::store::{Loaded, RotationFiles};
 use keys::{PrivateKey, PublicKey};
 
@@ -51,9 +51,10 @@ fn pick(loaded: &Loaded, k: &PublicKey) -> Option<PrivateKey> {
         .map(|p| PrivateKey::from_bytes(*p.as_bytes()))
 }
 
-fn kernel_handshakes(ifname: &str) -> anyhow::Result<Handshakes> {
+/// The kernel device's key and its peers' last handshakes (one read).
+fn kernel_state(ifname: &str) -> anyhow::Result<(Option<PublicKey>, Handshakes)> {
     let wg = WgClient::new(Backend::Kernel, ifname)?;
-    Ok(wg.handshakes()?)
+    Ok(wg.key_and_handshakes()?)
 }
 
 impl Rotator {
@@ -75,6 +76,7 @@ impl Rotator {
     /// so peers see a short gap at the switch (documented), and the old key
     /// is retired once every peer handshook after the switch
     /// ([`keys::kernel_ack`]).
+    ///
     /// `stage_timeout` replaces the policy's: nothing acknowledges the
     /// next key on such a device, so the stage always lasts this long.
     pub fn set_kernel(&mut self, ifname: &str, stage_timeout: std::time::Duration) {
@@ -185,15 +187,22 @@ impl Rotator {
         done: Option<String>,
         peers_applied: bool,
     ) -> anyhow::Result<(Decision, bool)> {
+        let loaded = self.files.load();
+        self.report(&loaded);
+        // Kernel WireGuard: the device is read only while an old key waits
+        // to be retired (`Switched`), the one phase its ack decides.
+        let switched = loaded.disk.old != File::Absent;
         let ack = match (&self.device, &self.kernel_ifname, &self.kernel_switch) {
             (Some(d), _, _) if peers_applied => Ack::Keys(d.key_acks()),
-            (None, Some(ifname), Some(sw)) if peers_applied => match kernel_handshakes(ifname) {
-                Ok(now) => kernel_ack::ack(sw, &now),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "reading handshakes for the rotation; timeouts decide");
-                    Ack::Unknown
+            (None, Some(ifname), Some(sw)) if peers_applied && switched => {
+                match kernel_state(ifname) {
+                    Ok((_, now)) => kernel_ack::ack(sw, &now),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "reading handshakes for the rotation; timeouts decide");
+                        Ack::Unknown
+                    }
                 }
-            },
+            }
             _ => Ack::Unknown,
         };
         let inputs = Inputs {
@@ -202,8 +211,6 @@ impl Rotator {
             done,
             ack,
         };
-        let loaded = self.files.load();
-        self.report(&loaded);
         let mut d = decide(&loaded.disk, &inputs, &self.policy);
         let mut stepped = false;
         let loaded = if let Some(step) = d.step {
@@ -240,18 +247,17 @@ impl Rotator {
                 };
                 // Before the switch: only handshakes after it use the new
                 // key. Without that snapshot, timeouts decide.
-                self.kernel_switch = None;
-                let before = kernel_handshakes(ifname)
-                    .inspect_err(|e| {
-                        tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch; the rotation goes by its timeouts");
-                    })
-                    .ok();
                 // A device that already holds the key (a restarted agent
                 // adopting it) keeps its sessions: `wg set` with the
                 // unclamped file bytes would expire them all.
-                let held = WgClient::new(Backend::Kernel, ifname)
-                    .ok()
-                    .and_then(|wg| wg.device_public_key().ok().flatten());
+                self.kernel_switch = None;
+                let (held, before) = match kernel_state(ifname) {
+                    Ok((held, before)) => (held, Some(before)),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch; the rotation goes by its timeouts");
+                        (None, None)
+                    }
+                };
                 let st = if held == Some(dk.primary) {
                     None
                 } else {

@@ -10,10 +10,6 @@ use podguard::agent::{Agent, AgentConfig, install, run_nodes_file, start_device}
 use podguard::netlink::{self, Netlink};
 use podguard::wireguard::{BackendChoice, select_backend};
 
-/// `--rotation-stage-timeout` unless given (see its help).
-const STAGE_TIMEOUT_USERSPACE: Duration = Duration::from_secs(60);
-const STAGE_TIMEOUT_KERNEL: Duration = Duration::from_secs(10);
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -72,8 +68,8 @@ fn main() -> anyhow::Result<()> {
     let policy = keys::rotation::Policy {
         stage_timeout: args
             .rotation_stage_timeout
-            .unwrap_or(STAGE_TIMEOUT_USERSPACE)
-            .as_secs(),
+            .map(|d| d.as_secs())
+            .unwrap_or(keys::rotation::Policy::default().stage_timeout),
         retire_timeout: args.rotation_retire_timeout.as_secs(),
         every,
         jitter: every
@@ -140,7 +136,8 @@ fn main() -> anyhow::Result<()> {
         if backend == podguard::wireguard::Backend::Kernel {
             rotator.set_kernel(
                 mesh::WG_IFNAME,
-                args.rotation_stage_timeout.unwrap_or(STAGE_TIMEOUT_KERNEL),
+                args.rotation_stage_timeout
+                    .unwrap_or(Duration::from_secs(keys::kernel_ack::STAGE_TIMEOUT)),
             );
         }
         let cfg = AgentConfig {

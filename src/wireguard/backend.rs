@@ -157,25 +157,21 @@ impl WgClient {
         Ok(observed_peers(&host))
     }
 
-    /// The public half of the device's private key, if it has one.
-    pub fn device_public_key(&self) -> Result<Option<PublicKey>, WgError> {
+    /// The public half of the device's private key (if it has one) and
+    /// each peer's last completed handshake, from one read of the device
+    /// (for the kernel path's rotation).
+    pub fn key_and_handshakes(
+        &self,
+    ) -> Result<(Option<PublicKey>, keys::kernel_ack::Handshakes), WgError> {
         let host = self.api().read_interface_data().map_err(|source| WgError {
-            what: "reading the WireGuard device's key".into(),
+            what: "reading the WireGuard device's key and handshakes".into(),
             source,
         })?;
-        Ok(host
+        let key = host
             .private_key
-            .map(|k| keys::PrivateKey::from_bytes(k.as_array()).public_key()))
-    }
-
-    /// Each peer's last completed handshake (for the kernel path's
-    /// rotation acks).
-    pub fn handshakes(&self) -> Result<keys::kernel_ack::Handshakes, WgError> {
-        let host = self.api().read_interface_data().map_err(|source| WgError {
-            what: "reading WireGuard handshakes".into(),
-            source,
-        })?;
-        Ok(host
+            .as_ref()
+            .map(|k| keys::PrivateKey::from_bytes(k.as_array()).public_key());
+        let handshakes = host
             .peers
             .values()
             .map(|p| {
@@ -184,7 +180,8 @@ impl WgClient {
                     .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
                 (PublicKey::from_bytes(p.public_key.as_array()), last)
             })
-            .collect())
+            .collect();
+        Ok((key, handshakes))
     }
 
     /// Carry out the peer actions of a diff (route actions are ignored here).
