@@ -3,6 +3,13 @@
 //! reconciles; `podguard status` and `podguard audit` name a node whose
 //! Lease expired and exit 1, and go green again once it is back. Runs on
 //! the lab (real agents, the lab API server), with 4 s Leases.
+//!
+//! Its peers see it too, from the datapath: traffic to node-3 goes
+//! unanswered, so node-1 reports node-3 under PEERS in `podguard status`
+//! (`podguard.dev/peer-health`) and on /metrics (`podguard_peer_problem`)
+//! once its handshake attempts have gone unanswered for
+//! `PODGUARD_PEER_STALE_AFTER` (5 s here; 90 s, REKEY_ATTEMPT_TIME, by
+//! default), and stops once node-3 answers again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +23,7 @@ use common::*;
 use serde_json::Value;
 
 const LEASE: &str = "4s";
+const PEER_STALE_AFTER: &str = "5s";
 
 fn json_of(args: &[&str]) -> (i32, Value) {
     let o = podguard(args);
@@ -35,6 +43,22 @@ fn row<'a>(v: &'a Value, node: &str) -> &'a Value {
     v.as_array()
         .and_then(|a| a.iter().find(|r| r["node"] == node))
         .unwrap_or(&Value::Null)
+}
+
+/// A child process killed when the test ends, also on failure.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `podguard_peer_problem` samples of a metrics page.
+fn problem_lines(m: &str) -> impl Iterator<Item = &str> {
+    m.lines()
+        .filter(|l| l.starts_with("podguard_peer_problem{"))
 }
 
 /// The pid of the agent in lab node namespace `ns`.
@@ -66,6 +90,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
             "--ipv4-only",
         ])
         .env("PODGUARD_LEASE_DURATION", LEASE)
+        .env("PODGUARD_PEER_STALE_AFTER", PEER_STALE_AFTER)
         .output()
         .unwrap();
     assert!(
@@ -80,6 +105,40 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     );
     let (code, r) = audit();
     assert_eq!(code, 0, "{r:#}");
+    let (_, v) = status();
+    for n in ["node-1", "node-2", "node-3"] {
+        assert_eq!(row(&v, n)["peerProblems"], serde_json::json!({}), "{v:#}");
+    }
+    // Both of node-1's peers judged (sampled every 5 s), neither a problem.
+    wait_for(
+        "node-1's peers on /metrics",
+        Duration::from_secs(15),
+        || {
+            let m = podguard::lab::cluster::metrics("pglab-n1").unwrap_or_default();
+            let lines: Vec<&str> = problem_lines(&m).collect();
+            lines.len() == 4
+                && ["node-2", "node-3"].iter().all(|n| {
+                    lines
+                        .iter()
+                        .any(|l| l.contains(&format!("peer_node=\"{n}\"")))
+                })
+        },
+    );
+    let m = podguard::lab::cluster::metrics("pglab-n1").unwrap_or_default();
+    assert!(
+        problem_lines(&m).all(|l| l.ends_with(" 0")),
+        "healthy peers: {m}"
+    );
+    let lab = podguard::lab::cluster::load().unwrap();
+    let ip_of = |node: &str| {
+        lab.pods
+            .iter()
+            .find(|p| p.node == node)
+            .map(|p| (p.netns.clone(), p.ips[0].clone()))
+            .unwrap()
+    };
+    let (pod1, _) = ip_of("node-1");
+    let (_, ip3) = ip_of("node-3");
 
     // node-3's agent dies (kill -9): its Lease runs out.
     let pid = agent_pid("pglab-n3");
@@ -126,6 +185,50 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         "{r:#}"
     );
 
+    // node-1 keeps sending to node-3's pod: nothing answers (the device
+    // died with the agent), its handshake attempts go unanswered, and
+    // node-1 says so. node-2 sends nothing there, so has nothing to say.
+    let _pinger = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &pod1, "ping", "-q", "-i", "0.2", &ip3])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "node-1 to report node-3 without a handshake",
+        Duration::from_secs(60),
+        || {
+            let (code, v) = status();
+            code == 1
+                && row(&v, "node-1")["peerProblems"]["noHandshake"] == serde_json::json!(["node-3"])
+        },
+    );
+    let (_, v) = status();
+    assert_eq!(
+        row(&v, "node-2")["peerProblems"],
+        serde_json::json!({}),
+        "{v:#}"
+    );
+    let table = String::from_utf8_lossy(&podguard(&["status", "--lab"]).stdout).into_owned();
+    assert!(table.contains("NO HANDSHAKE: node-3"), "{table}");
+    let m = podguard::lab::cluster::metrics("pglab-n1").unwrap_or_default();
+    let firing: Vec<&str> = problem_lines(&m).filter(|l| l.ends_with(" 1")).collect();
+    assert!(
+        firing.len() == 1
+            && firing[0].contains("peer_node=\"node-3\"")
+            && firing[0].contains("problem=\"no_handshake\""),
+        "{firing:?}"
+    );
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("podguard_peer_seconds_without_handshake{")
+                && l.contains("peer_node=\"node-3\"")
+        ),
+        "{m}"
+    );
+
     // The agent comes back (as the DaemonSet would restart it): green again.
     let wg_dir = std::path::Path::new("/run/podguard-lab/node-3/wg");
     let args: Vec<&str> = cmdline.iter().map(String::as_str).collect();
@@ -143,7 +246,8 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         .stderr(log)
         .spawn()
         .unwrap();
-    wait_for("node-3 alive again", Duration::from_secs(30), || {
+    // Green again: alive, and node-1's handshake with node-3 answered.
+    wait_for("node-3 alive again", Duration::from_secs(60), || {
         status().0 == 0
     });
     assert_eq!(audit().0, 0);

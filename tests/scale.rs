@@ -1,7 +1,9 @@
 //! The mesh at scale: a 50-node lab (the real agents and CNI plugin, one
 //! pod per node) left alone past two rekey intervals, then every one of
 //! the 2,450 pod pairs must answer on the first try, every peer link must
-//! have a recent handshake, and no agent may burn CPU while idle.
+//! have a recent handshake, no agent may report a peer problem (no
+//! handshake, or a storm) in `podguard status`, and no agent may burn CPU
+//! while idle.
 //!
 //! What it guards against: a handshake livelock between two agents that
 //! starved the others (fixed in wgcore: pacing, no unpaced re-initiation
@@ -95,5 +97,18 @@ fn fifty_nodes_stay_fully_connected_past_two_rekeys() {
         .collect();
     assert!(stale.is_empty(), "stale peer links: {stale:?}");
     assert!(check.status.success(), "lab check failed");
+    // No agent reports a peer without a handshake or in a storm
+    // (`podguard status`, PEERS), and every node agrees on the mesh.
+    let status = podguard(&["status", "--lab", "--output", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let unhappy: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["digest"] != "agrees" || r["peerProblems"] != serde_json::json!({}))
+        .map(|r| format!("{}: {} {}", r["node"], r["digest"], r["peerProblems"]))
+        .collect();
+    assert!(unhappy.is_empty(), "status: {unhappy:?}");
+    assert!(status.status.success());
     assert_eq!(report["capture"]["plaintextPackets"], 0);
 }

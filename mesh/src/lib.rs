@@ -12,10 +12,13 @@
 //!   state into the plan; empty when converged.
 //! * [`ipam`]: address allocation within a podCIDR.
 //! * [`mtu`]: the one MTU computation.
+//! * [`health`]: per-peer health (a dead pair, a handshake storm) from
+//!   device samples.
 
 pub mod audit;
 pub mod diff;
 pub mod digest;
+pub mod health;
 pub mod ipam;
 pub mod mtu;
 pub mod node;

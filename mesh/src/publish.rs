@@ -25,6 +25,10 @@ pub const ANN_ROTATION_STATE: &str = "podguard.dev/rotation-state";
 pub const ANN_KEY_CREATED: &str = "podguard.dev/key-created";
 /// Digest of the mesh the agent has applied (see `mesh::digest`).
 pub const ANN_MESH_DIGEST: &str = "podguard.dev/mesh-digest";
+/// The peers (by node) this node's agent finds without a handshake or in
+/// a handshake storm (JSON, see [`crate::health::PeerProblems`]); absent
+/// when every peer is fine.
+pub const ANN_PEER_HEALTH: &str = "podguard.dev/peer-health";
 /// Longest annotation value podguard reads; longer values are treated as
 /// invalid without being copied into logs.
 pub const MAX_VALUE_LEN: usize = 512;
@@ -59,6 +63,8 @@ pub struct Own {
     pub key_created: Option<u64>,
     /// The applied mesh digest (`None`: leave alone).
     pub mesh_digest: Option<String>,
+    /// Peer problems (`None`: leave alone; empty: remove the annotation).
+    pub peer_health: Option<crate::health::PeerProblems>,
 }
 
 impl Own {
@@ -72,6 +78,7 @@ impl Own {
             rotate_done: None,
             key_created: None,
             mesh_digest: None,
+            peer_health: None,
         }
     }
 }
@@ -97,6 +104,9 @@ pub fn desired(own: &Own) -> BTreeMap<String, Option<String>> {
     set(ANN_ROTATE_DONE, own.rotate_done.clone());
     set(ANN_KEY_CREATED, own.key_created.map(|t| t.to_string()));
     set(ANN_MESH_DIGEST, own.mesh_digest.clone());
+    if let Some(p) = &own.peer_health {
+        m.insert(ANN_PEER_HEALTH.to_string(), p.to_annotation());
+    }
     m
 }
 
@@ -155,6 +165,30 @@ mod tests {
         assert_eq!(patch(&have, &want), None);
         have.insert(ANN_PUBLIC_KEY.into(), "tampered".into());
         assert_eq!(patch(&have, &want).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn peer_health_set_removed_or_left_alone() {
+        let k = PrivateKey::generate().public_key();
+        let mut own = Own::new(k, None);
+        let mut have = BTreeMap::new();
+        have.insert(
+            ANN_PEER_HEALTH.to_string(),
+            "{\"storm\":[\"b\"]}".to_string(),
+        );
+        assert!(!desired(&own).contains_key(ANN_PEER_HEALTH), "left alone");
+        own.peer_health = Some(crate::health::PeerProblems::default());
+        let p = patch(&have, &desired(&own)).unwrap();
+        assert_eq!(p[ANN_PEER_HEALTH], None, "healthy: removed");
+        own.peer_health = Some(crate::health::PeerProblems {
+            no_handshake: vec!["a".into()],
+            ..Default::default()
+        });
+        let p = patch(&have, &desired(&own)).unwrap();
+        assert_eq!(
+            p[ANN_PEER_HEALTH].as_deref(),
+            Some("{\"noHandshake\":[\"a\"]}")
+        );
     }
 
     #[test]

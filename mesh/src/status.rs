@@ -9,9 +9,10 @@ use keys::PublicKey;
 use serde::Serialize;
 
 use crate::NodeInfo;
+use crate::health::PeerProblems;
 use crate::publish::{
-    ANN_KEY_CREATED, ANN_MESH_DIGEST, ANN_NEXT_PUBLIC_KEY, ANN_PUBLIC_KEY, ANN_ROTATE_DONE,
-    ANN_ROTATE_REQUESTED, ANN_ROTATION_STATE,
+    ANN_KEY_CREATED, ANN_MESH_DIGEST, ANN_NEXT_PUBLIC_KEY, ANN_PEER_HEALTH, ANN_PUBLIC_KEY,
+    ANN_ROTATE_DONE, ANN_ROTATE_REQUESTED, ANN_ROTATION_STATE,
 };
 
 /// A Node as the CLI sees it.
@@ -104,6 +105,17 @@ pub struct Row {
     pub digest: Agreement,
     /// Seconds since the agent's heartbeat, when known.
     pub heartbeat_age_secs: Option<u64>,
+    /// Peers its agent finds without a handshake or in a handshake storm
+    /// (`podguard.dev/peer-health`; empty when none, or not published).
+    pub peer_problems: PeerProblems,
+}
+
+impl Row {
+    /// Whether this node needs a look: not converged, agent down, or a
+    /// peer problem.
+    pub fn finding(&self) -> bool {
+        self.digest != Agreement::Agrees || !self.peer_problems.is_empty()
+    }
 }
 
 /// The status of every node, sorted by name.
@@ -135,6 +147,16 @@ pub fn rows(nodes: &[NodeView], now: u64) -> Vec<Row> {
                 Heartbeat::Renewed { age_secs, .. } => Some(age_secs),
                 _ => None,
             },
+            peer_problems: n
+                .ann(ANN_PEER_HEALTH)
+                .map(|v| {
+                    PeerProblems::parse(v).unwrap_or_else(|_| PeerProblems {
+                        // Unreadable (an old agent, or tampered): say so.
+                        no_handshake: vec![format!("(unreadable {ANN_PEER_HEALTH})")],
+                        ..PeerProblems::default()
+                    })
+                })
+                .unwrap_or_default(),
         })
         .collect();
     out.sort_by(|a, b| a.node.cmp(&b.node));

@@ -93,6 +93,13 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_HEALTH_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub health_grace: Duration,
 
+    /// A peer whose handshake initiations have gone unanswered this long
+    /// (kernel backend: whose last handshake is older than this plus
+    /// REKEY_AFTER_TIME, 120 s) is reported: `podguard status` (PEERS) and
+    /// /metrics (`podguard_peer_problem`). WireGuard gives up after 90 s.
+    #[arg(long, env = "PODGUARD_PEER_STALE_AFTER", default_value = "90s", value_parser = parse_duration)]
+    pub peer_stale_after: Duration,
+
     /// Install the CNI plugin binary and conflist before starting.
     #[arg(long, env = "PODGUARD_INSTALL_CNI")]
     pub install_cni: bool,

@@ -27,6 +27,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use super::peer_health::NamedHealth;
 use crate::wireguard::device::Device;
 
 type Labels = Vec<(String, String)>;
@@ -45,6 +46,8 @@ pub struct Metrics {
     /// The userspace device, when that is the backend (read at scrape time).
     pub device: Arc<std::sync::OnceLock<Arc<Device>>>,
     health: parking_lot::Mutex<Health>,
+    /// Each peer's health, as last judged (`Agent::peer_health`).
+    peer_health: Arc<parking_lot::Mutex<Vec<NamedHealth>>>,
 }
 
 /// What the health endpoints judge from.
@@ -145,6 +148,26 @@ impl Collector for DeviceCollector {
                 ConstCounter::new(get(p)).encode(m.encode_family(&l)?)?;
             }
         }
+        type Count = fn(&crate::wireguard::uapi::PeerStatus) -> u64;
+        let handshakes: [(&str, &str, Count); 2] = [
+            (
+                "peer_handshake_initiations",
+                "Handshake initiations sent to a peer, retransmits included (userspace device)",
+                |p| p.handshake_initiations,
+            ),
+            (
+                "peer_handshakes_answered",
+                "A peer's handshake initiations answered (userspace device)",
+                |p| p.handshakes_answered,
+            ),
+        ];
+        for (name, help, get) in handshakes {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &peers {
+                let l: Labels = vec![("peer".into(), p.public_key.to_base64().to_string())];
+                ConstCounter::new(get(p)).encode(m.encode_family(&l)?)?;
+            }
+        }
         let mut m = enc.encode_descriptor(
             "peer_last_handshake_seconds",
             "Unix time of the last handshake with a peer (0 = never)",
@@ -169,7 +192,70 @@ impl Collector for DeviceCollector {
     }
 }
 
+/// Per-peer health as last judged, read at scrape time.
+#[derive(Debug)]
+struct PeerHealthCollector(Arc<parking_lot::Mutex<Vec<NamedHealth>>>);
+
+impl Collector for PeerHealthCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let peers = self.0.lock().clone();
+        let labels = |h: &NamedHealth, extra: Option<(&str, &str)>| -> Labels {
+            let mut l: Labels = vec![
+                ("peer".into(), h.health.key.to_base64().to_string()),
+                ("peer_node".into(), h.node.clone().unwrap_or_default()),
+            ];
+            if let Some((k, v)) = extra {
+                l.push((k.into(), v.into()));
+            }
+            l
+        };
+        let mut m = enc.encode_descriptor(
+            "peer_problem",
+            "1 while a peer has a problem: no_handshake (none for longer than REKEY_ATTEMPT_TIME, traffic to it is dropped) or storm (handshakes far above the paced rate)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for h in &peers {
+            for (p, name) in [
+                (mesh::health::Problem::NoHandshake, "no_handshake"),
+                (mesh::health::Problem::Storm, "storm"),
+            ] {
+                let v = i64::from(h.health.problem == Some(p));
+                ConstGauge::new(v).encode(m.encode_family(&labels(h, Some(("problem", name))))?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "peer_handshake_attempts_per_second",
+            "Handshakes sent and answered per second with a peer over the last minute (userspace device)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for h in &peers {
+            if let Some(r) = h.health.handshakes_per_minute {
+                ConstGauge::new(r / 60.0).encode(m.encode_family(&labels(h, None))?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "peer_seconds_without_handshake",
+            "Userspace device: how long initiations to a peer have gone unanswered; kernel: time since the last handshake",
+            None,
+            MetricType::Gauge,
+        )?;
+        for h in &peers {
+            if let Some(s) = h.health.without_handshake_secs {
+                ConstGauge::new(s as i64).encode(m.encode_family(&labels(h, None))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Keep the peers' health for the next scrape.
+    pub fn set_peer_health(&self, peers: Vec<NamedHealth>) {
+        *self.peer_health.lock() = peers;
+    }
+
     fn registry(self: &Arc<Self>, node: &str) -> Registry {
         let mut r = Registry::with_prefix_and_labels(
             "podguard",
@@ -192,6 +278,7 @@ impl Metrics {
             self.reconcile_errors.clone(),
         );
         r.register_collector(Box::new(DeviceCollector(self.device.clone())));
+        r.register_collector(Box::new(PeerHealthCollector(self.peer_health.clone())));
         r
     }
 

@@ -10,6 +10,7 @@ pub mod install;
 pub mod metrics;
 pub mod node_state;
 pub mod nodes_file;
+pub mod peer_health;
 pub mod rotation;
 pub mod uninstall;
 
@@ -36,6 +37,8 @@ pub struct AgentConfig {
     pub state_file: PathBuf,
     /// Masquerade pod traffic leaving the cluster CIDR (`inet podguard`).
     pub masquerade: bool,
+    /// A peer is reported without a handshake after this long.
+    pub peer_stale_after: Duration,
 }
 
 /// A reconcile failure (the data plane keeps its last state).
@@ -104,6 +107,8 @@ pub struct Agent {
     /// Kernel path: the key file and port to recreate `podguard0` from
     /// when it was deleted under us.
     kernel: Option<(PathBuf, u16)>,
+    /// Per-peer health (`peer_health`).
+    peers: peer_health::PeerWatch,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -174,7 +179,6 @@ impl Agent {
             public_key: key.public_key(),
         };
         Self {
-            cfg,
             local,
             wg,
             nl,
@@ -184,6 +188,8 @@ impl Agent {
             last_ignored: BTreeMap::new(),
             repair: std::sync::Arc::new(tokio::sync::Notify::new()),
             kernel: None,
+            peers: peer_health::PeerWatch::new(cfg.peer_stale_after),
+            cfg,
         }
     }
 
@@ -412,6 +418,9 @@ pub async fn run_nodes_file(
                     continue;
                 }
             }
+        }
+        if nodes.is_some() && agent.last_plan.is_some() {
+            agent.peer_health(&metrics);
         }
         let repair = agent.repair_trigger();
         repair_now = tokio::select! {

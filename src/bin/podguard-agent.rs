@@ -150,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             },
             state_file: args.state_file,
             masquerade: args.masquerade,
+            peer_stale_after: args.peer_stale_after,
         };
         let metrics = std::sync::Arc::new(Metrics::default());
         if let Some(d) = device.clone() {

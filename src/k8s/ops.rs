@@ -296,6 +296,7 @@ pub fn render_status(rows: &[mesh::status::Row]) -> String {
             "ROTATION",
             "NEXT KEY",
             "MESH DIGEST",
+            "PEERS",
         ],
         rows.iter()
             .map(|r| {
@@ -318,6 +319,11 @@ pub fn render_status(rows: &[mesh::status::Row]) -> String {
                             Some(a) => format!("AGENT DOWN (heartbeat {} ago)", age(a)),
                             None => "AGENT DOWN (no heartbeat)".to_string(),
                         },
+                    },
+                    if r.peer_problems.is_empty() {
+                        "ok".to_string()
+                    } else {
+                        r.peer_problems.to_string()
                     },
                 ]
             })
@@ -461,19 +467,22 @@ mod tests {
             rotation_requested: false,
             digest,
             heartbeat_age_secs: Some(3),
+            peer_problems: mesh::health::PeerProblems::default(),
         };
+        let mut n2 = row("n2", mesh::status::Agreement::Differs);
+        n2.peer_problems.no_handshake = vec!["node-3".into(), "node-4".into()];
         let out = render_status(&[
             row(
                 "ip-10-0-12-34.eu-west-1.compute.internal",
                 mesh::status::Agreement::Agrees,
             ),
-            row("n2", mesh::status::Agreement::Differs),
+            n2,
         ]);
         assert_eq!(
             out,
-            "NODE                                      KEY       KEY AGE  ROTATION  NEXT KEY  MESH DIGEST\n\
-             ip-10-0-12-34.eu-west-1.compute.internal  ab12cd34  90s      idle      -         agrees\n\
-             n2                                        ab12cd34  90s      idle      -         DIFFERS (not converged)\n"
+            "NODE                                      KEY       KEY AGE  ROTATION  NEXT KEY  MESH DIGEST              PEERS\n\
+             ip-10-0-12-34.eu-west-1.compute.internal  ab12cd34  90s      idle      -         agrees                   ok\n\
+             n2                                        ab12cd34  90s      idle      -         DIFFERS (not converged)  NO HANDSHAKE: node-3,node-4\n"
         );
     }
 }

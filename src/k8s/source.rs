@@ -131,10 +131,12 @@ pub async fn run(
         }
         let infos: Vec<mesh::NodeInfo> = snapshot.iter().map(|n| node_info(n)).collect();
         let mut digest = None;
+        let mut peer_health = None;
         match agent.reconcile(&infos).await {
             Ok(report) => {
                 reconciled = true;
                 digest = Some(report.digest.clone());
+                peer_health = Some(agent.peer_health(&metrics));
                 waiting_logged = false;
                 metrics.record(Ok(&report));
                 if last_renew.is_none_or(|t| t.elapsed() >= cfg.lease_duration / 4) {
@@ -209,7 +211,7 @@ pub async fn run(
             }
         }
         if let Some(d) = &decision {
-            publish_own(&api, &snapshot, &cfg, d, digest).await;
+            publish_own(&api, &snapshot, &cfg, d, digest, peer_health).await;
         }
         // While a rotation runs, come back soon; otherwise at the next
         // change, resync, or rotation deadline.
@@ -244,6 +246,7 @@ async fn publish_own(
     cfg: &SourceConfig,
     decision: &Decision,
     mesh_digest: Option<String>,
+    peer_health: Option<mesh::health::PeerProblems>,
 ) {
     let Some(me) = snapshot
         .iter()
@@ -270,6 +273,7 @@ async fn publish_own(
         rotate_done: decision.publish.done.clone(),
         key_created: decision.publish.key_created,
         mesh_digest,
+        peer_health,
     };
     let desired = mesh::publish::desired(&own);
     let Some(patch) = mesh::publish::patch(&current, &desired) else {

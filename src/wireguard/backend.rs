@@ -184,6 +184,33 @@ impl WgClient {
         Ok((key, handshakes))
     }
 
+    /// Each peer's key, last completed handshake (`None`: never) and
+    /// whether it has a persistent keepalive (for peer health on a device
+    /// that reports nothing else).
+    pub fn peer_handshakes(
+        &self,
+    ) -> Result<Vec<(PublicKey, Option<std::time::SystemTime>, bool)>, WgError> {
+        let host = self.api().read_interface_data().map_err(|source| WgError {
+            what: "reading the WireGuard device's handshakes".into(),
+            source,
+        })?;
+        Ok(host
+            .peers
+            .values()
+            .map(|p| {
+                let last = p
+                    .last_handshake
+                    .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
+                let keepalive = p.persistent_keepalive_interval.is_some_and(|k| k > 0);
+                (
+                    PublicKey::from_bytes(p.public_key.as_array()),
+                    last,
+                    keepalive,
+                )
+            })
+            .collect())
+    }
+
     /// Carry out the peer actions of a diff (route actions are ignored here).
     pub fn apply(&self, actions: &[Action]) -> Result<(), WgError> {
         for a in actions {

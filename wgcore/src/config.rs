@@ -127,7 +127,7 @@ impl Core {
                 .tunn(&self.clock)
                 .format_handshake_initiation(&mut buf, false)
             {
-                l.init_sent(now);
+                peer.init_sent(l, now);
                 peer.sent(b.len());
                 self.queue(ep, b);
             }

@@ -215,6 +215,9 @@ impl Core {
                     DropCounters::count(&self.drops.under_load);
                 } else {
                     peer.sent(b.len());
+                    if datagram.first() == Some(&1) {
+                        peer.answered();
+                    }
                 }
                 self.queue(from, b);
                 // Flush packets the Tunn queued while its handshake was

@@ -107,7 +107,7 @@ impl Core {
         match t.encapsulate(pkt, &mut out[..room]) {
             TunnResult::WriteToNetwork(b) => {
                 if b.first() == Some(&1) {
-                    link.init_sent(now);
+                    route.peer.init_sent(link, now);
                 }
                 route.peer.sent(b.len());
                 Sealed::Datagram(b.len())

@@ -141,6 +141,13 @@ pub(crate) struct Peer {
     pub endpoint: RwLock<Option<SocketAddr>>,
     pub allowed_ips: RwLock<Vec<IpNet>>,
     pub keepalive: u16,
+    /// Handshake initiations sent, retransmits included.
+    initiations: AtomicU64,
+    /// The peer's initiations this device answered.
+    answered: AtomicU64,
+    /// Clock time (ns) of the first initiation not followed by a completed
+    /// handshake on any link; 0 = none outstanding.
+    unanswered_since: AtomicU64,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
     rx_packets: AtomicU64,
@@ -162,6 +169,9 @@ impl Peer {
             endpoint: RwLock::new(endpoint),
             allowed_ips: RwLock::new(Vec::new()),
             keepalive,
+            initiations: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            unanswered_since: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             rx_packets: AtomicU64::new(0),
@@ -172,6 +182,56 @@ impl Peer {
     pub fn sent(&self, bytes: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An initiation goes out on `link` at `now`: paced from here, counted,
+    /// and, if none was outstanding, the start of an unanswered stretch.
+    pub fn init_sent(&self, link: &Link, now: Duration) {
+        link.init_sent(now);
+        self.initiations.fetch_add(1, Ordering::Relaxed);
+        let _ = self.unanswered_since.compare_exchange(
+            0,
+            now.as_nanos() as u64,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// This device answered one of the peer's initiations.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (initiations sent, initiations answered).
+    pub fn handshake_counts(&self) -> (u64, u64) {
+        (
+            self.initiations.load(Ordering::Relaxed),
+            self.answered.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The newest handshake on any link completed at `newest` (clock
+    /// time): an unanswered stretch that began no later ends.
+    pub fn handshake_seen(&self, newest: Duration) {
+        let since = self.unanswered_since.load(Ordering::Relaxed);
+        if since != 0 && newest.as_nanos() as u64 >= since {
+            let _ = self.unanswered_since.compare_exchange(
+                since,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// How long initiations have gone unanswered at `now`, given the
+    /// newest completed handshake (`None`: none outstanding).
+    pub fn unanswered_for(&self, now: Duration, newest: Option<Duration>) -> Option<Duration> {
+        let since = Duration::from_nanos(self.unanswered_since.load(Ordering::Relaxed));
+        if since.is_zero() || newest.is_some_and(|h| h >= since) {
+            return None;
+        }
+        Some(now.saturating_sub(since))
     }
 
     pub fn received(&self, bytes: usize) {

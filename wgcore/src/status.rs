@@ -60,6 +60,7 @@ impl Core {
     pub fn peer_status(&self, wall: SystemTime) -> Vec<PeerStatus> {
         let st = self.state.read();
         let epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = self.clock.current();
         st.peers
             .values()
             .map(|p| {
@@ -74,6 +75,8 @@ impl Core {
                     .map(|t| (t.as_secs(), t.subsec_nanos()))
                     .unwrap_or((0, 0));
                 let (rx_bytes, tx_bytes, rx_packets, tx_packets) = p.counters();
+                let (handshake_initiations, handshakes_answered) = p.handshake_counts();
+                let unanswered_for = p.unanswered_for(now, since.map(|d| now.saturating_sub(d)));
                 PeerStatus {
                     public_key: p.key(),
                     endpoint: *p.endpoint.read(),
@@ -84,6 +87,9 @@ impl Core {
                     rx_packets,
                     tx_packets,
                     persistent_keepalive: p.keepalive,
+                    handshake_initiations,
+                    handshakes_answered,
+                    unanswered_for,
                 }
             })
             .collect()

@@ -62,8 +62,13 @@ impl Core {
         let mut dst = vec![0u8; 65_536 + crate::SEAL_OVERHEAD];
         for peer in peers {
             let links: Vec<Arc<Link>> = peer.links.read().clone();
+            let mut newest: Option<Duration> = None;
             for link in &links {
                 let mut t = link.tunn(&self.clock);
+                if let Some(age) = t.time_since_last_handshake() {
+                    let at = now.saturating_sub(age);
+                    newest = Some(newest.map_or(at, |n| n.max(at)));
+                }
                 if let TunnResult::WriteToNetwork(b) = t.update_timers(&mut dst) {
                     if b.first() == Some(&1) {
                         link.defer_init(b, now);
@@ -86,11 +91,14 @@ impl Core {
                 if let Some(init) = link.due_init(now)
                     && let Some(ep) = *peer.endpoint.read()
                 {
-                    link.init_sent(now);
+                    peer.init_sent(link, now);
                     peer.sent(init.len());
                     self.queue(ep, &init);
                 }
                 self.flush_pending(&peer, link);
+            }
+            if let Some(n) = newest {
+                peer.handshake_seen(n);
             }
             peer.reselect(&self.clock);
             // Only a peer in the middle of a key change has more than one

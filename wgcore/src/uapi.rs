@@ -231,6 +231,14 @@ pub struct PeerStatus {
     pub tx_packets: u64,
     /// Keepalive interval (0 = off).
     pub persistent_keepalive: u16,
+    /// Handshake initiations sent to the peer, retransmits included (not
+    /// part of the UAPI; for health).
+    pub handshake_initiations: u64,
+    /// The peer's initiations answered (not part of the UAPI).
+    pub handshakes_answered: u64,
+    /// How long initiations to the peer have gone without a completed
+    /// handshake (`None`: none outstanding; not part of the UAPI).
+    pub unanswered_for: Option<std::time::Duration>,
 }
 
 /// Format a `get=1` answer (including the final `errno=0` and blank line).
@@ -337,6 +345,9 @@ mod tests {
                 rx_packets: 1,
                 tx_packets: 1,
                 persistent_keepalive: 25,
+                handshake_initiations: 1,
+                handshakes_answered: 0,
+                unanswered_for: None,
             }],
         );
         assert!(out.starts_with("listen_port=51820\npublic_key="));

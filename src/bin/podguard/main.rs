@@ -183,9 +183,12 @@ enum Command {
     },
     /// Print the man page (roff): `podguard man | man -l -`.
     Man,
-    /// Per node: key fingerprint, key age, rotation state, and whether its
-    /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster.
-    /// Exit code 1 if a node has not converged.
+    /// Per node: key fingerprint, key age, rotation state, whether its
+    /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster, and
+    /// the peers its agent finds without a handshake for longer than
+    /// REKEY_ATTEMPT_TIME (90 s) or in a handshake storm
+    /// (podguard.dev/peer-health). Exit code 1 if a node has not
+    /// converged, its agent is down, or it reports a peer problem.
     Status {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]
@@ -475,10 +478,7 @@ fn run() -> anyhow::Result<()> {
                 Output::Table => print!("{}", ops::render_status(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
-            if rows
-                .iter()
-                .any(|r| r.digest != mesh::status::Agreement::Agrees)
-            {
+            if rows.iter().any(mesh::status::Row::finding) {
                 std::process::exit(1);
             }
             Ok(())

@@ -297,6 +297,17 @@ impl Net {
             .and_then(|p| p.endpoint)
     }
 
+    /// What node `i` reports of its peer node `j`.
+    pub fn status(&self, i: usize, j: usize) -> wgcore::uapi::PeerStatus {
+        let pk = self.nodes[j].key.public_key();
+        self.nodes[i]
+            .core
+            .peer_status(std::time::SystemTime::now())
+            .into_iter()
+            .find(|p| p.public_key == pk)
+            .expect("a peer")
+    }
+
     pub fn drop_count(&self, i: usize, name: &str) -> u64 {
         self.nodes[i]
             .core
