@@ -17,7 +17,7 @@ struct Policy {
 
 fn load() -> Policy {
     let text = std::fs::read_to_string(POLICY).unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     let vap = docs
@@ -182,8 +182,8 @@ fn only_the_nodes_own_agent_or_an_admin_may_touch_podguard_annotations() {
 fn the_policy_names_the_service_account_the_daemonset_runs_as() {
     let rbac =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
-    let sa = serde_yaml::Deserializer::from_str(&rbac)
-        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+    let sa = yaml_serde::Deserializer::from_str(&rbac)
+        .map(|d| <yaml_serde::Value as serde::Deserialize>::deserialize(d).unwrap())
         .find(|d| d["kind"] == "ServiceAccount")
         .unwrap();
     let user = format!(

@@ -87,6 +87,27 @@ fn audit_matrix_policies_findings_and_probe() {
     );
     let (_, r) = audit();
     assert_eq!(cell(&r, "team-a", "team-b")["allowed"], 2, "{r:#}");
+    // Only the named port, resolved on the destination pod, TCP.
+    let echo = format!("{}/TCP", podguard::lab::check::ECHO_PORT);
+    assert_eq!(
+        cell(&r, "team-a", "team-b")["ports"],
+        json!([echo]),
+        "{r:#}"
+    );
+    assert!(
+        r["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["from"].as_str().unwrap().starts_with("team-a/")
+                && p["to"].as_str().unwrap().starts_with("team-b/"))
+            .all(|p| p["ports"] == json!([echo])),
+        "{r:#}"
+    );
+    assert_eq!(cell(&r, "team-b", "team-a")["ports"], json!(["all"]));
+    let table =
+        String::from_utf8_lossy(&podguard(&["audit", "--lab", "--pods"]).stdout).into_owned();
+    assert!(table.contains(&format!("on {echo}")), "{table}");
 
     // A host-network pod that policy lets talk: plaintext, reported once
     // for its node as a warning (medium): the default gate (high) passes,

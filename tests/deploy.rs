@@ -80,11 +80,11 @@ fn kustomization_renders_and_validates_against_1_30() {
 struct Obj {
     kind: String,
     #[serde(default)]
-    spec: serde_yaml::Value,
+    spec: yaml_serde::Value,
 }
 
 /// argv for a container: command + args + env turned into their flags.
-fn argv(container: &serde_yaml::Value) -> Vec<String> {
+fn argv(container: &yaml_serde::Value) -> Vec<String> {
     let flags: Vec<(String, String)> = Args::command()
         .get_arguments()
         .filter_map(|a| {
@@ -126,7 +126,7 @@ fn argv(container: &serde_yaml::Value) -> Vec<String> {
 #[test]
 fn daemonset_args_and_env_are_accepted_by_the_agent_parser() {
     let text = std::fs::read_to_string(format!("{DEPLOY}/daemonset.yaml")).unwrap();
-    let ds: Obj = serde_yaml::from_str(&text).unwrap();
+    let ds: Obj = yaml_serde::from_str(&text).unwrap();
     assert_eq!(ds.kind, "DaemonSet");
     let pod = &ds.spec["template"]["spec"];
     let mut seen = 0;
@@ -193,4 +193,190 @@ fn bad_agent_arguments_are_refused_with_the_bad_input_named() {
     ])
     .unwrap_err();
     assert!(e.to_string().contains("--install-cni"), "{e}");
+}
+
+/// helm: `PODGUARD_HELM`, PATH, or the tool cache `tests/kube/kube.sh
+/// setup` builds it into. `None` (skipped) outside CI when absent.
+fn helm() -> Option<String> {
+    let cached = "/var/cache/podguard-kube/bin/helm";
+    let found = std::env::var("PODGUARD_HELM").ok().or_else(|| {
+        let o = Command::new("sh")
+            .args(["-c", "command -v helm"])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    });
+    let found = found.or_else(|| std::path::Path::new(cached).exists().then(|| cached.into()));
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("helm is required under CI (bash tests/kube/kube.sh setup builds it)");
+        }
+        eprintln!("SKIPPED: helm not installed (bash tests/kube/kube.sh setup)");
+    }
+    found
+}
+
+fn helm_template(helm: &str, args: &[&str]) -> std::process::Output {
+    Command::new(helm)
+        .args(["template", "podguard", &format!("{DEPLOY}/chart")])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The objects of a multi-document YAML stream, keyed by kind and name.
+fn objects(yaml: &str) -> std::collections::BTreeMap<String, yaml_serde::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for doc in yaml_serde::Deserializer::from_str(yaml) {
+        let v = yaml_serde::Value::deserialize(doc).unwrap();
+        if v.is_null() {
+            continue;
+        }
+        let key = format!(
+            "{}/{}",
+            v["kind"].as_str().unwrap(),
+            v["metadata"]["name"].as_str().unwrap()
+        );
+        assert!(out.insert(key.clone(), v).is_none(), "{key} twice");
+    }
+    out
+}
+
+#[test]
+fn the_kustomize_base_is_the_helm_chart_rendered_with_its_defaults() {
+    let Some(helm) = helm() else { return };
+    let o = Command::new(&helm)
+        .args(["lint", "--strict", &format!("{DEPLOY}/chart")])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = helm_template(&helm, &["--namespace", "podguard"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let chart = objects(&String::from_utf8(o.stdout).unwrap());
+    let Some(kustomize) = render() else { return };
+    let base = objects(&kustomize);
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &chart {
+        assert_eq!(
+            v, &base[k],
+            "{k}: deploy/*.yaml differs from the chart; edit deploy/chart and run deploy/render"
+        );
+    }
+    // Versioned: the image is the chart's appVersion, never :latest.
+    let ds = &chart["DaemonSet/podguard-agent"]["spec"]["template"]["spec"];
+    assert_eq!(
+        ds["containers"][0]["image"].as_str(),
+        Some("ghcr.io/podguard/podguard:0.1.0")
+    );
+}
+
+#[test]
+fn chart_values_reach_the_agent_and_render_valid_objects() {
+    let Some(helm) = helm() else { return };
+    let o = helm_template(
+        &helm,
+        &[
+            "--namespace",
+            "kube-net",
+            "--set",
+            "clusterCIDRs={10.244.0.0/16,fd00:10:244::/56}",
+            "--set",
+            "backend=userspace,listenPort=51999,masquerade=false,image.tag=1.2.3",
+            "--set",
+            "metrics.host=0.0.0.0,metrics.port=9800,log.format=json,log.level=debug",
+            "--set",
+            "adminGroup=net-admins,resources.limits.memory=1Gi",
+            "--set-json",
+            r#"tolerations=[{"key":"dedicated","operator":"Equal","value":"net","effect":"NoSchedule"}]"#,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = String::from_utf8(o.stdout).unwrap();
+    let objs = objects(&yaml);
+    let pod = &objs["DaemonSet/podguard-agent"]["spec"]["template"]["spec"];
+    for list in ["initContainers", "containers"] {
+        let c = &pod[list][0];
+        assert_eq!(c["image"].as_str(), Some("ghcr.io/podguard/podguard:1.2.3"));
+        let parsed = Args::try_parse_from(argv(c)).unwrap();
+        assert_eq!(
+            parsed
+                .cluster_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.244.0.0/16", "fd00:10:244::/56"]
+        );
+        if list == "containers" {
+            assert_eq!(parsed.listen_port, 51999);
+            assert!(!parsed.masquerade);
+            assert_eq!(parsed.metrics_addr.to_string(), "0.0.0.0:9800");
+            assert_eq!(format!("{:?}", parsed.backend), "Userspace");
+            assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(51999));
+            assert_eq!(c["livenessProbe"]["httpGet"]["port"].as_u64(), Some(9800));
+            assert_eq!(c["resources"]["limits"]["memory"].as_str(), Some("1Gi"));
+        }
+    }
+    assert_eq!(pod["tolerations"][0]["key"].as_str(), Some("dedicated"));
+    // The release namespace reaches the RBAC subjects and the admission
+    // policy's idea of who the agent is.
+    assert_eq!(
+        objs["ClusterRoleBinding/podguard"]["subjects"][0]["namespace"].as_str(),
+        Some("kube-net")
+    );
+    assert!(yaml.contains("'system:serviceaccount:kube-net:podguard'"));
+    assert!(yaml.contains("g in ['system:masters', 'net-admins']"));
+    assert_eq!(
+        objs["ClusterRoleBinding/podguard-audit"]["subjects"][0]["name"].as_str(),
+        Some("net-admins")
+    );
+    if tool("kubernetes-validate") {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("chart.yaml");
+        std::fs::write(&f, &yaml).unwrap();
+        let o = Command::new("kubernetes-validate")
+            .args(["-k", "1.30.0", "--strict"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "schema validation failed:\n{out}");
+        assert_eq!(out.matches(" passed for resource ").count(), 15, "{out}");
+    }
+
+    // Optional parts go away; a missing cluster CIDR is refused by name.
+    let o = helm_template(
+        &helm,
+        &[
+            "--namespace",
+            "podguard",
+            "--set",
+            "admissionPolicy.enabled=false,createNamespace=false",
+        ],
+    );
+    assert!(o.status.success());
+    let objs = objects(&String::from_utf8(o.stdout).unwrap());
+    assert!(
+        objs.keys()
+            .all(|k| !k.starts_with("ValidatingAdmissionPolicy") && !k.starts_with("Namespace/")),
+        "{:?}",
+        objs.keys()
+    );
+    let o = helm_template(&helm, &["--set", "clusterCIDRs=null"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("clusterCIDRs: set the cluster's pod network"),
+        "{err}"
+    );
 }

@@ -283,4 +283,24 @@ fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
         0,
         "egress isolated by its rule: {r:#}"
     );
+
+    // Ports as the API server stores them (a missing protocol defaulted to
+    // TCP): UDP 53 and TCP 8080 only, so TCP 53 is not allowed.
+    lab.kubectl_ok(&["delete", "networkpolicy", "empty-types", "-n", "default"]);
+    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: udp-dns, namespace: default}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - {protocol: UDP, port: 53}\n    - {port: 8080}\n",
+    );
+    let stored = lab.kubectl_get(&["networkpolicy", "udp-dns", "-n", "default"]);
+    assert_eq!(
+        stored["spec"]["ingress"][0]["ports"][1]["protocol"], "TCP",
+        "{stored:#}"
+    );
+    let r = audit_as_ops(&lab);
+    let pair = r["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["from"] == "other/client" && p["to"] == "default/web")
+        .cloned()
+        .unwrap_or_else(|| panic!("no pair other/client -> default/web: {r:#}"));
+    assert_eq!(pair["ports"], json!(["8080/TCP", "53/UDP"]), "{r:#}");
 }

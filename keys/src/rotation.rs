@@ -205,6 +205,23 @@ pub enum Step {
     DropOld,
 }
 
+impl std::fmt::Display for Step {
+    /// What the step does to the files, for logs and errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::CreateCurrent => "create private.key",
+            Self::RecoverFromNext => "recover private.key from private.key.next",
+            Self::RecoverFromOld => "recover private.key from private.key.old",
+            Self::CreateNext => "create private.key.next",
+            Self::SaveOld => "copy private.key to private.key.old",
+            Self::PromoteNext => "rename private.key.next over private.key",
+            Self::RetireOld => "retire private.key.old",
+            Self::DropNext => "delete private.key.next",
+            Self::DropOld => "delete private.key.old",
+        })
+    }
+}
+
 /// The annotations rotation owns on the node's own Node object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {

@@ -6,14 +6,20 @@
 //! traffic is dropped or unmaintained (a node without a valid key, an agent
 //! down), warning for host-network pods (plaintext by design: outside the
 //! pod network), reported once per node; the CLI's `--fail-on` picks the
-//! severity that fails. Pure: the CLI reads the API.
+//! severity that fails. Each allowed pair carries the ports and protocols
+//! policy opens (`80/TCP`, `all`), so "only UDP is allowed" is visible.
+//! Pure: the CLI reads the API; [`render`] writes the text.
+
+mod render;
+
+pub use render::render;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use keys::PublicKey;
 use serde::Serialize;
 
-use crate::policy::{Cluster, Pod};
+use crate::policy::{Cluster, Pod, Ports};
 use crate::publish::ANN_PUBLIC_KEY;
 use crate::status::{Agreement, NodeView};
 
@@ -65,6 +71,16 @@ pub enum Severity {
     High,
 }
 
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Info => "INFO",
+            Self::Warning => "WARNING",
+            Self::High => "HIGH",
+        })
+    }
+}
+
 /// One thing the audit found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +103,9 @@ pub struct PairVerdict {
     pub to: String,
     /// Whether NetworkPolicy allows some port.
     pub allowed: bool,
+    /// The ports and protocols policy allows, as [`Ports::labels`] writes
+    /// them (`["all"]`, `["53/UDP", "8000-8080/TCP"]`; empty: denied).
+    pub ports: Vec<String>,
     /// How it travels (only when allowed).
     pub transport: Option<Transport>,
 }
@@ -105,6 +124,9 @@ pub struct Cell {
     pub allowed: usize,
     /// The worst transport among allowed pairs.
     pub worst: Option<Transport>,
+    /// Every port and protocol some pair of the cell may use (labels as
+    /// in [`PairVerdict::ports`]).
+    pub ports: Vec<String>,
 }
 
 /// The audit result.
@@ -204,24 +226,33 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
     // Nodes where allowed flows are dropped or unmaintained.
     let mut hit: BTreeSet<String> = BTreeSet::new();
     let mut verdicts = Vec::new();
-    let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
+    let mut cells: BTreeMap<(String, String), (Cell, Ports)> = BTreeMap::new();
     for src in &scheduled {
         for dst in &scheduled {
             if std::ptr::eq(*src, *dst) {
                 continue;
             }
-            let allowed = cluster.allowed_any(src, dst);
+            let ports = cluster.allowed_ports(src, dst);
+            let allowed = !ports.is_empty();
             let transport = allowed.then(|| transport(src, dst, &problems, &status));
-            let cell = cells
+            let (cell, cell_ports) = cells
                 .entry((src.namespace.clone(), dst.namespace.clone()))
-                .or_insert_with(|| Cell {
-                    from: src.namespace.clone(),
-                    to: dst.namespace.clone(),
-                    pairs: 0,
-                    allowed: 0,
-                    worst: None,
+                .or_insert_with(|| {
+                    let cell = Cell {
+                        from: src.namespace.clone(),
+                        to: dst.namespace.clone(),
+                        pairs: 0,
+                        allowed: 0,
+                        worst: None,
+                        ports: Vec::new(),
+                    };
+                    (cell, Ports::Some(Vec::new()))
                 });
             cell.pairs += 1;
+            let labels = ports.labels();
+            if allowed {
+                *cell_ports = std::mem::replace(cell_ports, Ports::All).union(ports);
+            }
             if let Some(t) = transport {
                 cell.allowed += 1;
                 cell.worst = cell.worst.max(Some(t));
@@ -259,6 +290,7 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
                 from: id(src),
                 to: id(dst),
                 allowed,
+                ports: if allowed { labels } else { Vec::new() },
                 transport,
             });
         }
@@ -291,7 +323,15 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.cmp(b)));
     let ok = !findings.iter().any(|f| f.severity == Severity::High);
     Report {
-        namespaces: cells.into_values().collect(),
+        namespaces: cells
+            .into_values()
+            .map(|(mut c, ports)| {
+                if c.allowed > 0 {
+                    c.ports = ports.labels();
+                }
+                c
+            })
+            .collect(),
         pods: verdicts,
         findings,
         ok,
@@ -340,301 +380,5 @@ fn transport(
     Transport::Encrypted
 }
 
-/// The namespace matrix as text: rows are sources, columns destinations.
-pub fn render(r: &Report, with_pods: bool) -> String {
-    let mut names: Vec<&str> = r
-        .namespaces
-        .iter()
-        .flat_map(|c| [c.from.as_str(), c.to.as_str()])
-        .collect();
-    names.sort();
-    names.dedup();
-    let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(14) + 2;
-    let mut out = String::from(
-        "traffic allowed by NetworkPolicy, and how it travels (rows: from, columns: to)\n\n",
-    );
-    out.push_str(&format!("{:<w$}", "FROM \\ TO"));
-    for n in &names {
-        out.push_str(&format!("{n:<w$}"));
-    }
-    out.push('\n');
-    for from in &names {
-        out.push_str(&format!("{from:<w$}"));
-        for to in &names {
-            let cell = r.namespaces.iter().find(|c| c.from == *from && c.to == *to);
-            let text = match cell {
-                None => "-".to_string(),
-                Some(c) if c.allowed == 0 => "denied".to_string(),
-                Some(c) => format!(
-                    "{} {}/{}",
-                    c.worst.map(|t| t.label()).unwrap_or("?"),
-                    c.allowed,
-                    c.pairs
-                ),
-            };
-            out.push_str(&format!("{text:<w$}"));
-        }
-        out.push('\n');
-    }
-    out.push_str("\nlocal = same node, never on the wire; encrypted = WireGuard between nodes; stale = a node has not converged; PLAINTEXT = host network, not covered; BROKEN = dropped (fail closed)\n");
-    if with_pods {
-        out.push('\n');
-        for v in &r.pods {
-            out.push_str(&format!(
-                "{:<40} -> {:<40} {}\n",
-                v.from,
-                v.to,
-                match v.transport {
-                    Some(t) => t.label(),
-                    None => "denied",
-                }
-            ));
-        }
-    }
-    out.push('\n');
-    if r.findings.is_empty() {
-        out.push_str("no findings\n");
-    }
-    for f in &r.findings {
-        out.push_str(&format!(
-            "{:<8} {}: {}\n",
-            format!("{:?}", f.severity).to_uppercase(),
-            f.subject,
-            f.message
-        ));
-    }
-    let plaintext = r
-        .findings
-        .iter()
-        .any(|f| f.severity == Severity::Warning && f.subject.ends_with("(host network)"));
-    out.push_str(match (r.ok, plaintext) {
-        (true, false) => "\nOK: every policy-allowed cross-node pod flow is encrypted\n",
-        (true, true) => "\nOK: every policy-allowed flow between pods on the pod network is encrypted (host-network pods are not: see the warnings)\n",
-        (false, _) => "\nFAIL: some policy-allowed traffic is dropped or unmaintained\n",
-    });
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::NodeInfo;
-    use keys::PrivateKey;
-
-    fn node(name: &str, i: u8, key: Option<PublicKey>) -> NodeInfo {
-        NodeInfo {
-            name: name.into(),
-            pod_cidrs: vec![format!("10.244.{i}.0/24")],
-            public_key: key.map(|k| k.to_base64()),
-            ..Default::default()
-        }
-    }
-
-    fn views(infos: Vec<NodeInfo>) -> Vec<NodeView> {
-        let d = crate::digest::expected(&infos);
-        infos
-            .into_iter()
-            .map(|info| {
-                let mut annotations = BTreeMap::new();
-                if let Some(k) = &info.public_key {
-                    annotations.insert(ANN_PUBLIC_KEY.to_string(), k.clone());
-                    annotations.insert(crate::publish::ANN_MESH_DIGEST.to_string(), d.clone());
-                }
-                NodeView {
-                    info,
-                    annotations,
-                    heartbeat: crate::status::Heartbeat::Unknown,
-                }
-            })
-            .collect()
-    }
-
-    fn pod(ns: &str, name: &str, node: &str, host: bool) -> Pod {
-        Pod {
-            namespace: ns.into(),
-            name: name.into(),
-            labels: BTreeMap::new(),
-            ips: vec!["10.244.1.5".parse().unwrap()],
-            node: Some(node.into()),
-            host_network: host,
-            ports: vec![],
-        }
-    }
-
-    #[test]
-    fn classifies_every_kind_of_flow() {
-        let k = || Some(PrivateKey::generate().public_key());
-        let nodes = views(vec![
-            node("n1", 1, k()),
-            node("n2", 2, k()),
-            node("n3", 3, None),
-        ]);
-        let pods = vec![
-            pod("a", "p1", "n1", false),
-            pod("a", "p1b", "n1", false),
-            pod("b", "p2", "n2", false),
-            pod("b", "p3", "n3", false),
-            pod("kube-system", "exporter", "n2", true),
-        ];
-        let r = audit(&nodes, &pods, &Cluster::default(), 0);
-        let t = |from: &str, to: &str| {
-            r.pods
-                .iter()
-                .find(|v| v.from == from && v.to == to)
-                .unwrap()
-                .transport
-        };
-        assert_eq!(t("a/p1", "a/p1b"), Some(Transport::Local));
-        assert_eq!(t("a/p1", "b/p2"), Some(Transport::Encrypted));
-        assert_eq!(t("a/p1", "b/p3"), Some(Transport::Broken));
-        assert_eq!(
-            t("a/p1", "kube-system/exporter"),
-            Some(Transport::NotCovered)
-        );
-        // A host-network pod and a pod of the same node: never on the wire.
-        assert_eq!(t("b/p2", "kube-system/exporter"), Some(Transport::Local));
-        assert_eq!(t("kube-system/exporter", "b/p2"), Some(Transport::Local));
-        assert!(!r.ok);
-        assert_eq!(r.findings[0].severity, Severity::High);
-        assert!(r.findings.iter().any(|f| f.subject == "node n3"));
-        // The host-network pod: one warning for its node, not one per pair.
-        let hn: Vec<&Finding> = r
-            .findings
-            .iter()
-            .filter(|f| f.subject.contains("host network"))
-            .collect();
-        assert_eq!(hn.len(), 1, "{:#?}", r.findings);
-        assert_eq!(hn[0].subject, "node n2 (host network)");
-        assert_eq!(hn[0].severity, Severity::Warning);
-        assert!(
-            hn[0].message.contains("kube-system/exporter"),
-            "{}",
-            hn[0].message
-        );
-        assert!(r.fails(Some(Severity::High)) && r.fails(Some(Severity::Warning)));
-        assert!(!r.fails(None));
-        let text = render(&r, true);
-        assert!(text.contains("FAIL") && text.contains("BROKEN") && text.contains("PLAINTEXT"));
-    }
-
-    #[test]
-    fn host_network_alone_warns_once_per_node_and_passes_the_default_gate() {
-        let nodes = views(vec![
-            node("n1", 1, Some(PrivateKey::generate().public_key())),
-            node("n2", 2, Some(PrivateKey::generate().public_key())),
-        ]);
-        let pods = vec![
-            pod("a", "p1", "n1", false),
-            pod("a", "p2", "n2", false),
-            pod("podguard", "agent-1", "n1", true),
-            pod("podguard", "agent-2", "n2", true),
-            pod("monitoring", "exporter-2", "n2", true),
-        ];
-        let r = audit(&nodes, &pods, &Cluster::default(), 0);
-        assert!(r.ok, "{r:#?}");
-        let subjects: Vec<&str> = r.findings.iter().map(|f| f.subject.as_str()).collect();
-        assert_eq!(
-            subjects,
-            ["node n1 (host network)", "node n2 (host network)"]
-        );
-        assert!(
-            r.findings[1]
-                .message
-                .starts_with("2 host-network pod(s) (monitoring/exporter-2, podguard/agent-2)")
-        );
-        assert!(!r.fails(Some(Severity::High)));
-        assert!(r.fails(Some(Severity::Warning)) && r.fails(Some(Severity::Info)));
-        assert!(
-            render(&r, false)
-                .contains("OK: every policy-allowed flow between pods on the pod network")
-        );
-    }
-
-    #[test]
-    fn a_node_whose_agent_is_down_is_reported_and_fails_the_audit() {
-        let k = || Some(PrivateKey::generate().public_key());
-        let mut nodes = views(vec![node("n1", 1, k()), node("n2", 2, k())]);
-        let pods = vec![pod("a", "p1", "n1", false), pod("a", "p2", "n2", false)];
-        let alive = crate::status::Heartbeat::Renewed {
-            age_secs: 3,
-            duration_secs: 40,
-        };
-        nodes[0].heartbeat = alive;
-        nodes[1].heartbeat = alive;
-        let r = audit(&nodes, &pods, &Cluster::default(), 0);
-        assert!(r.ok, "{r:#?}");
-        nodes[1].heartbeat = crate::status::Heartbeat::Renewed {
-            age_secs: 41,
-            duration_secs: 40,
-        };
-        let r = audit(&nodes, &pods, &Cluster::default(), 0);
-        assert!(!r.ok);
-        assert!(
-            r.pods
-                .iter()
-                .all(|v| v.transport == Some(Transport::AgentDown))
-        );
-        assert!(
-            r.findings
-                .iter()
-                .any(|f| f.subject == "node n2" && f.message.contains("agent is not alive")),
-            "{:?}",
-            r.findings
-        );
-        let rows = crate::status::rows(&nodes, 0);
-        assert_eq!(rows[1].digest, Agreement::AgentDown);
-        assert_eq!(rows[1].heartbeat_age_secs, Some(41));
-        assert_eq!(rows[0].digest, Agreement::Agrees);
-        nodes[1].heartbeat = crate::status::Heartbeat::Missing;
-        assert_eq!(
-            crate::status::rows(&nodes, 0)[1].digest,
-            Agreement::AgentDown
-        );
-    }
-
-    #[test]
-    fn denied_flows_are_not_findings_and_a_clean_mesh_is_ok() {
-        let k = || Some(PrivateKey::generate().public_key());
-        let nodes = views(vec![
-            node("n1", 1, k()),
-            node("n2", 2, k()),
-            node("n3", 3, None),
-        ]);
-        let pods = vec![pod("a", "p1", "n1", false), pod("b", "p3", "n3", false)];
-        // Deny everything in both namespaces: the broken node carries no
-        // allowed flow, so the audit passes (with the node finding).
-        let deny = |ns: &str| crate::policy::Policy {
-            namespace: ns.into(),
-            name: "deny".into(),
-            spec: serde_json::from_value(
-                serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-            )
-            .unwrap(),
-        };
-        let c = Cluster {
-            namespaces: BTreeMap::new(),
-            policies: vec![deny("a"), deny("b")],
-        };
-        let r = audit(&nodes, &pods, &c, 0);
-        assert!(r.ok, "{r:#?}");
-        assert!(r.pods.iter().all(|v| !v.allowed));
-        assert!(render(&r, false).contains("denied"));
-        // Duplicate keys are a node problem on both.
-        let key = PrivateKey::generate().public_key();
-        let dup = views(vec![node("n1", 1, Some(key)), node("n2", 2, Some(key))]);
-        let r = audit(
-            &dup,
-            &[pod("a", "x", "n1", false), pod("a", "y", "n2", false)],
-            &Cluster::default(),
-            0,
-        );
-        assert!(!r.ok);
-        assert!(
-            r.findings
-                .iter()
-                .filter(|f| f.message.contains("shares its public key"))
-                .count()
-                == 2
-        );
-    }
-}
+mod tests;

@@ -27,6 +27,7 @@ pub mod policy;
 pub mod publish;
 pub mod showconf;
 pub mod status;
+pub mod table;
 
 pub use diff::{Action, Observed, ObservedPeer, accept_roaming, diff, renames};
 pub use node::{NodeInfo, Rejection};

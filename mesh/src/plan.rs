@@ -84,6 +84,17 @@ pub enum RouteTarget {
     Unreachable,
 }
 
+impl std::fmt::Display for RouteTarget {
+    /// As `ip route` writes it: `dev podguard0 src 10.244.1.1`, `unreachable`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Device { dev, src: None } => write!(f, "dev {dev}"),
+            Self::Device { dev, src: Some(s) } => write!(f, "dev {dev} src {s}"),
+            Self::Unreachable => f.write_str("unreachable"),
+        }
+    }
+}
+
 /// One route in the main table that podguard owns.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Route {

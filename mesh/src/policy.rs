@@ -2,8 +2,8 @@
 //!
 //! The types deserialize straight from the API's JSON (only the fields the
 //! semantics need). [`Cluster::allowed`] answers whether traffic from one
-//! pod to another is allowed on a port; [`Cluster::allowed_any`] whether
-//! any port is. The rules, as the Kubernetes documentation states them:
+//! pod to another is allowed on a port; [`Cluster::allowed_ports`] on
+//! which ports ([`Ports::labels`] writes them as `kubectl` does). The rules, as the Kubernetes documentation states them:
 //!
 //! * A pod is isolated for ingress (egress) when some policy in its
 //!   namespace selects it and lists Ingress (Egress) in `policyTypes`
@@ -240,6 +240,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The API's name: `TCP`, `UDP`, `SCTP`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+
     fn parse(s: Option<&str>) -> Option<Self> {
         match s.unwrap_or("TCP") {
             "TCP" => Some(Self::Tcp),
@@ -264,7 +273,8 @@ impl Ports {
         Self::Some(Vec::new())
     }
 
-    fn union(self, other: Ports) -> Ports {
+    /// Every port either set holds.
+    pub fn union(self, other: Ports) -> Ports {
         match (self, other) {
             (Ports::All, _) | (_, Ports::All) => Ports::All,
             (Ports::Some(mut a), Ports::Some(b)) => {
@@ -300,6 +310,38 @@ impl Ports {
                 Ports::Some(out)
             }
         }
+    }
+
+    /// The set as `kubectl` writes ports, merged and sorted: `80/TCP`,
+    /// `8000-8080/TCP`, `all/UDP` (every port of one protocol), or
+    /// `["all"]` (every port of every protocol, ICMP included). Empty:
+    /// nothing is allowed.
+    pub fn labels(&self) -> Vec<String> {
+        let Ports::Some(v) = self else {
+            return vec!["all".to_string()];
+        };
+        let mut v = v.clone();
+        v.sort();
+        let mut merged: Vec<PortRange> = Vec::new();
+        for r in v {
+            match merged.last_mut() {
+                Some(m) if m.protocol == r.protocol && u32::from(r.from) <= u32::from(m.to) + 1 => {
+                    m.to = m.to.max(r.to);
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
+            .iter()
+            .map(|r| {
+                let p = r.protocol.name();
+                match (r.from, r.to) {
+                    (0, u16::MAX) => format!("all/{p}"),
+                    (a, b) if a == b => format!("{a}/{p}"),
+                    (a, b) => format!("{a}-{b}/{p}"),
+                }
+            })
+            .collect()
     }
 
     /// Whether the set is empty.

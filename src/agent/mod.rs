@@ -305,16 +305,16 @@ impl Agent {
         for a in &actions {
             match a {
                 Action::SetPeer(p) => {
-                    tracing::info!(node = %p.node, key = %p.public_key.fingerprint(), endpoint = %p.endpoint, allowed_ips = ?p.allowed_ips, "peer set")
+                    tracing::info!(node = %p.node, key = %p.public_key.fingerprint(), endpoint = %p.endpoint, allowed_ips = %p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "peer set")
                 }
                 Action::RemovePeer { public_key } => {
                     tracing::info!(key = %public_key.fingerprint(), "peer removed")
                 }
                 Action::AddRoute(r) => {
-                    tracing::info!(dst = %r.dst, target = ?r.target, metric = r.metric, "route added")
+                    tracing::info!(dst = %r.dst, target = %r.target, metric = r.metric, "route added")
                 }
                 Action::RemoveRoute(r) => {
-                    tracing::info!(dst = %r.dst, target = ?r.target, "route removed")
+                    tracing::info!(dst = %r.dst, target = %r.target, "route removed")
                 }
             }
         }

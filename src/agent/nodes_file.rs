@@ -42,10 +42,10 @@ enum Shape {
 /// Parse file content (YAML, which includes JSON).
 pub fn parse(path: &str, text: &str) -> Result<Vec<NodeInfo>, NodesFileError> {
     // Try the strict shapes one by one for a precise error message.
-    match serde_yaml::from_str::<Shape>(text) {
+    match yaml_serde::from_str::<Shape>(text) {
         Ok(Shape::List(n)) | Ok(Shape::Wrapped { nodes: n }) => Ok(n),
         Err(_) => {
-            let message = match serde_yaml::from_str::<Vec<NodeInfo>>(text) {
+            let message = match yaml_serde::from_str::<Vec<NodeInfo>>(text) {
                 Err(e) => e.to_string(),
                 Ok(_) => "unrecognized shape".into(),
             };

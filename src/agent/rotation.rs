@@ -117,7 +117,7 @@ impl Rotator {
                     | Step::DropNext
                     | Step::DropOld),
                 ) => {
-                    tracing::info!(?step, reason = d.reason, "key files: recovering");
+                    tracing::info!(step = %step, reason = d.reason, "key files: recovering");
                     self.files.carry_out(step)?;
                 }
                 _ => {
@@ -215,14 +215,14 @@ impl Rotator {
         let mut stepped = false;
         let loaded = if let Some(step) = d.step {
             tracing::info!(
-                ?step,
+                step = %step,
                 reason = d.reason,
                 phase = d.phase.name(),
                 "key rotation step"
             );
             self.files
                 .carry_out(step)
-                .with_context(|| format!("key rotation step {step:?}"))?;
+                .with_context(|| format!("key rotation step: {step}"))?;
             stepped = true;
             let l = self.files.load();
             d = decide(&l.disk, &inputs, &self.policy);
@@ -279,7 +279,7 @@ impl Rotator {
             }
             tracing::info!(
                 primary = %dk.primary.fingerprint(),
-                extra = ?dk.extra.map(|k| k.fingerprint()),
+                extra = %dk.extra.map(|k| k.fingerprint()).unwrap_or_else(|| "none".into()),
                 "device keys"
             );
             self.applied = Some(dk);

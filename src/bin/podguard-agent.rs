@@ -116,13 +116,13 @@ fn main() -> anyhow::Result<()> {
             _ => nl.kernel_wireguard_available().await,
         };
         let backend = select_backend(args.backend, kernel)?;
-        tracing::info!(?backend, "WireGuard backend selected");
+        tracing::info!(%backend, "WireGuard backend selected");
         if let Some(link) = nl.link(mesh::WG_IFNAME).await?
             && podguard::wireguard::stale_link(backend, link.kind.as_deref())
         {
             tracing::warn!(
                 kind = link.kind.as_deref().unwrap_or("unknown"),
-                ?backend,
+                %backend,
                 "replacing {} (a link of another kind, left by the other backend)",
                 mesh::WG_IFNAME
             );

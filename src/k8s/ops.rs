@@ -256,25 +256,9 @@ pub fn render_rotate(rs: &[RotateResult]) -> String {
     )
 }
 
-/// A plain table, kubectl style: columns as wide as their widest cell,
-/// no borders, nothing wrapped.
+/// A plain table, kubectl style (see [`mesh::table::plain`]).
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING)
-        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
-        .set_header(header.iter().copied());
-    for r in rows {
-        t.add_row(r);
-    }
-    // The preset pads each cell by one space on both sides.
-    let mut out: String = t
-        .lines()
-        .map(|l| l.strip_prefix(' ').unwrap_or(&l).trim_end().to_string() + "\n")
-        .collect();
-    if out.is_empty() {
-        out.push('\n');
-    }
-    out
+    mesh::table::plain(header, rows)
 }
 
 fn age(secs: u64) -> String {

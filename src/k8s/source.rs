@@ -289,7 +289,7 @@ async fn publish_own(
         .await
     {
         Ok(_) => {
-            tracing::info!(node = %cfg.node_name, annotations = ?patch.keys().collect::<Vec<_>>(), "published")
+            tracing::info!(node = %cfg.node_name, annotations = %patch.keys().map(String::as_str).collect::<Vec<_>>().join(","), "published")
         }
         Err(e) => {
             tracing::warn!(node = %cfg.node_name, error = %e, "publishing annotations failed; will retry")

@@ -185,7 +185,10 @@ impl Netlink {
             .execute()
             .await
             .map_err(|source| NetlinkError::Request {
-                what: format!("setting {name} up (mtu {mtu:?})"),
+                what: match mtu {
+                    Some(m) => format!("setting {name} up (mtu {m})"),
+                    None => format!("setting {name} up"),
+                },
                 source,
             })?;
         Ok(index)
@@ -387,10 +390,7 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(NetlinkError::Request {
-                what: format!(
-                    "adding route {} ({:?}) metric {}",
-                    r.dst, r.target, r.metric
-                ),
+                what: format!("adding route {} {} metric {}", r.dst, r.target, r.metric),
                 source,
             }),
         }
@@ -408,7 +408,7 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(()),
             Err(source) => Err(NetlinkError::Request {
-                what: format!("deleting route {} ({:?})", r.dst, r.target),
+                what: format!("deleting route {} {}", r.dst, r.target),
                 source,
             }),
         }

@@ -33,6 +33,15 @@ pub enum Backend {
     Userspace,
 }
 
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        })
+    }
+}
+
 /// `--backend kernel` on a kernel without WireGuard.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

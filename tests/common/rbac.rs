@@ -20,7 +20,7 @@ const AGENT: &str = "system:serviceaccount:podguard:podguard";
 pub fn granted() -> BTreeSet<Grant> {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<Value> = yaml_serde::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     let sa_bound = |b: &Value| {

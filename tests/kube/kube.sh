@@ -16,11 +16,15 @@
 # build module of its own (its dependencies must not meet Kubernetes' in
 # one module graph).
 #
+# helm (for the chart in deploy/chart: tests/deploy.rs lints and renders
+# it) is built the same way, with `go install`, into the same bin directory.
+#
 # Cache: PODGUARD_KUBE_CACHE, default /var/cache/podguard-kube.
 set -euo pipefail
 
 KUBE_VERSION=${PODGUARD_KUBE_VERSION:-v1.36.3}
 ETCD_VERSION=${PODGUARD_ETCD_VERSION:-v3.6.16}
+HELM_VERSION=${PODGUARD_HELM_VERSION:-v4.3.2}
 CACHE=${PODGUARD_KUBE_CACHE:-/var/cache/podguard-kube}
 BIN=$CACHE/$KUBE_VERSION-etcd-$ETCD_VERSION/bin
 
@@ -28,6 +32,10 @@ die() { echo "kube.sh: $*" >&2; exit 1; }
 
 built() {
   [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/etcd" ]
+}
+
+helm_built() {
+  [ -x "$BIN/helm" ] && [ "$(cat "$BIN/helm.version" 2>/dev/null)" = "$HELM_VERSION" ]
 }
 
 # The build module of k8s.io/kubernetes@$KUBE_VERSION.
@@ -66,22 +74,31 @@ etcd_module() {
 
 setup() {
   command -v go >/dev/null || die "no Go toolchain (go) on PATH"
-  if built; then ln -sfn "$BIN" "$CACHE/bin"; echo "$BIN"; return 0; fi
+  if built && helm_built; then ln -sfn "$BIN" "$CACHE/bin"; echo "$BIN"; return 0; fi
   local start=$SECONDS work=$CACHE/build
   mkdir -p "$BIN" "$work"
-  export GOFLAGS=-mod=mod CGO_ENABLED=0
+  export CGO_ENABLED=0
   local ld="-s -w"
-  (kube_module "$work/kube" \
-    && go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl) \
-    || die "building kube-apiserver, kube-controller-manager and kubectl $KUBE_VERSION failed"
-  (etcd_module "$work/etcd" && go build -trimpath -ldflags "$ld" -o "$BIN/etcd" go.etcd.io/etcd/server/v3) \
-    || die "building etcd $ETCD_VERSION failed"
-  built || die "the build left no binaries in $BIN"
+  if ! built; then
+    (export GOFLAGS=-mod=mod
+      kube_module "$work/kube" \
+      && go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl) \
+      || die "building kube-apiserver, kube-controller-manager and kubectl $KUBE_VERSION failed"
+    (export GOFLAGS=-mod=mod
+      etcd_module "$work/etcd" && go build -trimpath -ldflags "$ld" -o "$BIN/etcd" go.etcd.io/etcd/server/v3) \
+      || die "building etcd $ETCD_VERSION failed"
+    built || die "the build left no binaries in $BIN"
+  fi
+  if ! helm_built; then
+    (cd "$work" && GOBIN="$BIN" go install -trimpath -ldflags "$ld" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION") \
+      || die "building helm $HELM_VERSION failed"
+    echo "$HELM_VERSION" >"$BIN/helm.version"
+  fi
   ln -sfn "$BIN" "$CACHE/bin"
   # The build and module caches (GBs) are not needed again on a CI machine,
   # which builds once: give the disk back to the Rust builds.
   if [ "${CI:-}" = "true" ]; then go clean -cache -modcache; fi
-  echo "kube.sh: built Kubernetes $KUBE_VERSION and etcd $ETCD_VERSION in $((SECONDS - start)) s" >&2
+  echo "kube.sh: built Kubernetes $KUBE_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION in $((SECONDS - start)) s" >&2
   echo "$BIN"
 }
 
