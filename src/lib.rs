@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod errors;
 pub mod k8s;
 pub mod lab;
 pub mod netfilter;

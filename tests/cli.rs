@@ -102,6 +102,17 @@ fn could_not_run_is_exit_2_and_names_the_cause_once() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+    // The same through $KUBECONFIG, where kube's own error repeats its
+    // causes inside its message: each is printed once.
+    let o = Command::new(env!("CARGO_BIN_EXE_podguard"))
+        .arg("status")
+        .env("KUBECONFIG", "/nonexistent/podguard-kc")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("/nonexistent/podguard-kc").count(), 1, "{err}");
     // --lab has its own kubeconfig: combining them is a usage error.
     let o = podguard(&["status", "--lab", "--context", "prod"]);
     assert_eq!(o.status.code(), Some(2));

@@ -347,7 +347,7 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", podguard::errors::one_line(&e));
             std::process::ExitCode::from(2)
         }
     }
