@@ -125,6 +125,16 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_LISTEN_PORT", default_value_t = mesh::DEFAULT_LISTEN_PORT)]
     pub listen_port: u16,
 
+    /// Threads that encrypt and decrypt on the userspace datapath (one
+    /// peer's packets stay in order); 0 = one per CPU the agent may use.
+    #[arg(
+        long,
+        env = "PODGUARD_CRYPTO_WORKERS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub crypto_workers: usize,
+
     /// MTU of the underlay network (the tunnel MTU is derived from it).
     #[arg(long, env = "PODGUARD_UNDERLAY_MTU", default_value_t = 1500)]
     pub underlay_mtu: u32,

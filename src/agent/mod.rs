@@ -113,18 +113,27 @@ pub struct Agent {
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
 /// persistent TUN, UAPI socket) and return a client for it.
+/// `crypto_workers` (userspace only; 0: one per CPU) run the datapath's
+/// encryption and decryption.
 pub fn start_device(
     backend: Backend,
     key: &PrivateKey,
     listen_port: u16,
+    crypto_workers: usize,
 ) -> anyhow::Result<(WgClient, Option<std::sync::Arc<Device>>)> {
     let mut device = None;
     match backend {
         Backend::Userspace => {
-            let dev = Device::new(mesh::WG_IFNAME, listen_port, Some(key), true)?;
+            let dev = Device::new(
+                mesh::WG_IFNAME,
+                listen_port,
+                Some(key),
+                true,
+                crypto_workers,
+            )?;
             dev.spawn()?;
             let sock = uapi_server::serve(dev.clone())?;
-            tracing::info!(socket = %sock.display(), "userspace WireGuard device up");
+            tracing::info!(socket = %sock.display(), crypto_workers = dev.crypto_workers(), "userspace WireGuard device up");
             device = Some(dev);
         }
         Backend::Kernel => {
@@ -243,7 +252,7 @@ impl Agent {
             let key = keys::store::load(key_file).map_err(|e| {
                 ReconcileError::Device(format!("loading {}: {e}", key_file.display()))
             })?;
-            start_device(Backend::Kernel, &key, *port)
+            start_device(Backend::Kernel, &key, *port, 1)
                 .map_err(|e| ReconcileError::Device(format!("{e:#}")))?;
             tracing::warn!(
                 ifname = mesh::WG_IFNAME,

@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
             );
             nl.delete_link(mesh::WG_IFNAME).await?;
         }
-        let (wg, device) = start_device(backend, &key, args.listen_port)?;
+        let (wg, device) = start_device(backend, &key, args.listen_port, args.crypto_workers)?;
         if let (Some(d), Some(extra)) = (&device, &extra_key) {
             d.set_keys(&key, Some(extra));
         }

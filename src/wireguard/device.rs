@@ -3,7 +3,8 @@
 //! socket and runs four threads, each a thin driver feeding the core:
 //! TUN → UDP (`tun_rx`), UDP → TUN (`udp_rx`), handshakes (`handshakes`,
 //! from a bounded queue, so that a flood of initiations never holds up
-//! data), and timers. Every decision — routing, sessions, key links,
+//! data), and timers; the crypto of each batch runs on the `workers`
+//! pool (one worker per CPU by default). Every decision — routing, sessions, key links,
 //! screening, roaming, pacing, GSO runs — is the core's.
 //!
 //! The agent and the UAPI socket configure the same core through the
@@ -22,6 +23,7 @@ use parking_lot::RwLock;
 use wgcore::Core;
 use wgcore::uapi::{PeerStatus, SetRequest};
 
+use super::workers::Pool;
 use super::{batch, handshakes};
 
 /// UDP socket buffers: room for many 64 KB GRO receives while the inbound
@@ -44,6 +46,8 @@ pub struct Device {
     pub(super) core: Core,
     /// Handshake datagrams on their way to the handshake thread.
     pub(super) handshakes: handshakes::Queue,
+    /// Where the batches' crypto runs.
+    pub(super) crypto: Pool,
 }
 
 impl std::fmt::Debug for Device {
@@ -63,6 +67,15 @@ pub enum DeviceError {
     Tun {
         /// Interface name.
         ifname: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The crypto worker threads could not be started.
+    #[error("starting {workers} crypto workers")]
+    Workers {
+        /// How many were asked for.
+        workers: usize,
         /// Cause.
         #[source]
         source: io::Error,
@@ -122,12 +135,16 @@ impl Device {
     /// Create (or re-attach to) the TUN interface `ifname` and bind the UDP
     /// port. With `persist`, the interface outlives this process: routes
     /// into it stay, and packets are dropped until a new process attaches.
+    /// `workers` crypto workers (0: one per CPU).
     pub fn new(
         ifname: &str,
         listen_port: u16,
         key: Option<&PrivateKey>,
         persist: bool,
+        workers: usize,
     ) -> Result<Arc<Self>, DeviceError> {
+        let crypto =
+            Pool::new(workers).map_err(|source| DeviceError::Workers { workers, source })?;
         let tun = open_tun(ifname, persist)?;
         let udp = bind_udp(listen_port).map_err(|source| DeviceError::Udp {
             port: listen_port,
@@ -146,6 +163,7 @@ impl Device {
             udp,
             core,
             handshakes: handshakes::Queue::new(),
+            crypto,
         }))
     }
 
@@ -156,6 +174,11 @@ impl Device {
         let tun = open_tun(&self.ifname, self.persist)?;
         *self.tun.write() = Arc::new(tun);
         Ok(())
+    }
+
+    /// How many crypto workers run the batches.
+    pub fn crypto_workers(&self) -> usize {
+        self.crypto.count()
     }
 
     /// The interface name.

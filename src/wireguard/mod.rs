@@ -9,6 +9,7 @@ mod handshakes;
 mod tun_rx;
 pub mod uapi_server;
 mod udp_rx;
+pub mod workers;
 
 pub use wgcore::uapi;
 

@@ -1,6 +1,6 @@
 //! UDP → TUN: datagrams arrive in batches (`recvmmsg`, with UDP GRO a
-//! slot holds a peer's whole GSO send); data packets are opened here and
-//! the decrypted ones coalesced (TCP/UDP GRO in tun-rs) into few TUN
+//! slot holds a peer's whole GSO send); data packets are opened here (the
+//! crypto on the device's workers) and the decrypted ones coalesced (TCP/UDP GRO in tun-rs) into few TUN
 //! writes; handshake messages go to the handshake thread's queue.
 
 use std::io;
@@ -27,6 +27,7 @@ pub fn run(dev: &Device) {
     let mut got: Vec<batch::Received> = Vec::with_capacity(slots);
     let mut outs = batch::tun_write_bufs(IDEAL_BATCH_SIZE, PKT_MAX + 64);
     let mut gro = GROTable::default();
+    let mut opened: Vec<Opened> = Vec::with_capacity(outs.len());
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -36,8 +37,8 @@ pub fn run(dev: &Device) {
             return;
         }
         let now = Instant::now();
-        let mut ready = 0usize;
         let mut cache = SourceCache::default();
+        let mut input: Vec<(&[u8], std::net::SocketAddr)> = Vec::with_capacity(outs.len());
         for (i, r) in got.iter().enumerate() {
             let seg = r.seg.unwrap_or(r.len).max(1);
             for datagram in rb.bufs[i][..r.len].chunks(seg) {
@@ -47,23 +48,69 @@ pub fn run(dev: &Device) {
                     }
                     continue;
                 }
-                if ready == outs.len() {
-                    write_tun(dev, &mut gro, &mut outs[..ready]);
-                    ready = 0;
-                }
-                let out = &mut outs[ready];
-                let space = &mut out.space()[VIRTIO_NET_HDR_LEN..];
-                if let Opened::Packet(len) = dev.core.open(datagram, r.from, space, &mut cache, now)
-                {
-                    out.set_len(VIRTIO_NET_HDR_LEN + len);
-                    ready += 1;
+                input.push((datagram, r.from));
+                if input.len() == outs.len() {
+                    open_and_write(
+                        dev,
+                        &input,
+                        &mut outs,
+                        &mut gro,
+                        &mut cache,
+                        &mut opened,
+                        now,
+                    );
+                    input.clear();
                 }
             }
         }
-        if ready > 0 {
-            write_tun(dev, &mut gro, &mut outs[..ready]);
+        if !input.is_empty() {
+            open_and_write(
+                dev,
+                &input,
+                &mut outs,
+                &mut gro,
+                &mut cache,
+                &mut opened,
+                now,
+            );
         }
         dev.flush();
+    }
+}
+
+/// Open a batch of data datagrams (the crypto on the device's workers)
+/// and write what opened to the TUN, in arrival order.
+fn open_and_write(
+    dev: &Device,
+    input: &[(&[u8], std::net::SocketAddr)],
+    outs: &mut [batch::PktBuf],
+    gro: &mut GROTable,
+    cache: &mut SourceCache,
+    opened: &mut Vec<Opened>,
+    now: Instant,
+) {
+    {
+        let mut spaces: Vec<&mut [u8]> = outs
+            .iter_mut()
+            .map(|o| &mut o.space()[VIRTIO_NET_HDR_LEN..])
+            .collect();
+        dev.core
+            .open_batch(input, &mut spaces, &dev.crypto, cache, opened, now);
+    }
+    // Opened packets move to the front, in order, for one TUN write.
+    let mut ready = 0;
+    for (k, o) in opened.iter().enumerate() {
+        if let Opened::Packet(len) = *o {
+            if k != ready {
+                let (a, b) = outs.split_at_mut(k);
+                std::mem::swap(&mut a[ready], &mut b[0]);
+            }
+            outs[ready].set_len(VIRTIO_NET_HDR_LEN + len);
+            ready += 1;
+        }
+    }
+    if ready > 0 {
+        write_tun(dev, gro, &mut outs[..ready]);
     }
 }
 

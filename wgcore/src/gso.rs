@@ -37,12 +37,26 @@ pub struct GsoBatch {
     pos: usize,
     seg: usize,
     to: Option<SocketAddr>,
+    /// Runs never reuse buffer space (a whole batch is laid out before
+    /// any of it is sent).
+    contiguous: bool,
 }
 
 impl GsoBatch {
     /// An empty batch.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A batch whose runs follow one another in the buffer, never reusing
+    /// space: every datagram of a batch can be placed before any is
+    /// written (for sealing on several workers), at the cost of a buffer
+    /// as large as the whole batch.
+    pub fn contiguous() -> Self {
+        Self {
+            contiguous: true,
+            ..Self::default()
+        }
     }
 
     fn take(&mut self, reset: bool) -> Option<Flush> {
@@ -56,8 +70,12 @@ impl GsoBatch {
             to,
         };
         if reset {
-            self.start = 0;
-            self.pos = 0;
+            if self.contiguous {
+                self.start = self.pos;
+            } else {
+                self.start = 0;
+                self.pos = 0;
+            }
         }
         Some(f)
     }
@@ -125,6 +143,37 @@ mod tests {
     fn drive(dgrams: &[(u8, usize)], max: usize) -> Vec<(Flush, Vec<u8>)> {
         let mut buf = vec![0u8; buffer_len(max)];
         let mut b = GsoBatch::new();
+        drive_with(&mut b, &mut buf, dgrams)
+    }
+
+    /// The same with a contiguous batch: every datagram is written before
+    /// any run is read, into a buffer only as large as the batch.
+    fn drive_contiguous(dgrams: &[(u8, usize)]) -> Vec<(Flush, Vec<u8>)> {
+        let total: usize = dgrams.iter().map(|d| d.1).sum();
+        let mut buf = vec![0u8; total];
+        let mut b = GsoBatch::contiguous();
+        let mut flushes = Vec::new();
+        for (k, &(to, len)) in dgrams.iter().enumerate() {
+            let (off, f) = b.next(addr(to));
+            flushes.extend(f);
+            buf[off..off + len].fill(k as u8);
+            flushes.extend(b.commit(len));
+        }
+        flushes.extend(b.finish());
+        flushes
+            .into_iter()
+            .map(|f| {
+                let bytes = buf[f.range.clone()].to_vec();
+                (f, bytes)
+            })
+            .collect()
+    }
+
+    fn drive_with(
+        b: &mut GsoBatch,
+        buf: &mut [u8],
+        dgrams: &[(u8, usize)],
+    ) -> Vec<(Flush, Vec<u8>)> {
         let mut sent = Vec::new();
         let mut send = |f: Flush, buf: &[u8]| {
             assert!(f.range.end <= buf.len());
@@ -134,16 +183,16 @@ mod tests {
         for (k, &(to, len)) in dgrams.iter().enumerate() {
             let (off, f) = b.next(addr(to));
             if let Some(f) = f {
-                send(f, &buf);
+                send(f, buf);
             }
             assert!(off + len <= buf.len(), "no room at {off} for {len}");
             buf[off..off + len].fill(k as u8);
             if let Some(f) = b.commit(len) {
-                send(f, &buf);
+                send(f, buf);
             }
         }
         if let Some(f) = b.finish() {
-            send(f, &buf);
+            send(f, buf);
         }
         sent
     }
@@ -215,6 +264,23 @@ mod tests {
                 .map(|(k, &(to, len))| (addr(to), len, k as u8))
                 .collect();
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn a_contiguous_batch_sends_the_same_runs_without_reusing_space(
+            d in proptest::collection::vec((1u8..3, 1usize..1500), 0..300)
+        ) {
+            let reused = drive(&d, 1500);
+            let contiguous = drive_contiguous(&d);
+            let mut end = 0;
+            for (f, _) in &contiguous {
+                prop_assert_eq!(f.range.start, end);
+                end = f.range.end;
+            }
+            let shape = |v: &[(Flush, Vec<u8>)]| -> Vec<(usize, usize, SocketAddr, Vec<u8>)> {
+                v.iter().map(|(f, b)| (f.range.len(), f.seg, f.to, b.clone())).collect()
+            };
+            prop_assert_eq!(shape(&reused), shape(&contiguous));
         }
     }
 }

@@ -266,7 +266,13 @@ impl Core {
 
     /// Keep a decrypted packet if its source lies in the sending peer's
     /// AllowedIPs; otherwise drop and count it.
-    fn accept(&self, peer: &Arc<Peer>, len: usize, src: IpAddr, cache: &mut SourceCache) -> Opened {
+    pub(crate) fn accept(
+        &self,
+        peer: &Arc<Peer>,
+        len: usize,
+        src: IpAddr,
+        cache: &mut SourceCache,
+    ) -> Opened {
         let key = Arc::as_ptr(peer) as usize;
         let ok = match cache.0 {
             Some((k, ip, ok)) if k == key && ip == src => ok,

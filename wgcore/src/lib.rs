@@ -14,20 +14,26 @@
 //! pair.
 //!
 //! The core is `Sync`: several driver threads may use one core at once
-//! (one per direction, one for handshakes).
+//! (one per direction, one for handshakes). Batches (`seal_batch`,
+//! `open_batch`) split their crypto into independent jobs for the
+//! driver's [`Workers`], on as many cores as it has, one peer's packets
+//! kept in order.
 
 mod clock;
 mod config;
 pub mod gso;
 mod inbound;
+mod open_batch;
 mod outbound;
 mod peer;
 mod ratelimit;
+mod seal_batch;
 pub mod select;
 mod state;
 mod status;
 mod timers;
 pub mod uapi;
+mod workers;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -39,8 +45,10 @@ use parking_lot::{Mutex, RwLock};
 pub use inbound::{Opened, SourceCache, is_handshake};
 pub use outbound::{Route, Sealed, dst_address};
 pub use peer::{PENDING_MAX, REKEY_TIMEOUT};
+pub use seal_batch::batch_buffer_len;
 pub use state::HANDSHAKE_RATE_LIMIT;
 pub use timers::TICK;
+pub use workers::{Inline, Workers};
 
 use clock::Clock;
 use ratelimit::SourceLimiter;

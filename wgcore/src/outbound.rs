@@ -19,8 +19,8 @@ use crate::{Core, DropCounters, SEAL_MIN, SEAL_OVERHEAD};
 #[derive(Clone)]
 pub struct Route {
     dst: IpAddr,
-    peer: Arc<Peer>,
-    link: Arc<Link>,
+    pub(crate) peer: Arc<Peer>,
+    pub(crate) link: Arc<Link>,
     endpoint: SocketAddr,
 }
 

@@ -200,8 +200,13 @@ impl Peer {
     }
 
     pub fn sent(&self, bytes: usize) {
+        self.sent_n(bytes, 1);
+    }
+
+    /// `packets` datagrams of `bytes` bytes in all went out.
+    pub fn sent_n(&self, bytes: usize, packets: u64) {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
     }
 
     /// An initiation goes out on `link` at `now`: paced from here, counted,
@@ -263,8 +268,13 @@ impl Peer {
     }
 
     pub fn received(&self, bytes: usize) {
+        self.received_n(bytes, 1);
+    }
+
+    /// `packets` authenticated datagrams of `bytes` bytes in all came in.
+    pub fn received_n(&self, bytes: usize, packets: u64) {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
     }
 
     /// (rx bytes, tx bytes, rx packets, tx packets).

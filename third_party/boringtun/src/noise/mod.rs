@@ -5,8 +5,11 @@ pub mod errors;
 pub mod handshake;
 pub mod rate_limiter;
 
+mod data;
 mod session;
 mod timers;
+
+pub use data::{DataReceiver, DataSender};
 
 use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::Handshake;
@@ -61,7 +64,7 @@ pub struct Tunn {
     /// The handshake currently in progress
     handshake: handshake::Handshake,
     /// The N_SESSIONS most recent sessions, index is session id modulo N_SESSIONS
-    sessions: [Option<session::Session>; N_SESSIONS],
+    sessions: [Option<Arc<session::Session>>; N_SESSIONS],
     /// Index of most recently used session
     current: usize,
     /// Queue to store blocked packets
@@ -329,7 +332,7 @@ impl Tunn {
 
         // Store new session in ring buffer
         let index = session.local_index();
-        self.sessions[index % N_SESSIONS] = Some(session);
+        self.sessions[index % N_SESSIONS] = Some(Arc::new(session));
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick(TimerName::TimeLastPacketSent);
@@ -357,7 +360,7 @@ impl Tunn {
         // Store new session in ring buffer
         let l_idx = session.local_index();
         let index = l_idx % N_SESSIONS;
-        self.sessions[index] = Some(session);
+        self.sessions[index] = Some(Arc::new(session));
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick_session_established(true, index); // New session established, we are the initiator
@@ -462,48 +465,12 @@ impl Tunn {
     /// Check if an IP packet is v4 or v6, truncate to the length indicated by the length field
     /// Returns the truncated packet and the source IP as TunnResult
     fn validate_decapsulated_packet<'a>(&mut self, packet: &'a mut [u8]) -> TunnResult<'a> {
-        let (computed_len, src_ip_address) = match packet.len() {
-            0 => return TunnResult::Done, // This is keepalive, and not an error
-            _ if packet[0] >> 4 == 4 && packet.len() >= IPV4_MIN_HEADER_SIZE => {
-                let len_bytes: [u8; IP_LEN_SZ] = packet[IPV4_LEN_OFF..IPV4_LEN_OFF + IP_LEN_SZ]
-                    .try_into()
-                    .unwrap();
-                let addr_bytes: [u8; IPV4_IP_SZ] = packet
-                    [IPV4_SRC_IP_OFF..IPV4_SRC_IP_OFF + IPV4_IP_SZ]
-                    .try_into()
-                    .unwrap();
-                (
-                    u16::from_be_bytes(len_bytes) as usize,
-                    IpAddr::from(addr_bytes),
-                )
-            }
-            _ if packet[0] >> 4 == 6 && packet.len() >= IPV6_MIN_HEADER_SIZE => {
-                let len_bytes: [u8; IP_LEN_SZ] = packet[IPV6_LEN_OFF..IPV6_LEN_OFF + IP_LEN_SZ]
-                    .try_into()
-                    .unwrap();
-                let addr_bytes: [u8; IPV6_IP_SZ] = packet
-                    [IPV6_SRC_IP_OFF..IPV6_SRC_IP_OFF + IPV6_IP_SZ]
-                    .try_into()
-                    .unwrap();
-                (
-                    u16::from_be_bytes(len_bytes) as usize + IPV6_MIN_HEADER_SIZE,
-                    IpAddr::from(addr_bytes),
-                )
-            }
-            _ => return TunnResult::Err(WireGuardError::InvalidPacket),
-        };
-
-        if computed_len > packet.len() {
-            return TunnResult::Err(WireGuardError::InvalidPacket);
+        let r = parse_decapsulated_packet(packet);
+        if let TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) = &r {
+            self.timer_tick(TimerName::TimeLastDataPacketReceived);
+            self.rx_bytes += p.len();
         }
-
-        self.timer_tick(TimerName::TimeLastDataPacketReceived);
-        self.rx_bytes += computed_len;
-
-        match src_ip_address {
-            IpAddr::V4(addr) => TunnResult::WriteToTunnelV4(&mut packet[..computed_len], addr),
-            IpAddr::V6(addr) => TunnResult::WriteToTunnelV6(&mut packet[..computed_len], addr),
-        }
+        r
     }
 
     /// Get a packet from the queue, and try to encapsulate it
@@ -582,6 +549,51 @@ impl Tunn {
         let rtt = self.handshake.last_rtt;
 
         (time, tx_bytes, rx_bytes, loss, rtt)
+    }
+}
+
+/// Check that a decrypted packet is an IPv4 or IPv6 packet, truncate it to
+/// the length its header gives; returns it with its source address, or
+/// `Done` for a keepalive.
+pub(crate) fn parse_decapsulated_packet<'a>(packet: &'a mut [u8]) -> TunnResult<'a> {
+    let (computed_len, src_ip_address) = match packet.len() {
+        0 => return TunnResult::Done, // This is keepalive, and not an error
+        _ if packet[0] >> 4 == 4 && packet.len() >= IPV4_MIN_HEADER_SIZE => {
+            let len_bytes: [u8; IP_LEN_SZ] = packet[IPV4_LEN_OFF..IPV4_LEN_OFF + IP_LEN_SZ]
+                .try_into()
+                .unwrap();
+            let addr_bytes: [u8; IPV4_IP_SZ] = packet
+                [IPV4_SRC_IP_OFF..IPV4_SRC_IP_OFF + IPV4_IP_SZ]
+                .try_into()
+                .unwrap();
+            (
+                u16::from_be_bytes(len_bytes) as usize,
+                IpAddr::from(addr_bytes),
+            )
+        }
+        _ if packet[0] >> 4 == 6 && packet.len() >= IPV6_MIN_HEADER_SIZE => {
+            let len_bytes: [u8; IP_LEN_SZ] = packet[IPV6_LEN_OFF..IPV6_LEN_OFF + IP_LEN_SZ]
+                .try_into()
+                .unwrap();
+            let addr_bytes: [u8; IPV6_IP_SZ] = packet
+                [IPV6_SRC_IP_OFF..IPV6_SRC_IP_OFF + IPV6_IP_SZ]
+                .try_into()
+                .unwrap();
+            (
+                u16::from_be_bytes(len_bytes) as usize + IPV6_MIN_HEADER_SIZE,
+                IpAddr::from(addr_bytes),
+            )
+        }
+        _ => return TunnResult::Err(WireGuardError::InvalidPacket),
+    };
+
+    if computed_len > packet.len() {
+        return TunnResult::Err(WireGuardError::InvalidPacket);
+    }
+
+    match src_ip_address {
+        IpAddr::V4(addr) => TunnResult::WriteToTunnelV4(&mut packet[..computed_len], addr),
+        IpAddr::V6(addr) => TunnResult::WriteToTunnelV6(&mut packet[..computed_len], addr),
     }
 }
 

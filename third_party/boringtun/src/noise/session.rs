@@ -194,11 +194,26 @@ impl Session {
     /// dst - pre-allocated space to hold the encapsulating UDP packet to send over the network
     /// returns the size of the formatted packet
     pub(super) fn format_packet_data<'a>(&self, src: &[u8], dst: &'a mut [u8]) -> &'a mut [u8] {
+        let sending_key_counter = self.reserve_counters(1);
+        self.format_packet_data_at(sending_key_counter, src, dst)
+    }
+
+    /// Reserve `n` consecutive sending counters; returns the first.
+    pub(super) fn reserve_counters(&self, n: u64) -> u64 {
+        self.sending_key_counter.fetch_add(n, Ordering::Relaxed) as u64
+    }
+
+    /// Seal `src` with a counter from [`Session::reserve_counters`] (each
+    /// used at most once).
+    pub(super) fn format_packet_data_at<'a>(
+        &self,
+        sending_key_counter: u64,
+        src: &[u8],
+        dst: &'a mut [u8],
+    ) -> &'a mut [u8] {
         if dst.len() < src.len() + super::DATA_OVERHEAD_SZ {
             panic!("The destination buffer is too small");
         }
-
-        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
 
         let (message_type, rest) = dst.split_at_mut(4);
         let (receiver_index, rest) = rest.split_at_mut(4);

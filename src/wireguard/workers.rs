@@ -1,0 +1,116 @@
+//! The crypto workers: the core splits each batch's sealing and opening
+//! into independent jobs (`wgcore::Workers`), and this pool runs them on
+//! `n` cores — the calling datapath thread and `n - 1` pool threads
+//! (rayon), shared by both directions. Packets keep their order whatever
+//! the pool does: the drivers write a batch out in input order once every
+//! job is done. `n = 1` runs everything on the datapath threads.
+
+use std::io;
+
+use wgcore::Workers;
+
+/// Fewer jobs than this run on the calling thread: waking a worker costs
+/// more than sealing a few packets.
+const MIN_PARALLEL: usize = 8;
+
+/// `n` crypto workers.
+pub struct Pool {
+    n: usize,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("workers", &self.n).finish()
+    }
+}
+
+/// The default worker count: one per CPU this process may run on.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Pool {
+    /// A pool of `n` workers (0: [`default_count`]).
+    pub fn new(n: usize) -> io::Result<Self> {
+        let n = if n == 0 { default_count() } else { n };
+        let pool = if n > 1 {
+            let p = rayon::ThreadPoolBuilder::new()
+                .num_threads(n - 1)
+                .thread_name(|i| format!("pg-crypto-{i}"))
+                .build()
+                .map_err(io::Error::other)?;
+            Some(p)
+        } else {
+            None
+        };
+        Ok(Self { n, pool })
+    }
+
+    /// How many workers run a batch's jobs.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+}
+
+impl Workers for Pool {
+    fn each<T: Send>(&self, items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
+        let Some(pool) = &self.pool else {
+            items.iter_mut().for_each(f);
+            return;
+        };
+        if items.len() < MIN_PARALLEL {
+            items.iter_mut().for_each(f);
+            return;
+        }
+        let chunk = items.len().div_ceil(self.n);
+        let mut chunks = items.chunks_mut(chunk);
+        let mine = chunks.next();
+        pool.in_place_scope(|s| {
+            for c in chunks {
+                s.spawn(move |_| c.iter_mut().for_each(f));
+            }
+            // The calling thread takes the first share itself.
+            if let Some(c) = mine {
+                c.iter_mut().for_each(f);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_runs_once_on_up_to_n_threads() {
+        for n in [1, 2, 3] {
+            let pool = Pool::new(n).expect("pool");
+            let mut items: Vec<(usize, Option<std::thread::ThreadId>)> =
+                (0..100).map(|i| (i, None)).collect();
+            pool.each(&mut items, &|it| {
+                it.0 *= 2;
+                it.1 = Some(std::thread::current().id());
+            });
+            assert!(items.iter().enumerate().all(|(i, it)| it.0 == 2 * i));
+            let threads: std::collections::BTreeSet<_> = items
+                .iter()
+                .filter_map(|it| it.1)
+                .map(|t| format!("{t:?}"))
+                .collect();
+            assert!(
+                threads.len() <= n,
+                "{n} workers used {} threads",
+                threads.len()
+            );
+            if n > 1 {
+                assert!(threads.len() > 1, "{n} workers ran on one thread");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_means_one_per_cpu() {
+        assert_eq!(Pool::new(0).expect("pool").count(), default_count());
+    }
+}

@@ -1,0 +1,243 @@
+//! Batches sealed and opened with the crypto on several threads
+//! (`seal_batch`, `open_batch`): every packet arrives once, in order, with
+//! increasing counters on the wire; replays, forgeries and bad sources are
+//! dropped inside a batch as they are one by one; the endpoint follows only
+//! authenticated packets; a link without a session holds and handshakes.
+
+mod sim;
+
+use std::net::SocketAddr;
+
+use sim::{Net, Wire, ip_packet, pod};
+use wgcore::gso::Flush;
+use wgcore::{Inline, Opened, Sealed, SourceCache, Workers};
+
+/// Jobs split over `n` scoped threads (the device's pool does the same
+/// on persistent ones).
+struct Threads(usize);
+
+impl Workers for Threads {
+    fn each<T: Send>(&self, items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
+        let chunk = items.len().div_ceil(self.0).max(1);
+        std::thread::scope(|s| {
+            for c in items.chunks_mut(chunk) {
+                s.spawn(move || c.iter_mut().for_each(f));
+            }
+        });
+    }
+}
+
+fn handshaken() -> Net {
+    let mut net = Net::mesh(2);
+    assert_eq!(net.send_pod(0, 1, b"hello"), Sealed::Datagram(148));
+    net.drive();
+    assert_eq!(net.got(1, b"hello"), 1);
+    net
+}
+
+fn payload(k: usize) -> Vec<u8> {
+    let mut p = format!("packet {k:05} ").into_bytes();
+    p.resize(1392, b'x');
+    p
+}
+
+/// Node `i` seals `pkts` as one batch on `w`; the datagrams, split out of
+/// the GSO runs, with where they go.
+fn seal<W: Workers>(net: &Net, i: usize, pkts: &[Vec<u8>], w: &W) -> Vec<(SocketAddr, Vec<u8>)> {
+    let refs: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
+    let mut out = vec![0u8; wgcore::batch_buffer_len(refs.iter().map(|p| p.len()))];
+    let mut runs: Vec<Flush> = Vec::new();
+    net.nodes[i]
+        .core
+        .seal_batch(&refs, &mut out, w, &mut runs, net.now);
+    let mut end = 0;
+    let mut dgrams = Vec::new();
+    for f in runs {
+        assert!(f.range.start >= end, "runs overlap");
+        end = f.range.end;
+        for d in out[f.range].chunks(f.seg) {
+            dgrams.push((f.to, d.to_vec()));
+        }
+    }
+    dgrams
+}
+
+/// Node `j` opens `dgrams` (all from `from`) as one batch on `w`.
+fn open<W: Workers>(
+    net: &mut Net,
+    j: usize,
+    dgrams: &[(SocketAddr, Vec<u8>)],
+    w: &W,
+) -> Vec<Opened> {
+    let input: Vec<(&[u8], SocketAddr)> = dgrams.iter().map(|(f, d)| (d.as_slice(), *f)).collect();
+    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; 2048]; input.len()];
+    let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    let mut opened = Vec::new();
+    net.nodes[j].core.open_batch(
+        &input,
+        &mut outs,
+        w,
+        &mut SourceCache::default(),
+        &mut opened,
+        net.now,
+    );
+    for (k, o) in opened.iter().enumerate() {
+        if let Opened::Packet(n) = o {
+            net.nodes[j].delivered.push(bufs[k][..*n].to_vec());
+        }
+    }
+    opened
+}
+
+fn counter(d: &[u8]) -> u64 {
+    u64::from_le_bytes(d[8..16].try_into().expect("8 bytes"))
+}
+
+#[test]
+fn a_batch_sealed_and_opened_on_four_threads_arrives_whole_and_in_order() {
+    let mut net = handshaken();
+    let from = net.nodes[0].addr;
+    let (rx0, tx0) = (net.status(1, 0).rx_bytes, net.status(0, 1).tx_bytes);
+    for round in 0..3 {
+        let pkts: Vec<Vec<u8>> = (0..128)
+            .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(round * 128 + k)))
+            .collect();
+        let sealed = seal(&net, 0, &pkts, &Threads(4));
+        assert_eq!(sealed.len(), 128);
+        assert!(
+            sealed
+                .iter()
+                .all(|(to, d)| *to == net.nodes[1].addr && d[0] == 4)
+        );
+        // Counters increase along the batch, as the packets came.
+        assert!(
+            sealed
+                .windows(2)
+                .all(|w| counter(&w[1].1) == counter(&w[0].1) + 1)
+        );
+        assert!(
+            !sealed
+                .iter()
+                .any(|(_, d)| d.windows(12).any(|x| x == b"packet 00000"))
+        );
+        let dgrams: Vec<(SocketAddr, Vec<u8>)> =
+            sealed.into_iter().map(|(_, d)| (from, d)).collect();
+        let opened = open(&mut net, 1, &dgrams, &Threads(4));
+        assert!(opened.iter().all(|o| matches!(o, Opened::Packet(_))));
+    }
+    let got: Vec<Vec<u8>> = net.nodes[1].delivered[1..]
+        .iter()
+        .map(|p| p[28..].to_vec())
+        .collect();
+    let want: Vec<Vec<u8>> = (0..384).map(payload).collect();
+    assert_eq!(got, want);
+    // The peers' counters saw every datagram, on both sides.
+    let rx = net.status(1, 0).rx_bytes - rx0;
+    assert_eq!(rx, net.status(0, 1).tx_bytes - tx0);
+    assert_eq!(rx, 384 * (28 + 1392 + 32));
+}
+
+#[test]
+fn one_worker_and_many_give_the_same_packets() {
+    let mut net = handshaken();
+    let from = net.nodes[0].addr;
+    let pkts: Vec<Vec<u8>> = (0..64)
+        .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(k)))
+        .collect();
+    let a = seal(&net, 0, &pkts, &Inline);
+    let b = seal(&net, 0, &pkts, &Threads(3));
+    let all: Vec<(SocketAddr, Vec<u8>)> = a.into_iter().chain(b).map(|(_, d)| (from, d)).collect();
+    open(&mut net, 1, &all, &Threads(3));
+    assert_eq!(net.nodes[1].delivered.len(), 1 + 128);
+    for k in 0..64 {
+        assert_eq!(net.got(1, &payload(k)), 2);
+    }
+}
+
+#[test]
+fn replays_forgeries_and_bad_sources_inside_a_batch_are_dropped() {
+    let mut net = handshaken();
+    let from = net.nodes[0].addr;
+    let attacker: SocketAddr = "198.51.100.66:40000".parse().expect("address");
+    let good: Vec<Vec<u8>> = (0..8)
+        .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(k)))
+        .collect();
+    // A pod of node 0 claiming a source in node 1's own pod range.
+    let spoofed = ip_packet(pod(1, 9), pod(1, 2), b"spoofed source");
+    let mut pkts = good.clone();
+    pkts.push(spoofed);
+    let sealed = seal(&net, 0, &pkts, &Threads(2));
+    let mut dgrams: Vec<(SocketAddr, Vec<u8>)> =
+        sealed.iter().map(|(_, d)| (from, d.clone())).collect();
+    // The same datagram twice, once from the attacker: opens once.
+    dgrams.push((attacker, sealed[3].1.clone()));
+    // A forgery from the attacker: a real header, a flipped tag byte.
+    let mut forged = sealed[4].1.clone();
+    *forged.last_mut().expect("a tag") ^= 1;
+    dgrams.insert(0, (attacker, forged));
+    let invalid = net.drop_count(1, "invalid");
+    let bad_source = net.drop_count(1, "bad_source");
+    let opened = open(&mut net, 1, &dgrams, &Threads(2));
+    let packets = opened
+        .iter()
+        .filter(|o| matches!(o, Opened::Packet(_)))
+        .count();
+    assert_eq!(packets, 8);
+    assert_eq!(net.drop_count(1, "invalid") - invalid, 2);
+    assert_eq!(net.drop_count(1, "bad_source") - bad_source, 1);
+    // Neither the replay nor the forgery moved the endpoint.
+    assert_eq!(net.endpoint(1, 0), Some(from));
+    for k in 0..8 {
+        assert_eq!(net.got(1, &payload(k)), 1);
+    }
+}
+
+#[test]
+fn the_endpoint_roams_with_an_authenticated_batch() {
+    let mut net = handshaken();
+    let moved: SocketAddr = "192.0.2.99:51000".parse().expect("address");
+    let pkts: Vec<Vec<u8>> = (0..4)
+        .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(k)))
+        .collect();
+    let dgrams: Vec<(SocketAddr, Vec<u8>)> = seal(&net, 0, &pkts, &Threads(2))
+        .into_iter()
+        .map(|(_, d)| (moved, d))
+        .collect();
+    open(&mut net, 1, &dgrams, &Threads(2));
+    assert_eq!(net.endpoint(1, 0), Some(moved));
+}
+
+#[test]
+fn without_a_session_a_batch_holds_and_handshakes_then_delivers() {
+    let mut net = sim::Net::mesh(2);
+    let pkts: Vec<Vec<u8>> = (0..5)
+        .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(k)))
+        .collect();
+    let sealed = seal(&net, 0, &pkts, &Threads(2));
+    // One initiation in the batch's output, the rest held (paced).
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0].1[0], 1);
+    let from = net.nodes[0].addr;
+    for (to, bytes) in sealed {
+        net.push(Wire { from, to, bytes });
+    }
+    net.drive();
+    for k in 0..5 {
+        assert_eq!(net.got(1, &payload(k)), 1, "packet {k}");
+    }
+}
+
+#[test]
+fn handshake_messages_in_a_batch_take_the_one_by_one_path() {
+    let mut net = sim::Net::mesh(2);
+    let init = ip_packet(pod(0, 2), pod(1, 2), b"hello");
+    assert_eq!(net.send(0, &init), Sealed::Datagram(148));
+    let w = net.log.last().expect("an initiation").clone();
+    let opened = open(&mut net, 1, &[(w.from, w.bytes)], &Threads(2));
+    assert_eq!(opened, vec![Opened::Nothing]);
+    // Node 1 answered it.
+    let mut t = Vec::new();
+    net.nodes[1].core.drain_transmits(&mut t);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].bytes[0], 2);
+}
