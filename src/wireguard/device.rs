@@ -23,7 +23,7 @@ use parking_lot::RwLock;
 use wgcore::Core;
 use wgcore::uapi::{PeerStatus, SetRequest};
 
-use super::workers::Pool;
+use super::workers;
 use super::{batch, handshakes};
 
 /// UDP socket buffers: room for many 64 KB GRO receives while the inbound
@@ -46,8 +46,8 @@ pub struct Device {
     pub(super) core: Core,
     /// Handshake datagrams on their way to the handshake thread.
     pub(super) handshakes: handshakes::Queue,
-    /// Where the batches' crypto runs.
-    pub(super) crypto: Pool,
+    /// Crypto workers per direction (`workers::Pool`).
+    pub(super) crypto_workers: usize,
 }
 
 impl std::fmt::Debug for Device {
@@ -67,15 +67,6 @@ pub enum DeviceError {
     Tun {
         /// Interface name.
         ifname: String,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The crypto worker threads could not be started.
-    #[error("starting {workers} crypto workers")]
-    Workers {
-        /// How many were asked for.
-        workers: usize,
         /// Cause.
         #[source]
         source: io::Error,
@@ -143,8 +134,6 @@ impl Device {
         persist: bool,
         workers: usize,
     ) -> Result<Arc<Self>, DeviceError> {
-        let crypto =
-            Pool::new(workers).map_err(|source| DeviceError::Workers { workers, source })?;
         let tun = open_tun(ifname, persist)?;
         let udp = bind_udp(listen_port).map_err(|source| DeviceError::Udp {
             port: listen_port,
@@ -163,7 +152,11 @@ impl Device {
             udp,
             core,
             handshakes: handshakes::Queue::new(),
-            crypto,
+            crypto_workers: if workers == 0 {
+                workers::default_count()
+            } else {
+                workers
+            },
         }))
     }
 
@@ -178,7 +171,16 @@ impl Device {
 
     /// How many crypto workers run the batches.
     pub fn crypto_workers(&self) -> usize {
-        self.crypto.count()
+        self.crypto_workers
+    }
+
+    /// The crypto pool of the calling datapath thread (one worker, the
+    /// thread itself, if the helpers cannot start).
+    pub(super) fn crypto_pool(&self) -> workers::Pool {
+        workers::Pool::on_this_thread(self.crypto_workers).unwrap_or_else(|e| {
+            tracing::error!(error = %e, workers = self.crypto_workers, "crypto workers did not start; this direction runs its crypto on one thread");
+            workers::Pool::single()
+        })
     }
 
     /// The interface name.

@@ -23,6 +23,7 @@ pub fn run(dev: &Device) {
     let mut out = vec![0u8; wgcore::batch_buffer_len([PKT_MAX; IDEAL_BATCH_SIZE])];
     let mut runs: Vec<gso::Flush> = Vec::new();
     let mut gone_logged = false;
+    let crypto = dev.crypto_pool();
     loop {
         let tun = dev.tun.read().clone();
         let n = match tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
@@ -52,7 +53,7 @@ pub fn run(dev: &Device) {
             .collect();
         runs.clear();
         dev.core
-            .seal_batch(&pkts, &mut out, &dev.crypto, &mut runs, Instant::now());
+            .seal_batch(&pkts, &mut out, &crypto, &mut runs, Instant::now());
         for f in runs.drain(..) {
             dev.send_run(&out[f.range], f.seg, f.to);
         }

@@ -12,6 +12,7 @@ use wgcore::{Opened, SourceCache};
 use super::batch;
 use super::device::Device;
 use super::tun_rx::PKT_MAX;
+use super::workers::Pool;
 
 /// Datagrams per `recvmmsg`.
 const RX_BATCH: usize = 64;
@@ -27,6 +28,7 @@ pub fn run(dev: &Device) {
     let mut got: Vec<batch::Received> = Vec::with_capacity(slots);
     let mut outs = batch::tun_write_bufs(IDEAL_BATCH_SIZE, PKT_MAX + 64);
     let mut gro = GROTable::default();
+    let crypto = dev.crypto_pool();
     let mut opened: Vec<Opened> = Vec::with_capacity(outs.len());
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
@@ -52,6 +54,7 @@ pub fn run(dev: &Device) {
                 if input.len() == outs.len() {
                     open_and_write(
                         dev,
+                        &crypto,
                         &input,
                         &mut outs,
                         &mut gro,
@@ -66,6 +69,7 @@ pub fn run(dev: &Device) {
         if !input.is_empty() {
             open_and_write(
                 dev,
+                &crypto,
                 &input,
                 &mut outs,
                 &mut gro,
@@ -80,8 +84,10 @@ pub fn run(dev: &Device) {
 
 /// Open a batch of data datagrams (the crypto on the device's workers)
 /// and write what opened to the TUN, in arrival order.
+#[allow(clippy::too_many_arguments)]
 fn open_and_write(
     dev: &Device,
+    crypto: &Pool,
     input: &[(&[u8], std::net::SocketAddr)],
     outs: &mut [batch::PktBuf],
     gro: &mut GROTable,
@@ -95,7 +101,7 @@ fn open_and_write(
             .map(|o| &mut o.space()[VIRTIO_NET_HDR_LEN..])
             .collect();
         dev.core
-            .open_batch(input, &mut spaces, &dev.crypto, cache, opened, now);
+            .open_batch(input, &mut spaces, crypto, cache, opened, now);
     }
     // Opened packets move to the front, in order, for one TUN write.
     let mut ready = 0;
