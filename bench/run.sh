@@ -23,6 +23,8 @@ if ! command -v boringtun-cli >/dev/null; then
   cargo install --locked boringtun-cli --version 0.7.1
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
-[ -x target/bench-tools/wireguard-go-trixie ] || bench/fetch-wireguard-go-trixie.sh >&2
+for suite in trixie sid; do
+  [ -x "target/bench-tools/wireguard-go-$suite" ] || bench/fetch-wireguard-go.sh "$suite" >&2
+done
 cargo build --release --locked --bins -p podguard -p podguard-bench
 exec ./target/release/podguard-bench throughput "$@"

@@ -160,7 +160,7 @@ fn bench(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     let mut left = iters;
                     while left > 0 {
-                        let k = left.min(256);
+                        let k = left.min(16);
                         left -= k;
                         let batches: Vec<Vec<Vec<u8>>> =
                             (0..k).map(|_| sealed_batch(&a, &refs)).collect();

@@ -5,7 +5,11 @@
 //! for every contender and measures pod-to-pod iperf3 (1 stream both ways,
 //! 4 streams), ping RTT and the tunnel processes' CPU per Gbit/s. Results go
 //! to `bench/results/` as JSON, Markdown and an SVG chart.
+//! `podguard-bench flood` measures one stream clean and while an attacker on
+//! the underlay floods the receiver with handshake-shaped datagrams.
 
+mod attack;
+mod flood;
 mod parse;
 mod report;
 mod topo;
@@ -37,8 +41,35 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         reps: u32,
         /// Contenders to run (default: all): plain, podguard, wireguard-go,
-        /// boringtun, boringtun-1, kernel.
+        /// wireguard-go-new (trixie), wireguard-go-sid, boringtun,
+        /// boringtun-1, kernel.
         #[arg(long, value_delimiter = ',')]
+        contenders: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// Throughput under attack: one stream A→B clean, then while an
+    /// attacker namespace on the underlay floods node B's WireGuard port
+    /// with random type-1 datagrams and with type-1 datagrams carrying a
+    /// valid mac1 (each costs a DH unless the target demands a cookie).
+    /// Writes flood.json and flood.md.
+    Flood {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        duration: u32,
+        /// Repetitions (clean and flooded runs interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Datagrams per second the attacker aims for.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// Contenders (ids as for `throughput`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "podguard,wireguard-go-sid"
+        )]
         contenders: Vec<String>,
         /// Output directory.
         #[arg(long, default_value = "bench/results")]
@@ -132,8 +163,8 @@ fn iperf(t: &Topo, secs: u32, reverse: bool, streams: u32) -> anyhow::Result<(f6
     unreachable!("the retry loop returns")
 }
 
-fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow::Result<Row> {
-    let t = topo::build(c, bins)?;
+/// Start the iperf3 server in pod B.
+fn iperf_server(t: &Topo) -> anyhow::Result<()> {
     sys::spawn_in(
         &t.pods[1],
         &["iperf3", "-s"],
@@ -142,6 +173,12 @@ fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow
         &[],
     )?;
     std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow::Result<Row> {
+    let t = topo::build(c, bins)?;
+    iperf_server(&t)?;
     let (mut ab, mut ba, mut fab, mut fba, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
     for r in 0..reps {
         eprintln!("    {} rep {}/{reps}", c.id(), r + 1);
@@ -199,11 +236,76 @@ fn cleanup_on_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks shared by every measurement (root, tools, contender ids); returns
+/// the directory of the binaries and the chosen contenders.
+fn prepare(ids: &[String]) -> anyhow::Result<(PathBuf, Vec<Contender>)> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the bench builds network namespaces: run it as root");
+    }
+    for tool in [
+        ("iperf3", "apt-get install -y iperf3"),
+        ("ping", "apt-get install -y iputils-ping"),
+        ("ip", "apt-get install -y iproute2"),
+    ] {
+        if !sys::have(tool.0) {
+            bail!("`{}` is missing: {}", tool.0, tool.1);
+        }
+    }
+    if let Some(bad) = ids
+        .iter()
+        .find(|x| !Contender::ALL.iter().any(|c| c.id() == x.as_str()))
+    {
+        let known: Vec<&str> = Contender::ALL.iter().map(|c| c.id()).collect();
+        bail!(
+            "unknown contender `{bad}`: choose from {}",
+            known.join(", ")
+        );
+    }
+    cleanup_on_signal()?;
+    let bins = std::env::current_exe()?
+        .parent()
+        .context("bench binary has no directory")?
+        .to_path_buf();
+    let chosen = Contender::ALL
+        .into_iter()
+        .filter(|c| ids.is_empty() || ids.iter().any(|x| x == c.id()))
+        .collect();
+    Ok((bins, chosen))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Clean => {
             topo::clean();
+            Ok(())
+        }
+        Cmd::Flood {
+            duration,
+            reps,
+            rate,
+            contenders,
+            out,
+        } => {
+            let (bins, chosen) = prepare(&contenders)?;
+            let mut rows = Vec::new();
+            for c in chosen {
+                eprintln!("  · {} (flood {rate}/s)", c.name());
+                let row = match c.missing(&bins) {
+                    Some(why) => attack::FloodRow::skipped(c, why),
+                    None => attack::measure(c, &bins, duration, reps, rate).unwrap_or_else(|e| {
+                        eprintln!("    failed: {e:#}");
+                        attack::FloodRow::skipped(c, format!("failed: {e:#}"))
+                    }),
+                };
+                topo::clean();
+                rows.push(row);
+            }
+            let files = attack::write(&out, &rows, duration, reps, rate)?;
+            println!("{}", attack::markdown(&rows, duration, reps, rate));
+            for f in files {
+                eprintln!("wrote {}", f.display());
+            }
             Ok(())
         }
         Cmd::Throughput {
@@ -212,27 +314,7 @@ fn main() -> anyhow::Result<()> {
             contenders,
             out,
         } => {
-            if !nix::unistd::geteuid().is_root() {
-                bail!("the bench builds network namespaces: run it as root");
-            }
-            for tool in [
-                ("iperf3", "apt-get install -y iperf3"),
-                ("ping", "apt-get install -y iputils-ping"),
-                ("ip", "apt-get install -y iproute2"),
-            ] {
-                if !sys::have(tool.0) {
-                    bail!("`{}` is missing: {}", tool.0, tool.1);
-                }
-            }
-            cleanup_on_signal()?;
-            let bins = std::env::current_exe()?
-                .parent()
-                .context("bench binary has no directory")?
-                .to_path_buf();
-            let chosen: Vec<Contender> = Contender::ALL
-                .into_iter()
-                .filter(|c| contenders.is_empty() || contenders.iter().any(|x| x == c.id()))
-                .collect();
+            let (bins, chosen) = prepare(&contenders)?;
             let mut rows = Vec::new();
             for c in chosen {
                 eprintln!("  · {}", c.name());

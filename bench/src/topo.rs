@@ -25,6 +25,8 @@ pub enum Contender {
     WireguardGo,
     /// wireguard-go 0.0.20231211 (TUN offloads), from Debian trixie.
     WireguardGoNew,
+    /// wireguard-go 0.0.20250522 (Debian sid's 0.0.20260522-1), the newest.
+    WireguardGoSid,
     /// boringtun-cli with its default threads.
     Boringtun,
     /// boringtun-cli with one thread.
@@ -35,11 +37,12 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 7] = [
+    pub const ALL: [Contender; 8] = [
         Self::Plain,
         Self::Podguard,
         Self::WireguardGo,
         Self::WireguardGoNew,
+        Self::WireguardGoSid,
         Self::Boringtun,
         Self::Boringtun1,
         Self::Kernel,
@@ -52,6 +55,7 @@ impl Contender {
             Self::Podguard => "podguard (userspace)",
             Self::WireguardGo => "wireguard-go (Debian 12)",
             Self::WireguardGoNew => "wireguard-go 0.0.20231211 (trixie)",
+            Self::WireguardGoSid => "wireguard-go 0.0.20250522 (sid)",
             Self::Boringtun => "boringtun-cli 0.7.1",
             Self::Boringtun1 => "boringtun-cli 0.7.1, 1 thread",
             Self::Kernel => "kernel WireGuard",
@@ -65,6 +69,7 @@ impl Contender {
             Self::Podguard => "podguard",
             Self::WireguardGo => "wireguard-go",
             Self::WireguardGoNew => "wireguard-go-new",
+            Self::WireguardGoSid => "wireguard-go-sid",
             Self::Boringtun => "boringtun",
             Self::Boringtun1 => "boringtun-1",
             Self::Kernel => "kernel",
@@ -83,14 +88,18 @@ impl Contender {
                 .or_else(|| need("nft", "apt-get install -y nftables")),
             Self::WireguardGo => need("wireguard-go", "apt-get install -y wireguard-go")
                 .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
-            Self::WireguardGoNew => (!wireguard_go_new().exists())
-                .then(|| {
-                    format!(
-                        "{} missing: run bench/fetch-wireguard-go-trixie.sh",
-                        wireguard_go_new().display()
-                    )
-                })
-                .or_else(|| need("wg", "apt-get install -y wireguard-tools")),
+            Self::WireguardGoNew | Self::WireguardGoSid => {
+                let suite = self.debian_suite().unwrap_or_default();
+                let bin = wireguard_go_from(suite);
+                (!bin.exists())
+                    .then(|| {
+                        format!(
+                            "{} missing: run bench/fetch-wireguard-go.sh {suite}",
+                            bin.display()
+                        )
+                    })
+                    .or_else(|| need("wg", "apt-get install -y wireguard-tools"))
+            }
             Self::Boringtun | Self::Boringtun1 => need(
                 "boringtun-cli",
                 "cargo install --locked boringtun-cli --version 0.7.1",
@@ -117,12 +126,26 @@ impl Contender {
     }
 }
 
-/// Where bench/fetch-wireguard-go-trixie.sh puts the newer wireguard-go
-/// (override with PODGUARD_BENCH_WIREGUARD_GO_NEW).
-pub fn wireguard_go_new() -> PathBuf {
-    std::env::var_os("PODGUARD_BENCH_WIREGUARD_GO_NEW")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/bench-tools/wireguard-go-trixie"))
+impl Contender {
+    /// The Debian suite a fetched wireguard-go comes from.
+    pub fn debian_suite(self) -> Option<&'static str> {
+        match self {
+            Self::WireguardGoNew => Some("trixie"),
+            Self::WireguardGoSid => Some("sid"),
+            _ => None,
+        }
+    }
+}
+
+/// Where `bench/fetch-wireguard-go.sh SUITE` puts that suite's wireguard-go
+/// (override with PODGUARD_BENCH_WIREGUARD_GO_<SUITE>, e.g. ..._SID).
+pub fn wireguard_go_from(suite: &str) -> PathBuf {
+    std::env::var_os(format!(
+        "PODGUARD_BENCH_WIREGUARD_GO_{}",
+        suite.to_uppercase()
+    ))
+    .map(PathBuf::from)
+    .unwrap_or_else(|| PathBuf::from(format!("target/bench-tools/wireguard-go-{suite}")))
 }
 
 /// One built topology.
@@ -134,7 +157,28 @@ pub struct Topo {
     pub pods: [String; 2],
     /// Pod addresses.
     pub pod_ips: [String; 2],
+    /// The nodes' WireGuard public keys (base64).
+    pub public_keys: [String; 2],
     dir: PathBuf,
+}
+
+impl Topo {
+    /// Add the attacker: a namespace on the underlay bridge holding
+    /// [`crate::flood::ATTACKER_IP`]; returns its name.
+    pub fn attacker(&self) -> anyhow::Result<String> {
+        let (ul, x) = (format!("{PREFIX}-ul"), format!("{PREFIX}-x"));
+        netns_add(&x)?;
+        run(&[
+            "ip", "-n", &ul, "link", "add", "ulx", "type", "veth", "peer", "name", "eth0", "netns",
+            &x,
+        ])?;
+        run(&["ip", "-n", &ul, "link", "set", "ulx", "master", "br0", "up"])?;
+        let addr = format!("{}/24", crate::flood::ATTACKER_IP);
+        run(&["ip", "-n", &x, "addr", "add", &addr, "dev", "eth0"])?;
+        run(&["ip", "-n", &x, "link", "set", "eth0", "up"])?;
+        run(&["ip", "-n", &x, "link", "set", "lo", "up"])?;
+        Ok(x)
+    }
 }
 
 /// Remove everything with the bench prefix.
@@ -179,10 +223,11 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
     netns_add(&ul)?;
     run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
     run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
-    let t = Topo {
+    let mut t = Topo {
         nodes: [format!("{PREFIX}-a"), format!("{PREFIX}-b")],
         pods: [format!("{PREFIX}-pa"), format!("{PREFIX}-pb")],
         pod_ips: ["10.244.1.2".into(), "10.244.2.2".into()],
+        public_keys: Default::default(),
         dir: dir.clone(),
     };
     let mtu = MTU.to_string();
@@ -251,6 +296,7 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
             Ok((key.display().to_string(), public.trim().to_string()))
         })
         .collect::<anyhow::Result<_>>()?;
+    t.public_keys = [keys[0].1.clone(), keys[1].1.clone()];
     match c {
         Contender::Plain => {
             run(&[
@@ -316,6 +362,7 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
         }
         Contender::WireguardGo
         | Contender::WireguardGoNew
+        | Contender::WireguardGoSid
         | Contender::Boringtun
         | Contender::Boringtun1
         | Contender::Kernel => {
@@ -327,8 +374,9 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
                     Contender::WireguardGo => {
                         spawn_in(n, &["wireguard-go", "-f", "wg0"], &log, Some(&wg), &[])?;
                     }
-                    Contender::WireguardGoNew => {
-                        let bin = std::fs::canonicalize(wireguard_go_new())?;
+                    Contender::WireguardGoNew | Contender::WireguardGoSid => {
+                        let suite = c.debian_suite().unwrap_or_default();
+                        let bin = std::fs::canonicalize(wireguard_go_from(suite))?;
                         spawn_in(
                             n,
                             &[bin.to_str().unwrap_or_default(), "-f", "wg0"],

@@ -1,7 +1,8 @@
 //! UDP → TUN: datagrams arrive in batches (`recvmmsg`, with UDP GRO a
 //! slot holds a peer's whole GSO send); data packets are opened here (the
-//! crypto on the device's workers) and the decrypted ones coalesced (TCP/UDP GRO in tun-rs) into few TUN
-//! writes; handshake messages go to the handshake thread's queue.
+//! crypto on the device's workers) and the decrypted ones coalesced
+//! (TCP/UDP GRO in tun-rs) into few TUN writes; handshake messages go to
+//! the handshake thread's queue.
 
 use std::io;
 use std::time::Instant;
@@ -40,7 +41,7 @@ pub fn run(dev: &Device) {
         }
         let now = Instant::now();
         let mut cache = SourceCache::default();
-        let mut input: Vec<(&[u8], std::net::SocketAddr)> = Vec::with_capacity(outs.len());
+        let mut input: Vec<(&[u8], std::net::SocketAddr)> = Vec::new();
         for (i, r) in got.iter().enumerate() {
             let seg = r.seg.unwrap_or(r.len).max(1);
             for datagram in rb.bufs[i][..r.len].chunks(seg) {
@@ -51,26 +52,14 @@ pub fn run(dev: &Device) {
                     continue;
                 }
                 input.push((datagram, r.from));
-                if input.len() == outs.len() {
-                    open_and_write(
-                        dev,
-                        &crypto,
-                        &input,
-                        &mut outs,
-                        &mut gro,
-                        &mut cache,
-                        &mut opened,
-                        now,
-                    );
-                    input.clear();
-                }
             }
         }
-        if !input.is_empty() {
+        // In slices the TUN write buffers can hold, in arrival order.
+        for part in input.chunks(outs.len()) {
             open_and_write(
                 dev,
                 &crypto,
-                &input,
+                part,
                 &mut outs,
                 &mut gro,
                 &mut cache,

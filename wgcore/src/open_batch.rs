@@ -1,10 +1,13 @@
 //! UDP → TUN for a whole batch, with the crypto on the driver's workers.
 //! Three steps: in input order, find each data packet's session (a handle
-//! taken under its link's lock); then every packet is authenticated,
-//! decrypted and replay-checked as an independent job (the session's
-//! replay window is shared, so a packet seen twice still opens once); then,
-//! in input order again, inbound cryptokey routing, the links' timers and
-//! counters, and roaming, which follows only packets that authenticated.
+//! taken under its link's lock); then every packet is authenticated and
+//! decrypted as an independent job; then, in input order again, the replay
+//! check (each counter taken in the session's window in arrival order, so
+//! of two copies of a packet the first to arrive wins, not the first
+//! decrypted: an attacker's later copy from another address never opens
+//! and never moves the endpoint), inbound cryptokey routing, the links'
+//! timers and counters, and roaming, which follows only packets that
+//! authenticated.
 //! The driver writes the opened packets in input order: one peer's packets
 //! reach the TUN in the order they arrived, however many workers opened
 //! them.
@@ -114,6 +117,8 @@ impl Core {
                     sessions.len() - 1
                 }),
             };
+            // A replay is refused before it costs a decryption.
+            let s = s.filter(|&s| sessions[s].receiver.fresh(d));
             if s.is_none() {
                 DropCounters::count(&self.drops.invalid);
             }
@@ -134,7 +139,7 @@ impl Core {
             }
         }
         workers.each(&mut jobs, &|(_, j)| {
-            j.outcome = match j.receiver.open(j.datagram, j.out) {
+            j.outcome = match j.receiver.open_unmarked(j.datagram, j.out) {
                 TunnResult::WriteToTunnelV4(p, src) => Outcome::Packet(p.len(), IpAddr::V4(src)),
                 TunnResult::WriteToTunnelV6(p, src) => Outcome::Packet(p.len(), IpAddr::V6(src)),
                 TunnResult::Done => Outcome::Keepalive,
@@ -148,11 +153,12 @@ impl Core {
                 continue;
             };
             let (d, from) = datagrams[k];
+            if matches!(outcome, Outcome::Bad) || s.receiver.mark(d).is_err() {
+                DropCounters::count(&self.drops.invalid);
+                continue;
+            }
             match outcome {
-                Outcome::Bad => {
-                    DropCounters::count(&self.drops.invalid);
-                    continue;
-                }
+                Outcome::Bad => continue,
                 Outcome::Keepalive => {}
                 Outcome::Packet(len, src) => {
                     s.data_packets += 1;

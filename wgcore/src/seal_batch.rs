@@ -61,15 +61,18 @@ impl Core {
         let mut batch = GsoBatch::contiguous();
         let mut senders: Vec<DataSender> = Vec::new();
         let mut places: Vec<Place> = Vec::with_capacity(pkts.len());
+        // Each packet's destination, parsed once.
+        let dsts: Vec<Option<std::net::IpAddr>> =
+            pkts.iter().map(|p| crate::dst_address(p)).collect();
         let mut i = 0;
         while i < pkts.len() {
-            let Some(dst) = crate::dst_address(pkts[i]) else {
+            let Some(dst) = dsts[i] else {
                 i += 1;
                 continue;
             };
             // A run of packets to one destination shares a route.
             let mut j = i + 1;
-            while j < pkts.len() && crate::dst_address(pkts[j]) == Some(dst) {
+            while j < pkts.len() && dsts[j] == Some(dst) {
                 j += 1;
             }
             let Some(route) = self.route(dst) else {

@@ -8,24 +8,9 @@ mod sim;
 
 use std::net::SocketAddr;
 
-use sim::{Net, Wire, ip_packet, pod};
+use sim::{Net, Threads, Wire, ip_packet, pod};
 use wgcore::gso::Flush;
 use wgcore::{Inline, Opened, Sealed, SourceCache, Workers};
-
-/// Jobs split over `n` scoped threads (the device's pool does the same
-/// on persistent ones).
-struct Threads(usize);
-
-impl Workers for Threads {
-    fn each<T: Send>(&self, items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
-        let chunk = items.len().div_ceil(self.0).max(1);
-        std::thread::scope(|s| {
-            for c in items.chunks_mut(chunk) {
-                s.spawn(move || c.iter_mut().for_each(f));
-            }
-        });
-    }
-}
 
 fn handshaken() -> Net {
     let mut net = Net::mesh(2);
@@ -240,4 +225,30 @@ fn handshake_messages_in_a_batch_take_the_one_by_one_path() {
     net.nodes[1].core.drain_transmits(&mut t);
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].bytes[0], 2);
+}
+
+#[test]
+fn a_later_copy_from_elsewhere_never_wins_however_the_threads_race() {
+    let mut net = handshaken();
+    let from = net.nodes[0].addr;
+    let attacker: SocketAddr = "198.51.100.66:40000".parse().expect("address");
+    for round in 0..20 {
+        let pkts: Vec<Vec<u8>> = (0..16)
+            .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(round * 16 + k)))
+            .collect();
+        let sealed = seal(&net, 0, &pkts, &Threads(2));
+        let mut dgrams: Vec<(SocketAddr, Vec<u8>)> =
+            sealed.iter().map(|(_, d)| (from, d.clone())).collect();
+        // The original of packet 8 is the last job of the first thread, the
+        // attacker's copy the first job of the second: the copy is nearly
+        // always decrypted first. Arrival order must decide, not that.
+        dgrams.insert(9, (attacker, sealed[8].1.clone()));
+        let opened = open(&mut net, 1, &dgrams, &Threads(2));
+        assert!(matches!(opened[8], Opened::Packet(_)), "round {round}");
+        assert_eq!(opened[9], Opened::Nothing, "round {round}");
+        assert_eq!(net.endpoint(1, 0), Some(from), "round {round}");
+        for k in 0..16 {
+            assert_eq!(net.got(1, &payload(round * 16 + k)), 1, "round {round}");
+        }
+    }
 }

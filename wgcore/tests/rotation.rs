@@ -1,7 +1,9 @@
 //! Key rotation with two local × two remote keys on simulated time, as
 //! the agent drives it (keys::rotation): stage the next key, switch,
 //! retire — with traffic both ways all along, and with a restart in the
-//! middle.
+//! middle. Each scenario runs twice: one packet at a time (`seal`/`open`)
+//! and through the device's parallel path (`seal_batch`/`open_batch` on
+//! three threads), which picks the link for a whole run of packets.
 
 mod sim;
 
@@ -64,7 +66,27 @@ fn retire(net: &mut Net, next: &PrivateKey) {
 
 #[test]
 fn a_rotation_loses_nothing() {
+    rotation_loses_nothing(None);
+}
+
+#[test]
+fn a_rotation_through_parallel_batches_loses_nothing() {
+    rotation_loses_nothing(Some(3));
+}
+
+#[test]
+fn a_restart_while_staged_recovers_and_the_rotation_completes() {
+    restart_while_staged_recovers(None);
+}
+
+#[test]
+fn a_restart_while_staged_recovers_through_parallel_batches() {
+    restart_while_staged_recovers(Some(3));
+}
+
+fn rotation_loses_nothing(batch_threads: Option<usize>) {
     let mut net = Net::mesh(2);
+    net.batch_threads = batch_threads;
     assert_no_loss(&mut net, "before", Duration::from_secs(5));
     let old = net.nodes[0].key.clone();
     let next = PrivateKey::generate();
@@ -89,9 +111,9 @@ fn a_rotation_loses_nothing() {
     assert_no_loss(&mut net, "later", Duration::from_secs(150));
 }
 
-#[test]
-fn a_restart_while_staged_recovers_and_the_rotation_completes() {
+fn restart_while_staged_recovers(batch_threads: Option<usize>) {
     let mut net = Net::mesh(2);
+    net.batch_threads = batch_threads;
     assert_no_loss(&mut net, "before", Duration::from_secs(2));
     let old = net.nodes[0].key.clone();
     let next = PrivateKey::generate();

@@ -47,6 +47,25 @@ pub struct Net {
     pub unclaimed: Vec<Wire>,
     /// When false, datagrams are dropped instead of delivered.
     pub link_up: bool,
+    /// When set, `send` seals through `seal_batch` and `drive` opens what
+    /// each node receives through `open_batch`, on this many threads: the
+    /// device's parallel path instead of the one-by-one one.
+    pub batch_threads: Option<usize>,
+}
+
+/// Jobs split over scoped threads (the device's pool does the same on
+/// persistent ones).
+pub struct Threads(pub usize);
+
+impl wgcore::Workers for Threads {
+    fn each<T: Send>(&self, items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
+        let chunk = items.len().div_ceil(self.0).max(1);
+        std::thread::scope(|s| {
+            for c in items.chunks_mut(chunk) {
+                s.spawn(move || c.iter_mut().for_each(f));
+            }
+        });
+    }
 }
 
 pub fn underlay(i: usize) -> SocketAddr {
@@ -118,6 +137,7 @@ impl Net {
             times: Vec::new(),
             unclaimed: Vec::new(),
             link_up: true,
+            batch_threads: None,
         };
         for i in 0..n {
             let core = &net.nodes[i].core;
@@ -185,6 +205,9 @@ impl Net {
 
     /// Node `i` sends an IP packet out of its TUN.
     pub fn send(&mut self, i: usize, pkt: &[u8]) -> Sealed {
+        if let Some(n) = self.batch_threads {
+            return self.send_batch(i, &[pkt], &Threads(n));
+        }
         let dst = wgcore::dst_address(pkt).expect("an IP packet");
         let Some(route) = self.nodes[i].core.route(dst) else {
             return Sealed::Dropped;
@@ -203,6 +226,41 @@ impl Net {
         r
     }
 
+    /// Node `i` seals `pkts` as one batch (`seal_batch`) and puts the
+    /// datagrams on the wire. Returns what became of the first packet:
+    /// a datagram when any left, else held (a handshake pending) or
+    /// dropped (no route).
+    pub fn send_batch<W: wgcore::Workers>(&mut self, i: usize, pkts: &[&[u8]], w: &W) -> Sealed {
+        let routed = pkts
+            .first()
+            .and_then(|p| wgcore::dst_address(p))
+            .and_then(|d| self.nodes[i].core.route(d))
+            .is_some();
+        let mut out = vec![0u8; wgcore::batch_buffer_len(pkts.iter().map(|p| p.len()))];
+        let mut runs = Vec::new();
+        self.nodes[i]
+            .core
+            .seal_batch(pkts, &mut out, w, &mut runs, self.now);
+        let from = self.nodes[i].addr;
+        let mut first = None;
+        for f in runs {
+            for d in out[f.range].chunks(f.seg) {
+                first.get_or_insert(d.len());
+                self.push(Wire {
+                    from,
+                    to: f.to,
+                    bytes: d.to_vec(),
+                });
+            }
+        }
+        self.collect(i);
+        match (first, routed) {
+            (Some(n), _) => Sealed::Datagram(n),
+            (None, true) => Sealed::Held,
+            (None, false) => Sealed::Dropped,
+        }
+    }
+
     /// A pod of node `i` sends `payload` to a pod of node `j`.
     pub fn send_pod(&mut self, i: usize, j: usize, payload: &[u8]) -> Sealed {
         let pkt = ip_packet(pod(i, 2), pod(j, 2), payload);
@@ -211,6 +269,9 @@ impl Net {
 
     /// Deliver datagrams until the wire is quiet.
     pub fn drive(&mut self) {
+        if let Some(n) = self.batch_threads {
+            return self.drive_batches(&Threads(n));
+        }
         let mut cache = SourceCache::default();
         let mut out = vec![0u8; 65_536];
         let mut steps = 0;
@@ -228,6 +289,50 @@ impl Net {
                 self.nodes[i].delivered.push(out[..n].to_vec());
             }
             self.collect(i);
+        }
+    }
+
+    /// Deliver datagrams until the wire is quiet, each node opening all
+    /// that reached it in one `open_batch` per round.
+    fn drive_batches<W: wgcore::Workers>(&mut self, w: &W) {
+        let mut rounds = 0;
+        while !self.queue.is_empty() {
+            rounds += 1;
+            assert!(rounds < 100_000, "the wire never went quiet");
+            let wires: Vec<Wire> = self.queue.drain(..).collect();
+            for i in 0..self.nodes.len() {
+                let addr = self.nodes[i].addr;
+                let input: Vec<(&[u8], SocketAddr)> = wires
+                    .iter()
+                    .filter(|x| x.to == addr)
+                    .map(|x| (x.bytes.as_slice(), x.from))
+                    .collect();
+                if input.is_empty() {
+                    continue;
+                }
+                let mut bufs = vec![vec![0u8; 65_536]; input.len()];
+                let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                let mut opened = Vec::new();
+                self.nodes[i].core.open_batch(
+                    &input,
+                    &mut outs,
+                    w,
+                    &mut SourceCache::default(),
+                    &mut opened,
+                    self.now,
+                );
+                for (k, o) in opened.iter().enumerate() {
+                    if let Opened::Packet(n) = o {
+                        self.nodes[i].delivered.push(bufs[k][..*n].to_vec());
+                    }
+                }
+                self.collect(i);
+            }
+            self.unclaimed.extend(
+                wires
+                    .into_iter()
+                    .filter(|x| !self.nodes.iter().any(|n| n.addr == x.to)),
+            );
         }
     }
 

@@ -76,6 +76,47 @@ impl DataReceiver {
             Err(e) => TunnResult::Err(e),
         }
     }
+
+    /// [`DataReceiver::open`] without the replay window: check
+    /// [`DataReceiver::fresh`] first (cheap: skip the decryption of a
+    /// replay), authenticate and decrypt on any thread, then call
+    /// [`DataReceiver::mark`] for each authenticated datagram in arrival
+    /// order and drop the ones it refuses. Of two copies of one packet the
+    /// first to arrive is then the one taken, whichever was decrypted first,
+    /// and the decrypting threads never contend for the window's lock.
+    pub fn open_unmarked<'a>(&self, datagram: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
+        let p = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::PacketData(p)) => p,
+            Ok(_) => return TunnResult::Err(WireGuardError::InvalidPacket),
+            Err(e) => return TunnResult::Err(e),
+        };
+        if dst.len() < p.encrypted_encapsulated_packet.len() {
+            return TunnResult::Err(WireGuardError::DestinationBufferTooSmall);
+        }
+        match self.session.open_packet_data(p, dst) {
+            Ok(pkt) => parse_decapsulated_packet(pkt),
+            Err(e) => TunnResult::Err(e),
+        }
+    }
+
+    /// Whether the counter of `datagram` (a data packet) may still be
+    /// received: false for a replay or a counter older than the window.
+    pub fn fresh(&self, datagram: &[u8]) -> bool {
+        matches!(Tunn::parse_incoming_packet(datagram),
+            Ok(Packet::PacketData(p)) if self.session.may_receive(p.counter).is_ok())
+    }
+
+    /// Take the counter of `datagram`, a data packet that
+    /// [`DataReceiver::open_unmarked`] authenticated, in the session's
+    /// replay window: an error for a replay (a counter already taken, or
+    /// older than the window).
+    pub fn mark(&self, datagram: &[u8]) -> Result<(), WireGuardError> {
+        match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::PacketData(p)) => self.session.mark_received(p.counter),
+            Ok(_) => Err(WireGuardError::InvalidPacket),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Tunn {

@@ -253,6 +253,26 @@ impl Session {
         packet: PacketData,
         dst: &'a mut [u8],
     ) -> Result<&'a mut [u8], WireGuardError> {
+        let counter = packet.counter;
+        // Don't reuse counters, in case this is a replay attack we want to quickly check the counter without running expensive decryption
+        self.receiving_counter_quick_check(counter)?;
+        let ret = self.open_packet_data(packet, dst)?;
+        // After decryption is done, check counter again, and mark as received
+        self.receiving_counter_mark(counter)?;
+        Ok(ret)
+    }
+
+    /// `receive_packet_data` without the replay window: the caller checks
+    /// the counter first ([`Session::may_receive`], cheap, before the
+    /// decryption) and marks it afterwards ([`Session::mark_received`]) in
+    /// arrival order, so that of two copies of a packet the first to arrive
+    /// is the one taken, whichever thread decrypted first; and threads that
+    /// decrypt one session's packets at once do not contend for its window.
+    pub(super) fn open_packet_data<'a>(
+        &self,
+        packet: PacketData,
+        dst: &'a mut [u8],
+    ) -> Result<&'a mut [u8], WireGuardError> {
         let ct_len = packet.encrypted_encapsulated_packet.len();
         if dst.len() < ct_len {
             // This is a very incorrect use of the library, therefore panic and not error
@@ -261,25 +281,27 @@ impl Session {
         if packet.receiver_idx != self.receiving_index {
             return Err(WireGuardError::WrongIndex);
         }
-        // Don't reuse counters, in case this is a replay attack we want to quickly check the counter without running expensive decryption
-        self.receiving_counter_quick_check(packet.counter)?;
+        let mut nonce = [0u8; 12];
+        nonce[4..12].copy_from_slice(&packet.counter.to_le_bytes());
+        dst[..ct_len].copy_from_slice(packet.encrypted_encapsulated_packet);
+        self.receiver
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&[]),
+                &mut dst[..ct_len],
+            )
+            .map_err(|_| WireGuardError::InvalidAeadTag)
+    }
 
-        let ret = {
-            let mut nonce = [0u8; 12];
-            nonce[4..12].copy_from_slice(&packet.counter.to_le_bytes());
-            dst[..ct_len].copy_from_slice(packet.encrypted_encapsulated_packet);
-            self.receiver
-                .open_in_place(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(&[]),
-                    &mut dst[..ct_len],
-                )
-                .map_err(|_| WireGuardError::InvalidAeadTag)?
-        };
+    /// Whether `counter` may still be received (not taken, not too old).
+    pub(super) fn may_receive(&self, counter: u64) -> Result<(), WireGuardError> {
+        self.receiving_counter_quick_check(counter)
+    }
 
-        // After decryption is done, check counter again, and mark as received
-        self.receiving_counter_mark(packet.counter)?;
-        Ok(ret)
+    /// Mark `counter` of a packet [`Session::open_packet_data`] authenticated
+    /// as received; an error for a counter already taken or too old.
+    pub(super) fn mark_received(&self, counter: u64) -> Result<(), WireGuardError> {
+        self.receiving_counter_mark(counter)
     }
 
     /// Returns the estimated downstream packet loss for this session
