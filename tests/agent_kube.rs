@@ -85,6 +85,13 @@ fn keys_published_mesh_converges_and_follows_nodes(kube: Kube) {
             lab.annotations(&name)["podguard.dev/endpoint"],
             format!("192.0.2.{}:51820", lab.nodes[i].idx)
         );
+        // And the MTU it found on its underlay link (eth0, 1500 here),
+        // which every peer's plan takes into account.
+        wait_for(
+            &format!("{name} to publish its underlay MTU"),
+            Duration::from_secs(20),
+            || lab.annotations(&name).get("podguard.dev/underlay-mtu") == Some(&"1500".to_string()),
+        );
     }
     lab.attach_pod(a);
     lab.attach_pod(b);

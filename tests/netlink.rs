@@ -20,6 +20,7 @@ fn plan() -> mesh::Plan {
             public_key: Some(k.to_base64()),
             next_public_key: None,
             internal_ips: vec![],
+            underlay_mtu: None,
         },
         NodeInfo {
             name: "b".into(),
@@ -28,6 +29,7 @@ fn plan() -> mesh::Plan {
             public_key: Some(PrivateKey::generate().public_key().to_base64()),
             next_public_key: None,
             internal_ips: vec![],
+            underlay_mtu: None,
         },
     ];
     let cfg = MeshConfig {

@@ -21,6 +21,8 @@ pub struct UnderFlood {
     pub gbps: Option<Spread>,
     /// Datagrams per second the attacker achieved (median over the reps).
     pub sent_per_second: Option<f64>,
+    /// CPU the attacker's sending thread took, in cores (median).
+    pub attacker_cores: Option<f64>,
     /// CPU seconds of the tunnel processes per Gbit.
     pub cpu_per_gbit: Option<Spread>,
 }
@@ -56,6 +58,15 @@ impl FloodRow {
     }
 }
 
+/// The runs under one kind of flood.
+#[derive(Debug, Clone, Default)]
+struct Runs {
+    gbps: Vec<f64>,
+    rate: Vec<f64>,
+    attacker: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
 /// Measure `c`: clean, then under each flood, `reps` times interleaved.
 pub fn measure(
     c: Contender,
@@ -71,7 +82,7 @@ pub fn measure(
     let key = keys::PublicKey::from_base64(&t.public_keys[1])?;
     let kinds = [Kind::Random, Kind::Mac1(*key.as_bytes())];
     let (mut clean, mut clean_cpu) = (vec![], vec![]);
-    let mut under: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); kinds.len()];
+    let mut under: Vec<Runs> = vec![Runs::default(); kinds.len()];
     for r in 0..reps {
         eprintln!("    {} rep {}/{reps}", c.id(), r + 1);
         let (g, s) = crate::iperf(&t, secs, false, 1)?;
@@ -84,12 +95,14 @@ pub fn measure(
             // Let the flood reach its pace (and any "under load" state set in).
             std::thread::sleep(std::time::Duration::from_millis(500));
             let res = crate::iperf(&t, secs, false, 1);
-            let pace = flood.stop()?;
+            let sent = flood.stop()?;
             let (g, s) = res?;
-            under[k].0.push(g);
-            under[k].1.push(pace);
+            let u = &mut under[k];
+            u.gbps.push(g);
+            u.rate.push(sent.rate);
+            u.attacker.push(sent.attacker_cores);
             if g > 0.0 {
-                under[k].2.push(s / (g * secs as f64));
+                u.cpu.push(s / (g * secs as f64));
             }
         }
     }
@@ -102,11 +115,12 @@ pub fn measure(
         floods: kinds
             .iter()
             .zip(under)
-            .map(|(k, (g, pace, cpu))| UnderFlood {
+            .map(|(k, u)| UnderFlood {
                 kind: k.label().into(),
-                gbps: spread(&g),
-                sent_per_second: crate::parse::quantile(&pace, 0.5),
-                cpu_per_gbit: spread(&cpu),
+                gbps: spread(&u.gbps),
+                sent_per_second: crate::parse::quantile(&u.rate, 0.5),
+                attacker_cores: crate::parse::quantile(&u.attacker, 0.5),
+                cpu_per_gbit: spread(&u.cpu),
             })
             .collect(),
     })
@@ -129,12 +143,15 @@ pub fn markdown(rows: &[FloodRow], secs: u32, reps: u32, rate: u64) -> String {
     let pg = rows.iter().find(|r| r.id == "podguard");
     let _ = writeln!(
         out,
-        "| contender | flood | datagrams/s sent | Gbit/s | kept of clean | CPU s per Gbit | vs podguard |"
+        "| contender | flood | datagrams/s sent | attacker CPU (cores) | Gbit/s | kept of clean | CPU s per Gbit | vs podguard |"
     );
-    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in rows {
         if let Some(why) = &r.skipped {
-            let _ = writeln!(out, "| {} | skipped: {why} | | | | | |", r.name);
+            let _ = writeln!(out, "| {} | skipped: {why} | | | | | | |", r.name);
             continue;
         }
         let ratio = |mine: Option<f64>, theirs: Option<f64>| match (mine, theirs) {
@@ -144,7 +161,7 @@ pub fn markdown(rows: &[FloodRow], secs: u32, reps: u32, rate: u64) -> String {
         let clean = r.clean.map(|s| s.median);
         let _ = writeln!(
             out,
-            "| {} | none | 0 | {} | 100% | {} | {} |",
+            "| {} | none | 0 | 0 | {} | 100% | {} | {} |",
             r.name,
             cell(&r.clean),
             cell(&r.clean_cpu_per_gbit),
@@ -161,10 +178,11 @@ pub fn markdown(rows: &[FloodRow], secs: u32, reps: u32, rate: u64) -> String {
                 .and_then(|x| x.gbps.map(|s| s.median));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {} | {kept} | {} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {} | {kept} | {} | {} |",
                 r.name,
                 f.kind,
                 f.sent_per_second.unwrap_or(0.0),
+                f.attacker_cores.unwrap_or(0.0),
                 cell(&f.gbps),
                 cell(&f.cpu_per_gbit),
                 ratio(got, theirs)

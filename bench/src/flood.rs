@@ -84,7 +84,29 @@ pub fn datagram(kind: Kind, i: u64) -> [u8; INITIATION_LEN] {
 #[derive(Debug)]
 pub struct Flood {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<anyhow::Result<(u64, Duration)>>,
+    thread: JoinHandle<anyhow::Result<(u64, Duration, f64)>>,
+}
+
+/// What a flood did.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// Datagrams per second.
+    pub rate: f64,
+    /// CPU the attacker's thread used, in cores (its share of the
+    /// machine, which the contender did not get).
+    pub attacker_cores: f64,
+}
+
+/// CPU seconds of the calling thread so far.
+fn thread_cpu_seconds() -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| crate::parse::proc_cpu_seconds(&s, ticks))
+        .unwrap_or(0.0)
 }
 
 impl Flood {
@@ -96,8 +118,9 @@ impl Flood {
         let ns = ns.to_string();
         let pool: Vec<[u8; INITIATION_LEN]> = (0..POOL as u64).map(|i| datagram(kind, i)).collect();
         let thread = std::thread::spawn(move || {
-            podguard::lab::sys::in_netns(&ns, move || -> anyhow::Result<(u64, Duration)> {
+            podguard::lab::sys::in_netns(&ns, move || -> anyhow::Result<(u64, Duration, f64)> {
                 let s = UdpSocket::bind((ATTACKER_IP, 0))?;
+                let cpu0 = thread_cpu_seconds();
                 let start = Instant::now();
                 let mut sent = 0u64;
                 while !flag.load(Ordering::Relaxed) {
@@ -109,20 +132,24 @@ impl Flood {
                     }
                     std::thread::sleep(Duration::from_micros(500));
                 }
-                Ok((sent, start.elapsed()))
+                Ok((sent, start.elapsed(), thread_cpu_seconds() - cpu0))
             })?
         });
         Flood { stop, thread }
     }
 
-    /// Stop; returns the datagrams sent per second.
-    pub fn stop(self) -> anyhow::Result<f64> {
+    /// Stop; returns what was sent.
+    pub fn stop(self) -> anyhow::Result<Sent> {
         self.stop.store(true, Ordering::Relaxed);
-        let (sent, took) = self
+        let (sent, took, cpu) = self
             .thread
             .join()
             .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
-        Ok(sent as f64 / took.as_secs_f64().max(1e-9))
+        let secs = took.as_secs_f64().max(1e-9);
+        Ok(Sent {
+            rate: sent as f64 / secs,
+            attacker_cores: cpu / secs,
+        })
     }
 }
 

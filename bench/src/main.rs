@@ -48,6 +48,10 @@ enum Cmd {
         /// Output directory.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// MTU of the underlay links (pods and tunnels get 60 less;
+        /// podguard finds it by itself).
+        #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1340..=9216))]
+        underlay_mtu: u32,
     },
     /// Throughput under attack: one stream A→B clean, then while an
     /// attacker namespace on the underlay floods node B's WireGuard port
@@ -208,7 +212,7 @@ fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow
         id: c.id().into(),
         name: c.name().into(),
         skipped: None,
-        mtu: topo::MTU,
+        mtu: topo::mtu(),
         single_ab: parse::spread(&ab),
         single_ba: parse::spread(&ba),
         four_ab: parse::spread(&fab),
@@ -313,7 +317,9 @@ fn main() -> anyhow::Result<()> {
             reps,
             contenders,
             out,
+            underlay_mtu,
         } => {
+            topo::set_underlay_mtu(underlay_mtu);
             let (bins, chosen) = prepare(&contenders)?;
             let mut rows = Vec::new();
             for c in chosen {

@@ -15,7 +15,7 @@ pub fn skipped(c: Contender, why: String) -> Row {
         id: c.id().into(),
         name: c.name().into(),
         skipped: Some(why),
-        mtu: crate::topo::MTU,
+        mtu: crate::topo::mtu(),
         single_ab: None,
         single_ba: None,
         four_ab: None,

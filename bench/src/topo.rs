@@ -1,6 +1,7 @@
 //! The two-node topology, identical for every contender: an underlay
 //! bridge, node namespaces A and B (192.0.2.1/.2), and a pod namespace
-//! behind each node's bridge `cbr0` (10.244.1.2 and 10.244.2.2, MTU 1440).
+//! behind each node's bridge `cbr0` (10.244.1.2 and 10.244.2.2, MTU 1440
+//! on the default 1500-byte underlay; see [`set_underlay_mtu`]).
 //! Only the tunnel between the nodes differs.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +12,25 @@ use podguard::lab::sys::{self, netns_add, run, spawn_in};
 
 /// Prefix of every namespace the bench creates.
 pub const PREFIX: &str = "pgbench";
-/// MTU of pods and tunnels.
-pub const MTU: u32 = 1440;
+/// MTU of the underlay links (1500 unless [`set_underlay_mtu`] says).
+static UNDERLAY_MTU: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Run every contender on an underlay of `mtu` bytes (e.g. 9000, jumbo
+/// frames); pods and tunnels get `mtu - 60`. podguard is not told: its
+/// agent finds the underlay's MTU by itself. Set once, before any build.
+pub fn set_underlay_mtu(mtu: u32) {
+    let _ = UNDERLAY_MTU.set(mtu);
+}
+
+/// MTU of the underlay links.
+pub fn underlay_mtu() -> u32 {
+    *UNDERLAY_MTU.get().unwrap_or(&1500)
+}
+
+/// MTU of pods and tunnels: the underlay's minus WireGuard over IPv4.
+pub fn mtu() -> u32 {
+    underlay_mtu() - 60
+}
 
 /// A tunnel implementation under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +248,8 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
         public_keys: Default::default(),
         dir: dir.clone(),
     };
-    let mtu = MTU.to_string();
+    let mtu = mtu().to_string();
+    let ul_mtu = underlay_mtu().to_string();
     for i in 0..2 {
         let (n, p) = (&t.nodes[i], &t.pods[i]);
         let idx = i + 1;
@@ -252,7 +271,8 @@ pub fn build(c: Contender, bins: &Path) -> anyhow::Result<Topo> {
             "dev",
             "eth0",
         ])?;
-        run(&["ip", "-n", n, "link", "set", "eth0", "up"])?;
+        run(&["ip", "-n", n, "link", "set", "eth0", "mtu", &ul_mtu, "up"])?;
+        run(&["ip", "-n", &ul, "link", "set", &ulif, "mtu", &ul_mtu])?;
         run(&[
             "ip",
             "netns",

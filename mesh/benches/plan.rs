@@ -27,6 +27,7 @@ fn cluster(n: usize) -> (Local, Vec<NodeInfo>, MeshConfig) {
                 }),
                 next_public_key: None,
                 internal_ips: vec![],
+                underlay_mtu: Some("1500".into()),
             }
         })
         .collect();

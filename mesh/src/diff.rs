@@ -186,6 +186,7 @@ mod tests {
                 }),
                 next_public_key: None,
                 internal_ips: vec![],
+                underlay_mtu: None,
             })
             .collect();
         let cfg = MeshConfig {

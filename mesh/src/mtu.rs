@@ -4,6 +4,16 @@
 //! outer UDP (8) and IP header (20 for IPv4, 40 for IPv6); rounding to the
 //! conventional overheads gives 60 for an IPv4 underlay and 80 for IPv6.
 //! The result never goes below 1280, the IPv6 minimum link MTU.
+//!
+//! The underlay MTU is each node's own (its agent finds the MTU of the
+//! interface that holds its underlay address, or takes `--underlay-mtu`)
+//! and is published as `podguard.dev/underlay-mtu`; where paths differ,
+//! every node uses the smallest of the mesh, so no peer ever receives a
+//! datagram its underlay cannot carry.
+
+use std::net::IpAddr;
+
+use crate::NodeInfo;
 
 /// Overhead of WireGuard over an IPv4 underlay.
 pub const OVERHEAD_V4: u32 = 60;
@@ -30,9 +40,93 @@ pub fn tunnel_mtu(underlay_mtu: u32, outer: Outer) -> u32 {
     underlay_mtu.saturating_sub(overhead).max(MIN_MTU)
 }
 
+/// Smallest and largest underlay MTU accepted from a peer's annotation
+/// (576: the IPv4 minimum datagram; 65535: the largest IP packet).
+pub const UNDERLAY_MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65_535;
+
+/// A published underlay MTU: decimal digits in [`UNDERLAY_MTU_RANGE`].
+pub fn parse_underlay_mtu(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|m| UNDERLAY_MTU_RANGE.contains(m))
+}
+
+/// The underlay MTU the whole mesh can carry: this node's own, lowered to
+/// the smallest valid one that `peers` published.
+pub fn mesh_underlay_mtu<'a>(own: u32, peers: impl IntoIterator<Item = &'a NodeInfo>) -> u32 {
+    peers
+        .into_iter()
+        .filter_map(|n| n.underlay_mtu.as_deref().and_then(parse_underlay_mtu))
+        .fold(own, u32::min)
+}
+
+/// The address whose interface carries this node's WireGuard traffic: its
+/// endpoint's IP, else its first InternalIP.
+pub fn underlay_ip(own: &NodeInfo) -> Option<IpAddr> {
+    own.endpoint
+        .as_deref()
+        .and_then(|e| e.parse::<std::net::SocketAddr>().ok())
+        .map(|e| e.ip())
+        .or_else(|| own.internal_ips.iter().find_map(|s| s.parse().ok()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn published(name: &str, mtu: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            underlay_mtu: Some(mtu.into()),
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn the_mesh_takes_the_smallest_valid_published_mtu() {
+        let peers = [published("a", "9001"), published("b", "1460")];
+        assert_eq!(mesh_underlay_mtu(9001, &peers), 1460);
+        assert_eq!(mesh_underlay_mtu(1400, &peers), 1400);
+        // Garbage, out of range or absent: ignored, never lowers the MTU.
+        let bad = [
+            published("c", "abc"),
+            published("d", "100"),
+            published("e", "70000"),
+            published("f", "-1"),
+            published("g", " 1500"),
+            published("h", ""),
+            NodeInfo::default(),
+        ];
+        assert_eq!(mesh_underlay_mtu(9000, &bad), 9000);
+    }
+
+    #[test]
+    fn parse_accepts_only_plain_decimal_in_range() {
+        assert_eq!(parse_underlay_mtu("1500"), Some(1500));
+        assert_eq!(parse_underlay_mtu("576"), Some(576));
+        assert_eq!(parse_underlay_mtu("65535"), Some(65_535));
+        for bad in ["575", "65536", "+1500", "1500.0", "0x5dc", "99999999999"] {
+            assert_eq!(parse_underlay_mtu(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn underlay_ip_is_the_endpoints_else_the_first_internal_ip() {
+        let mut n = NodeInfo {
+            internal_ips: vec!["bad".into(), "192.0.2.7".into()],
+            ..NodeInfo::default()
+        };
+        assert_eq!(
+            underlay_ip(&n),
+            Some("192.0.2.7".parse().unwrap_or_else(|_| unreachable!()))
+        );
+        n.endpoint = Some("[2001:db8::1]:51820".into());
+        assert_eq!(
+            underlay_ip(&n),
+            Some("2001:db8::1".parse().unwrap_or_else(|_| unreachable!()))
+        );
+    }
 
     #[test]
     fn ethernet_underlay() {

@@ -37,6 +37,15 @@ pub struct NodeInfo {
     /// endpoint when no endpoint annotation exists.
     #[serde(default, rename = "internalIPs")]
     pub internal_ips: Vec<String>,
+    /// The `podguard.dev/underlay-mtu` annotation: the MTU of the underlay
+    /// interface the node's agent uses (found, or set by `--underlay-mtu`).
+    /// Every node takes the smallest of the mesh; a bad value is ignored.
+    #[serde(
+        default,
+        rename = "underlayMTU",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub underlay_mtu: Option<String>,
 }
 
 /// Why a node does not become a peer. A rejected node's pods are
@@ -392,6 +401,7 @@ mod tests {
             public_key: Some("AAAA".into()),
             next_public_key: None,
             internal_ips: vec![],
+            underlay_mtu: None,
         };
         let (_, r) = parse_node(&n, 51820, &cluster());
         assert_eq!(r.len(), 4, "{r:?}");
@@ -411,6 +421,7 @@ mod tests {
             public_key: None,
             next_public_key: None,
             internal_ips: vec!["192.0.2.7".into()],
+            underlay_mtu: None,
         };
         let (p, _) = parse_node(&n, 51999, &cluster());
         assert_eq!(p.endpoint, Some("192.0.2.7:51999".parse().unwrap()));

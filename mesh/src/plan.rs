@@ -21,7 +21,7 @@ pub struct MeshConfig {
     /// WireGuard UDP port; also the port used when a node's endpoint is
     /// derived from its InternalIP.
     pub listen_port: u16,
-    /// MTU of the underlay interface.
+    /// MTU of this node's underlay interface (found by the agent, or set).
     pub underlay_mtu: u32,
     /// Keepalive sent to each peer, in seconds (`None`: off).
     pub persistent_keepalive: Option<u16>,
@@ -175,6 +175,9 @@ pub struct Plan {
     pub bridge_addresses: BTreeSet<IpNet>,
     /// MTU of `podguard0`, `cbr0` and pod veths.
     pub mtu: u32,
+    /// The underlay MTU `mtu` comes from: this node's own, lowered to the
+    /// smallest its peers published (`podguard.dev/underlay-mtu`).
+    pub underlay_mtu: u32,
     /// WireGuard UDP port.
     pub listen_port: u16,
     /// Peers, by public key.
@@ -436,6 +439,13 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
         Some(SocketAddr::V4(_)) => Outer::V4,
         _ => Outer::V6,
     };
+    let underlay_mtu = crate::mtu::mesh_underlay_mtu(
+        config.underlay_mtu,
+        parsed
+            .iter()
+            .filter(|(n, _)| !rejections.contains_key(&n.name))
+            .map(|(n, _)| *n),
+    );
     let local_next = local_node
         .next_public_key
         .as_deref()
@@ -461,7 +471,8 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
         node: local.name.clone(),
         pod_cidrs,
         bridge_addresses,
-        mtu: tunnel_mtu(config.underlay_mtu, outer),
+        mtu: tunnel_mtu(underlay_mtu, outer),
+        underlay_mtu,
         listen_port: config.listen_port,
         peers,
         routes,
@@ -534,6 +545,7 @@ mod tests {
             public_key: k.map(|k| k.to_base64()),
             next_public_key: None,
             internal_ips: vec![],
+            underlay_mtu: None,
         }
     }
 
@@ -794,5 +806,32 @@ mod tests {
         assert_eq!(p.mtu, 1420);
         assert_eq!(p.routes.len(), 3);
         assert_eq!(p.peers.len(), 2);
+    }
+
+    #[test]
+    fn the_tunnel_mtu_follows_the_smallest_underlay_of_the_mesh() {
+        let (local, mut nodes) = setup();
+        let mut c = cfg();
+        c.underlay_mtu = 9000;
+        let p = plan(&local, &nodes, &c).unwrap();
+        assert_eq!((p.underlay_mtu, p.mtu), (9000, 8940));
+        // A peer on a GCE-like 1460 underlay lowers everyone's MTU.
+        nodes[1].underlay_mtu = Some("1460".into());
+        let p = plan(&local, &nodes, &c).unwrap();
+        assert_eq!((p.underlay_mtu, p.mtu), (1460, 1400));
+        // The local node's own annotation is not a peer's: the agent's
+        // configuration (found or set) is what counts for it.
+        nodes[1].underlay_mtu = None;
+        nodes[0].underlay_mtu = Some("1300".into());
+        assert_eq!(plan(&local, &nodes, &c).unwrap().mtu, 8940);
+        // A rejected node is no peer: its MTU does not count.
+        nodes[2].public_key = None;
+        nodes[2].underlay_mtu = Some("1280".into());
+        let p = plan(&local, &nodes, &c).unwrap();
+        assert!(p.rejections.contains_key("c"));
+        assert_eq!(p.mtu, 8940);
+        // Garbage never lowers it.
+        nodes[1].underlay_mtu = Some("12; rm -rf".into());
+        assert_eq!(plan(&local, &nodes, &c).unwrap().mtu, 8940);
     }
 }

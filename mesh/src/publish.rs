@@ -29,6 +29,9 @@ pub const ANN_MESH_DIGEST: &str = "podguard.dev/mesh-digest";
 /// a handshake storm (JSON, see [`crate::health::PeerProblems`]); absent
 /// when every peer is fine.
 pub const ANN_PEER_HEALTH: &str = "podguard.dev/peer-health";
+/// The MTU of the node's underlay interface (decimal), found by its agent
+/// or set with `--underlay-mtu`; every node uses the smallest of the mesh.
+pub const ANN_UNDERLAY_MTU: &str = "podguard.dev/underlay-mtu";
 /// Longest annotation value podguard reads; longer values are treated as
 /// invalid without being copied into logs.
 pub const MAX_VALUE_LEN: usize = 512;
@@ -65,6 +68,8 @@ pub struct Own {
     pub mesh_digest: Option<String>,
     /// Peer problems (`None`: leave alone; empty: remove the annotation).
     pub peer_health: Option<crate::health::PeerProblems>,
+    /// The node's underlay MTU (`None`: leave alone).
+    pub underlay_mtu: Option<u32>,
 }
 
 impl Own {
@@ -79,6 +84,7 @@ impl Own {
             key_created: None,
             mesh_digest: None,
             peer_health: None,
+            underlay_mtu: None,
         }
     }
 }
@@ -104,6 +110,7 @@ pub fn desired(own: &Own) -> BTreeMap<String, Option<String>> {
     set(ANN_ROTATE_DONE, own.rotate_done.clone());
     set(ANN_KEY_CREATED, own.key_created.map(|t| t.to_string()));
     set(ANN_MESH_DIGEST, own.mesh_digest.clone());
+    set(ANN_UNDERLAY_MTU, own.underlay_mtu.map(|m| m.to_string()));
     if let Some(p) = &own.peer_health {
         m.insert(ANN_PEER_HEALTH.to_string(), p.to_annotation());
     }

@@ -156,6 +156,7 @@ mod tests {
             public_key: key.map(|k| k.to_base64()),
             next_public_key: None,
             internal_ips: vec![],
+            underlay_mtu: None,
         }
     }
 

@@ -71,6 +71,12 @@ fn arb_node() -> impl Strategy<Value = NodeInfo> {
             } else {
                 vec![]
             },
+            underlay_mtu: match n % 4 {
+                0 => None,
+                1 => Some("1460".into()),
+                2 => Some("not a number".into()),
+                _ => Some("9001".into()),
+            },
         }
     })
 }
@@ -89,6 +95,7 @@ fn local_node() -> (Local, NodeInfo) {
             public_key: Some(k.to_base64()),
             next_public_key: None,
             internal_ips: vec![],
+            underlay_mtu: None,
         },
     )
 }

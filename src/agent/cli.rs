@@ -135,9 +135,15 @@ pub struct Args {
     )]
     pub crypto_workers: usize,
 
-    /// MTU of the underlay network (the tunnel MTU is derived from it).
-    #[arg(long, env = "PODGUARD_UNDERLAY_MTU", default_value_t = 1500)]
-    pub underlay_mtu: u32,
+    /// MTU of the underlay network; the tunnel MTU is this minus 60 (IPv4
+    /// underlay) or 80 (IPv6), never below 1280. Default: found on the
+    /// interface that holds this node's endpoint address (else the default
+    /// route's), 1500 when none is found; at most 9216. Each node publishes
+    /// its value (`podguard.dev/underlay-mtu`) and the mesh uses the
+    /// smallest, so peers on different underlays still fit.
+    #[arg(long, env = "PODGUARD_UNDERLAY_MTU", value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(576..=9216))]
+    pub underlay_mtu: Option<u32>,
 
     /// Masquerade pod traffic to addresses outside the cluster CIDR(s) to
     /// the node's address (nftables table `inet podguard`), so pods reach

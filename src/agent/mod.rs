@@ -12,6 +12,7 @@ pub mod node_state;
 pub mod nodes_file;
 pub mod peer_health;
 pub mod rotation;
+pub mod underlay;
 pub mod uninstall;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct AgentConfig {
     pub masquerade: bool,
     /// A peer is reported without a handshake after this long.
     pub peer_stale_after: Duration,
+    /// Where `mesh.underlay_mtu` comes from (set, or found each reconcile).
+    pub underlay_mtu: underlay::UnderlayMtu,
 }
 
 /// A reconcile failure (the data plane keeps its last state).
@@ -85,6 +88,8 @@ pub struct Report {
     pub digest: String,
     /// Peers renamed in place to a new key (rotation).
     pub renamed: usize,
+    /// This node's own underlay MTU (`podguard.dev/underlay-mtu`).
+    pub underlay_mtu: u32,
 }
 
 /// The agent: a WireGuard client, netlink, and what it last logged.
@@ -109,6 +114,9 @@ pub struct Agent {
     kernel: Option<(PathBuf, u16)>,
     /// Per-peer health (`peer_health`).
     peers: peer_health::PeerWatch,
+    /// Where the underlay MTU comes from, and what was found last.
+    underlay: underlay::UnderlayMtu,
+    underlay_found: Option<(String, u32)>,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -198,6 +206,8 @@ impl Agent {
             repair: std::sync::Arc::new(tokio::sync::Notify::new()),
             kernel: None,
             peers: peer_health::PeerWatch::new(cfg.peer_stale_after),
+            underlay: cfg.underlay_mtu,
+            underlay_found: None,
             cfg,
         }
     }
@@ -229,6 +239,7 @@ impl Agent {
     /// Plan from `nodes`, observe, diff, apply. Idempotent: a converged
     /// node gets an empty action list.
     pub async fn reconcile(&mut self, nodes: &[NodeInfo]) -> Result<Report, ReconcileError> {
+        self.refresh_underlay_mtu(nodes).await;
         let plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
         // The barrier first: before any route, so no window leaks.
         self.apply_netfilter(&plan)?;
@@ -350,6 +361,7 @@ impl Agent {
             ignored_next_keys: plan.ignored_next_keys,
             digest: plan.digest,
             renamed,
+            underlay_mtu: self.cfg.mesh.underlay_mtu,
         })
     }
 }

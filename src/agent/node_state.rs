@@ -24,6 +24,10 @@ pub struct NodeState {
     pub bridge: String,
     /// MTU for pod interfaces.
     pub mtu: u32,
+    /// The underlay MTU `mtu` comes from (the smallest of the mesh; 0 in
+    /// files written before it was recorded).
+    #[serde(default)]
+    pub underlay_mtu: u32,
     /// The node's podCIDRs.
     #[serde(rename = "podCIDRs")]
     pub pod_cidrs: BTreeSet<IpNet>,
@@ -38,6 +42,7 @@ impl NodeState {
             node_name: plan.node.clone(),
             bridge: mesh::BRIDGE_IFNAME.into(),
             mtu: plan.mtu,
+            underlay_mtu: plan.underlay_mtu,
             pod_cidrs: plan.pod_cidrs.clone(),
             gateways: plan.bridge_addresses.iter().map(|n| n.addr()).collect(),
         }
@@ -88,6 +93,7 @@ mod tests {
             node_name: "a".into(),
             bridge: "cbr0".into(),
             mtu: 1440,
+            underlay_mtu: 1500,
             pod_cidrs: ["10.244.1.0/24".parse().unwrap()].into(),
             gateways: ["10.244.1.1".parse().unwrap()].into(),
         };

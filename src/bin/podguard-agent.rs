@@ -145,12 +145,13 @@ fn main() -> anyhow::Result<()> {
             mesh: mesh::MeshConfig {
                 cluster_cidrs: args.cluster_cidrs,
                 listen_port: args.listen_port,
-                underlay_mtu: args.underlay_mtu,
+                underlay_mtu: args.underlay_mtu.unwrap_or(1500),
                 persistent_keepalive: (args.keepalive > 0).then_some(args.keepalive),
             },
             state_file: args.state_file,
             masquerade: args.masquerade,
             peer_stale_after: args.peer_stale_after,
+            underlay_mtu: podguard::agent::underlay::UnderlayMtu::from_flag(args.underlay_mtu),
         };
         let metrics = std::sync::Arc::new(Metrics::default());
         if let Some(d) = device.clone() {

@@ -5,7 +5,8 @@
 use k8s_openapi::api::core::v1::Node;
 use mesh::NodeInfo;
 use mesh::publish::{
-    ANN_ENDPOINT, ANN_FORCE_ENDPOINT, ANN_NEXT_PUBLIC_KEY, ANN_PUBLIC_KEY, MAX_VALUE_LEN,
+    ANN_ENDPOINT, ANN_FORCE_ENDPOINT, ANN_NEXT_PUBLIC_KEY, ANN_PUBLIC_KEY, ANN_UNDERLAY_MTU,
+    MAX_VALUE_LEN,
 };
 
 fn bounded(v: &str) -> String {
@@ -53,6 +54,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         public_key: get(ANN_PUBLIC_KEY),
         next_public_key: get(ANN_NEXT_PUBLIC_KEY),
         internal_ips: internal_ips(node),
+        underlay_mtu: get(ANN_UNDERLAY_MTU),
     }
 }
 

@@ -132,10 +132,12 @@ pub async fn run(
         let infos: Vec<mesh::NodeInfo> = snapshot.iter().map(|n| node_info(n)).collect();
         let mut digest = None;
         let mut peer_health = None;
+        let mut underlay_mtu = None;
         match agent.reconcile(&infos).await {
             Ok(report) => {
                 reconciled = true;
                 digest = Some(report.digest.clone());
+                underlay_mtu = Some(report.underlay_mtu);
                 peer_health = Some(agent.peer_health(&metrics));
                 waiting_logged = false;
                 metrics.record(Ok(&report));
@@ -211,7 +213,7 @@ pub async fn run(
             }
         }
         if let Some(d) = &decision {
-            publish_own(&api, &snapshot, &cfg, d, digest, peer_health).await;
+            publish_own(&api, &snapshot, &cfg, d, digest, peer_health, underlay_mtu).await;
         }
         // While a rotation runs, come back soon; otherwise at the next
         // change, resync, or rotation deadline.
@@ -247,6 +249,7 @@ async fn publish_own(
     decision: &Decision,
     mesh_digest: Option<String>,
     peer_health: Option<mesh::health::PeerProblems>,
+    underlay_mtu: Option<u32>,
 ) {
     let Some(me) = snapshot
         .iter()
@@ -274,6 +277,7 @@ async fn publish_own(
         key_created: decision.publish.key_created,
         mesh_digest,
         peer_health,
+        underlay_mtu,
     };
     let desired = mesh::publish::desired(&own);
     let Some(patch) = mesh::publish::patch(&current, &desired) else {

@@ -21,6 +21,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 
 pub mod links;
+pub mod mtu;
 pub mod watch;
 
 /// Routes podguard installs carry this `proto` (shown by `ip route` as

@@ -12,6 +12,7 @@ use wgcore::{Opened, SourceCache};
 
 use super::batch;
 use super::device::Device;
+use super::handshakes;
 use super::tun_rx::PKT_MAX;
 use super::workers::Pool;
 
@@ -31,6 +32,7 @@ pub fn run(dev: &Device) {
     let mut gro = GROTable::default();
     let crypto = dev.crypto_pool();
     let mut opened: Vec<Opened> = Vec::with_capacity(outs.len());
+    let mut handshakes = handshakes::Batch::default();
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -46,7 +48,7 @@ pub fn run(dev: &Device) {
             let seg = r.seg.unwrap_or(r.len).max(1);
             for datagram in rb.bufs[i][..r.len].chunks(seg) {
                 if wgcore::is_handshake(datagram) {
-                    if !dev.handshakes.offer(datagram, r.from) {
+                    if !dev.handshakes.offer(&mut handshakes, datagram, r.from) {
                         dev.core.drops.count_queue_full();
                     }
                     continue;
@@ -54,6 +56,7 @@ pub fn run(dev: &Device) {
                 input.push((datagram, r.from));
             }
         }
+        dev.handshakes.send(&mut handshakes);
         // In slices the TUN write buffers can hold, in arrival order.
         for part in input.chunks(outs.len()) {
             open_and_write(

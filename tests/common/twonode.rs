@@ -57,6 +57,18 @@ impl TwoNode {
 
     /// As [`TwoNode::up`], starting node `i`'s agent with `extra[i]`.
     pub fn up_with(tag: &str, extra: [&[&str]; 2]) -> Self {
+        Self::up_on(tag, [1500, 1500], extra, |_, _| {})
+    }
+
+    /// As [`TwoNode::up_with`], with node `i`'s underlay link (both ends of
+    /// its veth) at MTU `underlay_mtu[i]` and the nodes file edited by
+    /// `edit` before the agents start.
+    pub fn up_on(
+        tag: &str,
+        underlay_mtu: [u32; 2],
+        extra: [&[&str]; 2],
+        edit: impl Fn(usize, &mut serde_json::Value),
+    ) -> Self {
         std::fs::create_dir_all("/run/wireguard").unwrap();
         let mut n = Netns::new(tag);
         let ul = n.underlay(None);
@@ -64,6 +76,18 @@ impl TwoNode {
         for (i, name) in ["a", "b"].iter().enumerate() {
             let idx = i as u8 + 1;
             let ns = n.underlay_node(&ul, name, idx);
+            let mtu = underlay_mtu[i].to_string();
+            ok(&["ip", "-n", &ns, "link", "set", "eth0", "mtu", &mtu]);
+            ok(&[
+                "ip",
+                "-n",
+                &ul,
+                "link",
+                "set",
+                &format!("ul-{name}"),
+                "mtu",
+                &mtu,
+            ]);
             let pod_ns = n.add(&format!("p{name}"));
             let underlay_ip = format!("192.0.2.{idx}");
             let dir = n.path(name);
@@ -103,15 +127,17 @@ impl TwoNode {
             nodes,
             nodes_file,
         };
-        c.write_nodes(|_, _| {});
+        c.write_nodes(edit);
         c.start_agent_with(0, extra[0]);
         c.start_agent_with(1, extra[1]);
         for i in 0..2 {
             let ns = c.nodes[i].ns.clone();
-            wait_for("cbr0 to exist", Duration::from_secs(60), || {
+            let state = c.nodes[i].state_file.clone();
+            wait_for("cbr0 and the node state", Duration::from_secs(60), || {
                 run(&["ip", "-n", &ns, "link", "show", "cbr0"])
                     .status
                     .success()
+                    && state.exists()
             });
             c.attach_pod(i);
         }
@@ -122,12 +148,31 @@ impl TwoNode {
         c
     }
 
+    /// Node `i`'s state file (`node.json`) as the agent wrote it.
+    pub fn state(&self, i: usize) -> serde_json::Value {
+        let bytes = std::fs::read(&self.nodes[i].state_file).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// The MTU of `ifname` in node `i`'s namespace.
+    pub fn link_mtu(&self, i: usize, ifname: &str) -> u32 {
+        let path = format!("/sys/class/net/{ifname}/mtu");
+        let o = run(&["ip", "netns", "exec", &self.nodes[i].ns, "cat", &path]);
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Attach node `i`'s pod with the MTU its agent chose, as the CNI
+    /// plugin does.
     fn attach_pod(&self, i: usize) {
         let node = &self.nodes[i];
         let (ns, pns, idx) = (&node.ns, &node.pod_ns, node.idx);
+        let mtu = self.state(i)["mtu"].as_u64().unwrap().to_string();
         ok(&[
-            "ip", "-n", ns, "link", "add", "vpod", "mtu", "1440", "type", "veth", "peer", "name",
-            "eth0", "mtu", "1440", "netns", pns,
+            "ip", "-n", ns, "link", "add", "vpod", "mtu", &mtu, "type", "veth", "peer", "name",
+            "eth0", "mtu", &mtu, "netns", pns,
         ]);
         ok(&[
             "ip", "-n", ns, "link", "set", "vpod", "master", "cbr0", "up",

@@ -1,0 +1,77 @@
+//! Where the underlay MTU comes from when `--underlay-mtu` is not set: the
+//! MTU of the interface that holds this node's underlay address (its
+//! endpoint's IP; Kilo's `detectMTU` does the same with the node's private
+//! IP), else of the interface of the main table's default route of that
+//! family. On an underlay with MTU 9001 (AWS) or 1460 (GCE) the tunnel
+//! then follows without the operator knowing the number.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::RouteMessageBuilder;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::route::RouteAttribute;
+
+use super::{Netlink, NetlinkError};
+
+/// The main routing table.
+const RT_TABLE_MAIN: u8 = 254;
+
+impl Netlink {
+    /// The interface that carries this node's underlay traffic (holding
+    /// `ip`, else the default route's) and its MTU; `None` when neither
+    /// exists. podguard's own links and `lo` never count.
+    pub async fn underlay_mtu(
+        &self,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<(String, u32)>, NetlinkError> {
+        let links = self.links("").await?;
+        let usable = |index: u32| {
+            links
+                .iter()
+                .find(|l| l.index == index)
+                .filter(|l| {
+                    ![mesh::WG_IFNAME, mesh::BRIDGE_IFNAME, "lo"].contains(&l.name.as_str())
+                        && l.mtu > 0
+                })
+                .map(|l| (l.name.clone(), l.mtu))
+        };
+        if let Some(ip) = ip {
+            let mut s = self.handle.address().get().execute();
+            while let Some(m) = s.try_next().await.map_err(|source| NetlinkError::Request {
+                what: "listing addresses".into(),
+                source,
+            })? {
+                let holds = m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(a) if *a == ip));
+                if holds && let Some(found) = usable(m.header.index) {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        let msg = if ip.is_some_and(|i| i.is_ipv6()) {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut s = self.handle.route().get(msg).execute();
+        while let Some(m) = s.try_next().await.map_err(|source| NetlinkError::Request {
+            what: "listing routes".into(),
+            source,
+        })? {
+            if m.header.destination_prefix_length != 0 || m.header.table != RT_TABLE_MAIN {
+                continue;
+            }
+            let oif = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if let Some(found) = oif.and_then(usable) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+}
