@@ -1,6 +1,7 @@
 //! Annotation and Node values into the planner: never panics, and every
 //! plan keeps its invariants (AllowedIPs of different peers never overlap;
-//! a peer's AllowedIPs are exactly valid podCIDRs; next keys are unique).
+//! a peer's AllowedIPs are exactly valid podCIDRs; next keys are unique;
+//! a published underlay MTU never raises the MTU, nor lowers it below 1280).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use mesh::{Local, MeshConfig, NodeInfo};
@@ -13,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // One node per line: name|podCIDRs (comma-separated)|endpoint|key|next key|internal IP
+    // One node per line: name|podCIDRs (comma-separated)|endpoint|key|next key|internal IP|underlay MTU
     let local_key = keys::PrivateKey::from_bytes([7; 32]).public_key();
     let mut nodes = vec![NodeInfo {
         name: "local".into(),
@@ -35,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             public_key: field(&mut p),
             next_public_key: field(&mut p),
             internal_ips: field(&mut p).into_iter().collect(),
+            underlay_mtu: field(&mut p),
         });
     }
     let cfg = MeshConfig {
@@ -51,6 +53,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = mesh::plan(&local, &nodes, &cfg) else {
         return;
     };
+    assert!(plan.underlay_mtu <= cfg.underlay_mtu, "a peer raised the MTU");
+    assert!((1280..=1440).contains(&plan.mtu), "MTU out of range: {}", plan.mtu);
     let nets: Vec<_> = plan
         .peers
         .values()
