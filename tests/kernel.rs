@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::lab::LabAgent;
 use common::twonode::TwoNode;
 use common::*;
 
@@ -442,4 +443,75 @@ fn in_vm_kernel_path_rotation_completes_encrypted() {
     for (b, a) in before.iter().zip(&after) {
         assert_ne!(b, a, "a key did not change: {before:?} -> {after:?}");
     }
+}
+
+/// `wg show podguard0 latest-handshakes` in lab node `i`'s namespace.
+fn lab_handshakes(i: usize) -> String {
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &format!("pglab-n{i}"),
+        "wg",
+        "show",
+        "podguard0",
+        "latest-handshakes",
+    ])
+}
+
+#[test]
+#[ignore = "runs inside the VM: kernel_wireguard_in_a_vm"]
+fn in_vm_a_restarted_agent_on_the_api_keeps_the_kernel_sessions() {
+    vm_only("in_vm_a_restarted_agent_on_the_api_keeps_the_kernel_sessions");
+    // With the Kubernetes API (here the lab's), the key rotator runs: on
+    // start it used to re-apply the key file with `wg set private-key`,
+    // which expires every session when the bytes differ from the kernel's
+    // clamped copy (they always did): a kill -9 and restart then cost a
+    // re-handshake with every peer. The nodes-file test above cannot see
+    // it (no rotator there).
+    let _lab = common::lab::up_with(2, &["--backend", "kernel"]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("/run/podguard-lab/state.json").unwrap()).unwrap();
+    let pod = |k: usize| {
+        let p = &state["pods"][k];
+        (
+            p["netns"].as_str().unwrap().to_string(),
+            p["ips"][0].as_str().unwrap().to_string(),
+        )
+    };
+    let ((p1, _), (_, ip2)) = (pod(0), pod(1));
+    let green = || common::lab::podguard(&["status", "--lab"]).status.success();
+    wait_for("status to agree", Duration::from_secs(60), green);
+    wait_for("pod n1 -> pod n2", Duration::from_secs(30), || {
+        pings(&p1, &ip2)
+    });
+    let before = lab_handshakes(1);
+    assert!(
+        before.split_whitespace().nth(1).is_some_and(|t| t != "0"),
+        "no handshake before the restart: {before}"
+    );
+    let log = "/run/podguard-lab/node-1/agent.log";
+    let starts = |s: &str| s.matches("kernel WireGuard device up").count();
+    let started = starts(&std::fs::read_to_string(log).unwrap());
+
+    let agent = LabAgent::kill9(1);
+    assert!(
+        pings(&p1, &ip2),
+        "the kernel device forwards without its agent"
+    );
+    let _child = agent.restart();
+    wait_for(
+        "the agent to adopt the device",
+        Duration::from_secs(60),
+        || starts(&std::fs::read_to_string(log).unwrap_or_default()) > started,
+    );
+    wait_for("status to agree again", Duration::from_secs(60), green);
+    // The rotator's first ticks have run by now (every reconcile).
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(pings(&p1, &ip2));
+    assert_eq!(
+        lab_handshakes(1),
+        before,
+        "the restarted agent expired the kernel's sessions (a new handshake)"
+    );
 }

@@ -18,7 +18,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::lab::{exclusive, podguard};
+use common::lab::{LabAgent, exclusive, podguard};
 use common::*;
 use serde_json::Value;
 
@@ -45,32 +45,10 @@ fn row<'a>(v: &'a Value, node: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// A child process killed when the test ends, also on failure.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The `podguard_peer_problem` samples of a metrics page.
 fn problem_lines(m: &str) -> impl Iterator<Item = &str> {
     m.lines()
         .filter(|l| l.starts_with("podguard_peer_problem{"))
-}
-
-/// The pid of the agent in lab node namespace `ns`.
-fn agent_pid(ns: &str) -> String {
-    ok(&["ip", "netns", "pids", ns])
-        .split_whitespace()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "podguard-agent")
-        })
-        .expect("an agent in the node namespace")
-        .to_string()
 }
 
 #[test]
@@ -141,15 +119,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     let (_, ip3) = ip_of("node-3");
 
     // node-3's agent dies (kill -9): its Lease runs out.
-    let pid = agent_pid("pglab-n3");
-    let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split('\0')
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
-    let environ = std::fs::read_to_string(format!("/proc/{pid}/environ")).unwrap();
-    ok(&["kill", "-9", &pid]);
+    let agent3 = LabAgent::kill9(3);
     wait_for(
         "status to report node-3's agent down",
         Duration::from_secs(15),
@@ -230,27 +200,11 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     );
 
     // The agent comes back (as the DaemonSet would restart it): green again.
-    let wg_dir = std::path::Path::new("/run/podguard-lab/node-3/wg");
-    let args: Vec<&str> = cmdline.iter().map(String::as_str).collect();
-    let mut cmd = podguard::lab::sys::node_command("pglab-n3", wg_dir, &args);
-    for kv in environ.split('\0').filter_map(|e| e.split_once('=')) {
-        cmd.env(kv.0, kv.1);
-    }
-    let log = std::fs::File::options()
-        .append(true)
-        .create(true)
-        .open("/run/podguard-lab/node-3/agent.log")
-        .unwrap();
-    let mut child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = agent3.restart();
     // Green again: alive, and node-1's handshake with node-3 answered.
     wait_for("node-3 alive again", Duration::from_secs(60), || {
         status().0 == 0
     });
     assert_eq!(audit().0, 0);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }

@@ -9,6 +9,7 @@
 //! the underlay floods the receiver with handshake-shaped datagrams.
 
 mod attack;
+mod contender;
 mod flood;
 mod parse;
 mod report;
@@ -102,10 +103,16 @@ pub struct Row {
     pub four_ab: Option<parse::Spread>,
     /// 4 streams B→A, Gbit/s.
     pub four_ba: Option<parse::Spread>,
+    /// 16 streams A→B, Gbit/s (no collapse with many flows).
+    pub sixteen_ab: Option<parse::Spread>,
     /// Ping RTT p50, ms.
     pub rtt_p50: Option<f64>,
     /// Ping RTT p99, ms.
     pub rtt_p99: Option<f64>,
+    /// Ping RTT p50 while one stream A→B runs, ms.
+    pub loaded_rtt_p50: Option<f64>,
+    /// Ping RTT p99 while one stream A→B runs, ms.
+    pub loaded_rtt_p99: Option<f64>,
     /// CPU seconds of the tunnel processes per Gbit transferred (single stream A→B).
     pub cpu_per_gbit: Option<parse::Spread>,
 }
@@ -180,21 +187,8 @@ fn iperf_server(t: &Topo) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow::Result<Row> {
-    let t = topo::build(c, bins)?;
-    iperf_server(&t)?;
-    let (mut ab, mut ba, mut fab, mut fba, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
-    for r in 0..reps {
-        eprintln!("    {} rep {}/{reps}", c.id(), r + 1);
-        let (g, s) = iperf(&t, secs, false, 1)?;
-        ab.push(g);
-        if g > 0.0 {
-            cpu.push(s / (g * secs as f64));
-        }
-        ba.push(iperf(&t, secs, true, 1)?.0);
-        fab.push(iperf(&t, secs, false, 4)?.0);
-        fba.push(iperf(&t, secs, true, 4)?.0);
-    }
+/// 200 pings from pod A to pod B, 5 ms apart: their RTTs in ms.
+fn ping_rtts(t: &Topo) -> anyhow::Result<Vec<f64>> {
     let ping = sys::output(&[
         "ip",
         "netns",
@@ -207,7 +201,38 @@ fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow
         "0.005",
         &t.pod_ips[1],
     ])?;
-    let rtts = parse::ping_rtts(&String::from_utf8_lossy(&ping.stdout));
+    Ok(parse::ping_rtts(&String::from_utf8_lossy(&ping.stdout)))
+}
+
+fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow::Result<Row> {
+    let t = topo::build(c, bins)?;
+    iperf_server(&t)?;
+    let (mut ab, mut ba, mut fab, mut fba, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut sab = vec![];
+    for r in 0..reps {
+        eprintln!("    {} rep {}/{reps}", c.id(), r + 1);
+        let (g, s) = iperf(&t, secs, false, 1)?;
+        ab.push(g);
+        if g > 0.0 {
+            cpu.push(s / (g * secs as f64));
+        }
+        ba.push(iperf(&t, secs, true, 1)?.0);
+        fab.push(iperf(&t, secs, false, 4)?.0);
+        fba.push(iperf(&t, secs, true, 4)?.0);
+        sab.push(iperf(&t, secs, false, 16)?.0);
+    }
+    let rtts = ping_rtts(&t)?;
+    // The same while a stream fills the tunnel (queueing in the datapath).
+    let (loaded, stream) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| iperf(&t, secs.max(3), false, 1));
+        std::thread::sleep(Duration::from_millis(500));
+        let r = ping_rtts(&t);
+        (r, h.join())
+    });
+    let loaded = loaded?;
+    stream
+        .map_err(|_| anyhow::anyhow!("the loading stream panicked"))?
+        .context("the stream under the loaded ping")?;
     Ok(Row {
         id: c.id().into(),
         name: c.name().into(),
@@ -217,8 +242,11 @@ fn measure(c: Contender, bins: &std::path::Path, secs: u32, reps: u32) -> anyhow
         single_ba: parse::spread(&ba),
         four_ab: parse::spread(&fab),
         four_ba: parse::spread(&fba),
+        sixteen_ab: parse::spread(&sab),
         rtt_p50: parse::quantile(&rtts, 0.5),
         rtt_p99: parse::quantile(&rtts, 0.99),
+        loaded_rtt_p50: parse::quantile(&loaded, 0.5),
+        loaded_rtt_p99: parse::quantile(&loaded, 0.99),
         cpu_per_gbit: parse::spread(&cpu),
     })
 }

@@ -20,8 +20,11 @@ pub fn skipped(c: Contender, why: String) -> Row {
         single_ba: None,
         four_ab: None,
         four_ba: None,
+        sixteen_ab: None,
         rtt_p50: None,
         rtt_p99: None,
+        loaded_rtt_p50: None,
+        loaded_rtt_p99: None,
         cpu_per_gbit: None,
     }
 }
@@ -62,15 +65,16 @@ pub fn markdown(rows: &[Row], duration: u32, reps: u32) -> String {
     );
     let _ = writeln!(
         out,
-        "| contender | MTU | 1 stream A→B | 1 stream B→A | 4 streams A→B | 4 streams B→A | ping p50 / p99 (ms) | CPU s per Gbit | A→B vs podguard |"
+        "| contender | MTU | 1 stream A→B | 1 stream B→A | 4 streams A→B | 4 streams B→A | 16 streams A→B | ping p50 / p99 (ms) | ping p50 / p99 under load (ms) | CPU s per Gbit | A→B vs podguard |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or("–".into());
     for r in rows {
         if let Some(why) = &r.skipped {
-            let _ = writeln!(out, "| {} | – | skipped: {why} | | | | | | |", r.name);
+            let _ = writeln!(out, "| {} | – | skipped: {why} | | | | | | | | |", r.name);
             continue;
         }
         let ratio = match (r.single_ab, pg) {
@@ -79,15 +83,18 @@ pub fn markdown(rows: &[Row], duration: u32, reps: u32) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {ratio} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {ratio} |",
             r.name,
             r.mtu,
             cell(&r.single_ab, 1.0, 2),
             cell(&r.single_ba, 1.0, 2),
             cell(&r.four_ab, 1.0, 2),
             cell(&r.four_ba, 1.0, 2),
-            r.rtt_p50.map(|v| format!("{v:.3}")).unwrap_or("–".into()),
-            r.rtt_p99.map(|v| format!("{v:.3}")).unwrap_or("–".into()),
+            cell(&r.sixteen_ab, 1.0, 2),
+            ms(r.rtt_p50),
+            ms(r.rtt_p99),
+            ms(r.loaded_rtt_p50),
+            ms(r.loaded_rtt_p99),
             cell(&r.cpu_per_gbit, 1.0, 2),
         );
     }

@@ -116,3 +116,69 @@ pub fn api(method: &str, path: &str, body: Option<Value>) -> Value {
     )
     .unwrap()
 }
+
+/// A lab node's agent as it was started: to kill it and start it again
+/// the way the DaemonSet would.
+pub struct LabAgent {
+    /// Its lab node number (`pglab-n<i>`, `/run/podguard-lab/node-<i>`).
+    pub node: usize,
+    cmdline: Vec<String>,
+    environ: String,
+}
+
+/// The pid of the agent in lab node namespace `ns`.
+pub fn agent_pid(ns: &str) -> String {
+    super::ok(&["ip", "netns", "pids", ns])
+        .split_whitespace()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "podguard-agent")
+        })
+        .expect("an agent in the node namespace")
+        .to_string()
+}
+
+impl LabAgent {
+    /// `kill -9` lab node `node`'s agent, remembering how it ran.
+    pub fn kill9(node: usize) -> Self {
+        let pid = agent_pid(&format!("pglab-n{node}"));
+        let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .expect("the agent's command line")
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let environ = std::fs::read_to_string(format!("/proc/{pid}/environ"))
+            .expect("the agent's environment");
+        super::ok(&["kill", "-9", &pid]);
+        Self {
+            node,
+            cmdline,
+            environ,
+        }
+    }
+
+    /// Start it again with the same arguments and environment (its log
+    /// appended to); the child is killed when the returned guard drops.
+    pub fn restart(&self) -> super::KillOnDrop {
+        let dir = format!("/run/podguard-lab/node-{}", self.node);
+        let wg_dir = std::path::PathBuf::from(format!("{dir}/wg"));
+        let args: Vec<&str> = self.cmdline.iter().map(String::as_str).collect();
+        let mut cmd =
+            podguard::lab::sys::node_command(&format!("pglab-n{}", self.node), &wg_dir, &args);
+        for kv in self.environ.split('\0').filter_map(|e| e.split_once('=')) {
+            cmd.env(kv.0, kv.1);
+        }
+        let log = std::fs::File::options()
+            .append(true)
+            .create(true)
+            .open(format!("{dir}/agent.log"))
+            .expect("the agent's log");
+        super::KillOnDrop(
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("restarting the agent"),
+        )
+    }
+}

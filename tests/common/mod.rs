@@ -486,3 +486,13 @@ pub fn sample(scrape: &str, prefix: &str) -> Option<f64> {
 }
 
 pub use podguard::lab::sys::node_command;
+
+/// A child process killed when the test ends, also on failure.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
