@@ -43,7 +43,11 @@ fn a_jumbo_underlay_is_found_and_carries_jumbo_pod_packets() {
     if !require_root("a_jumbo_underlay_is_found_and_carries_jumbo_pod_packets") {
         return;
     }
-    let mut c = TwoNode::up_on("mj", [9000, 9000], [&[], &[]], |_, _| {});
+    // Each node's agent publishes what it found; in a nodes file the
+    // operator writes it (a peer that says nothing counts as 1500).
+    let mut c = TwoNode::up_on("mj", [9000, 9000], [&[], &[]], |_, v| {
+        v["underlayMTU"] = 9000.into();
+    });
     for i in 0..2 {
         assert_eq!(c.link_mtu(i, "podguard0"), 8940, "node {i} podguard0");
         assert_eq!(c.link_mtu(i, "cbr0"), 8940, "node {i} cbr0");
@@ -92,9 +96,7 @@ fn the_mesh_uses_the_smallest_underlay_and_the_flag_overrides() {
     // publishes podguard.dev/underlay-mtu; here in the nodes file). Node a
     // finds 9000 on its own link, yet must not send b what b cannot take.
     let c = TwoNode::up_on("ms", [9000, 1460], [&[], &[]], |i, v| {
-        if i == 1 {
-            v["underlayMTU"] = "1460".into();
-        }
+        v["underlayMTU"] = if i == 1 { "1460" } else { "9000" }.into();
     });
     for i in 0..2 {
         assert_eq!(c.link_mtu(i, "podguard0"), 1400, "node {i} podguard0");
@@ -109,9 +111,16 @@ fn the_mesh_uses_the_smallest_underlay_and_the_flag_overrides() {
         "mf",
         [9000, 9000],
         [&["--underlay-mtu", "1400"], &[]],
-        |_, _| {},
+        |_, v| v["underlayMTU"] = 9000.into(),
     );
     assert_eq!(c.link_mtu(0, "podguard0"), 1340);
     assert_eq!(c.link_mtu(1, "podguard0"), 8940);
     assert!(ping_df(&c, 0, 1, 1312), "a full 1340-byte packet A -> B");
+    drop(c);
+
+    // A peer that published nothing (an agent from before MTUs were
+    // published) counts as 1500: a jumbo node never sends it more.
+    let c = TwoNode::up_on("mo", [9000, 9000], [&[], &[]], |_, _| {});
+    assert_eq!(c.link_mtu(0, "podguard0"), 1440);
+    assert_eq!(c.state(0)["underlayMtu"], 1500);
 }

@@ -122,13 +122,16 @@ impl Flood {
                 let s = UdpSocket::bind((ATTACKER_IP, 0))?;
                 let cpu0 = thread_cpu_seconds();
                 let start = Instant::now();
-                let mut sent = 0u64;
+                let (mut sent, mut tried) = (0u64, 0u64);
                 while !flag.load(Ordering::Relaxed) {
                     let due = start.elapsed().as_micros() as u64 * rate / 1_000_000;
-                    while sent < due {
-                        // A full socket buffer is the attacker's problem.
-                        let _ = s.send_to(&pool[sent as usize % POOL], target);
-                        sent += 1;
+                    while tried < due {
+                        // A full socket buffer is the attacker's problem:
+                        // only what left counts.
+                        if s.send_to(&pool[tried as usize % POOL], target).is_ok() {
+                            sent += 1;
+                        }
+                        tried += 1;
                     }
                     std::thread::sleep(Duration::from_micros(500));
                 }

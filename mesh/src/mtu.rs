@@ -52,12 +52,27 @@ pub fn parse_underlay_mtu(s: &str) -> Option<u32> {
     s.parse().ok().filter(|m| UNDERLAY_MTU_RANGE.contains(m))
 }
 
+/// The underlay MTU of a node that runs an agent (it published a key) but
+/// published no valid MTU: an agent from before MTUs were published, or a
+/// garbage value. The old default, so a rolling upgrade never raises the
+/// MTU past what such a node can take.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
 /// The underlay MTU the whole mesh can carry: this node's own, lowered to
-/// the smallest valid one that `peers` published.
-pub fn mesh_underlay_mtu<'a>(own: u32, peers: impl IntoIterator<Item = &'a NodeInfo>) -> u32 {
-    peers
+/// the smallest that the other nodes running an agent published
+/// ([`DEFAULT_UNDERLAY_MTU`] for one that published none). Nodes without
+/// any key (no agent ran there) do not count; rejected nodes with a key
+/// do, so a node that is briefly rejected does not move everyone's MTU.
+pub fn mesh_underlay_mtu<'a>(own: u32, others: impl IntoIterator<Item = &'a NodeInfo>) -> u32 {
+    others
         .into_iter()
-        .filter_map(|n| n.underlay_mtu.as_deref().and_then(parse_underlay_mtu))
+        .filter(|n| n.public_key.is_some())
+        .map(|n| {
+            n.underlay_mtu
+                .as_deref()
+                .and_then(parse_underlay_mtu)
+                .unwrap_or(DEFAULT_UNDERLAY_MTU)
+        })
         .fold(own, u32::min)
 }
 
@@ -75,30 +90,41 @@ pub fn underlay_ip(own: &NodeInfo) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn published(name: &str, mtu: &str) -> NodeInfo {
+    fn published(name: &str, mtu: Option<&str>) -> NodeInfo {
         NodeInfo {
             name: name.into(),
-            underlay_mtu: Some(mtu.into()),
+            public_key: Some("a key".into()),
+            underlay_mtu: mtu.map(String::from),
             ..NodeInfo::default()
         }
     }
 
     #[test]
-    fn the_mesh_takes_the_smallest_valid_published_mtu() {
-        let peers = [published("a", "9001"), published("b", "1460")];
+    fn the_mesh_takes_the_smallest_published_mtu() {
+        let peers = [published("a", Some("9001")), published("b", Some("1460"))];
         assert_eq!(mesh_underlay_mtu(9001, &peers), 1460);
         assert_eq!(mesh_underlay_mtu(1400, &peers), 1400);
-        // Garbage, out of range or absent: ignored, never lowers the MTU.
-        let bad = [
-            published("c", "abc"),
-            published("d", "100"),
-            published("e", "70000"),
-            published("f", "-1"),
-            published("g", " 1500"),
-            published("h", ""),
-            NodeInfo::default(),
-        ];
-        assert_eq!(mesh_underlay_mtu(9000, &bad), 9000);
+        let jumbo = [published("a", Some("9001")), published("b", Some("9000"))];
+        assert_eq!(mesh_underlay_mtu(9001, &jumbo), 9000);
+    }
+
+    #[test]
+    fn an_agent_that_published_nothing_valid_counts_as_1500() {
+        for bad in [
+            None,
+            Some("abc"),
+            Some("100"),
+            Some("70000"),
+            Some("-1"),
+            Some(" 1500"),
+            Some(""),
+        ] {
+            let peers = [published("a", Some("9000")), published("b", bad)];
+            assert_eq!(mesh_underlay_mtu(9000, &peers), 1500, "{bad:?}");
+        }
+        // A node where no agent ever ran (no key) does not count at all.
+        let peers = [published("a", Some("9000")), NodeInfo::default()];
+        assert_eq!(mesh_underlay_mtu(9000, &peers), 9000);
     }
 
     #[test]

@@ -40,12 +40,33 @@ pub struct NodeInfo {
     /// The `podguard.dev/underlay-mtu` annotation: the MTU of the underlay
     /// interface the node's agent uses (found, or set by `--underlay-mtu`).
     /// Every node takes the smallest of the mesh; a bad value is ignored.
+    /// In a nodes file a number or a string, `underlayMTU` or `underlayMtu`.
     #[serde(
         default,
         rename = "underlayMTU",
+        alias = "underlayMtu",
+        deserialize_with = "number_or_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub underlay_mtu: Option<String>,
+}
+
+/// A value written as a number or a string (`underlayMTU: 1460` in YAML,
+/// or `"1460"` as the annotation carries it), kept as its text: validating
+/// it is the planner's.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    Ok(Option::<Value>::deserialize(d)?.map(|v| match v {
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Text(t) => t,
+    }))
 }
 
 /// Why a node does not become a peer. A rejected node's pods are

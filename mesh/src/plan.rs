@@ -439,13 +439,8 @@ pub fn plan(local: &Local, nodes: &[NodeInfo], config: &MeshConfig) -> Result<Pl
         Some(SocketAddr::V4(_)) => Outer::V4,
         _ => Outer::V6,
     };
-    let underlay_mtu = crate::mtu::mesh_underlay_mtu(
-        config.underlay_mtu,
-        parsed
-            .iter()
-            .filter(|(n, _)| !rejections.contains_key(&n.name))
-            .map(|(n, _)| *n),
-    );
+    let underlay_mtu =
+        crate::mtu::mesh_underlay_mtu(config.underlay_mtu, parsed.iter().map(|(n, _)| *n));
     let local_next = local_node
         .next_public_key
         .as_deref()
@@ -813,6 +808,12 @@ mod tests {
         let (local, mut nodes) = setup();
         let mut c = cfg();
         c.underlay_mtu = 9000;
+        // Peers whose agents published nothing count as 1500 (older agents).
+        let p = plan(&local, &nodes, &c).unwrap();
+        assert_eq!((p.underlay_mtu, p.mtu), (1500, 1440));
+        for n in &mut nodes {
+            n.underlay_mtu = Some("9000".into());
+        }
         let p = plan(&local, &nodes, &c).unwrap();
         assert_eq!((p.underlay_mtu, p.mtu), (9000, 8940));
         // A peer on a GCE-like 1460 underlay lowers everyone's MTU.
@@ -821,17 +822,18 @@ mod tests {
         assert_eq!((p.underlay_mtu, p.mtu), (1460, 1400));
         // The local node's own annotation is not a peer's: the agent's
         // configuration (found or set) is what counts for it.
-        nodes[1].underlay_mtu = None;
+        nodes[1].underlay_mtu = Some("9000".into());
         nodes[0].underlay_mtu = Some("1300".into());
         assert_eq!(plan(&local, &nodes, &c).unwrap().mtu, 8940);
-        // A rejected node is no peer: its MTU does not count.
-        nodes[2].public_key = None;
-        nodes[2].underlay_mtu = Some("1280".into());
+        // A node rejected for a while still counts (no MTU flapping), a
+        // node without any key (no agent) does not.
+        nodes[2].endpoint = None;
+        nodes[2].internal_ips = vec![];
+        nodes[2].underlay_mtu = Some("1460".into());
         let p = plan(&local, &nodes, &c).unwrap();
         assert!(p.rejections.contains_key("c"));
-        assert_eq!(p.mtu, 8940);
-        // Garbage never lowers it.
-        nodes[1].underlay_mtu = Some("12; rm -rf".into());
+        assert_eq!(p.mtu, 1400);
+        nodes[2].public_key = None;
         assert_eq!(plan(&local, &nodes, &c).unwrap().mtu, 8940);
     }
 }

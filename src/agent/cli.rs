@@ -142,7 +142,7 @@ pub struct Args {
     /// its value (`podguard.dev/underlay-mtu`) and the mesh uses the
     /// smallest, so peers on different underlays still fit.
     #[arg(long, env = "PODGUARD_UNDERLAY_MTU", value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(576..=9216))]
+          value_parser = clap::value_parser!(u32).range(576..=i64::from(crate::agent::underlay::MAX_UNDERLAY_MTU)))]
     pub underlay_mtu: Option<u32>,
 
     /// Masquerade pod traffic to addresses outside the cluster CIDR(s) to

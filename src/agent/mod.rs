@@ -88,7 +88,7 @@ pub struct Report {
     pub digest: String,
     /// Peers renamed in place to a new key (rotation).
     pub renamed: usize,
-    /// This node's own underlay MTU (`podguard.dev/underlay-mtu`).
+    /// The underlay MTU planned with (the smallest of the mesh).
     pub underlay_mtu: u32,
 }
 
@@ -361,7 +361,7 @@ impl Agent {
             ignored_next_keys: plan.ignored_next_keys,
             digest: plan.digest,
             renamed,
-            underlay_mtu: self.cfg.mesh.underlay_mtu,
+            underlay_mtu: plan.underlay_mtu,
         })
     }
 }

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PATH: &str = "/run/podguard/node.json";
 
 /// What the CNI plugin needs to attach a pod on this node.
+/// Unknown fields are ignored when read: after a rollback the older plugin
+/// must still read what a newer agent wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeState {
     /// This node's name.
     pub node_name: String,
@@ -24,7 +26,7 @@ pub struct NodeState {
     pub bridge: String,
     /// MTU for pod interfaces.
     pub mtu: u32,
-    /// The underlay MTU `mtu` comes from (the smallest of the mesh; 0 in
+    /// The underlay MTU `mtu` comes from: the smallest of the mesh (0 in
     /// files written before it was recorded).
     #[serde(default)]
     pub underlay_mtu: u32,
@@ -84,6 +86,17 @@ pub fn write(path: &Path, state: &NodeState) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_and_newer_files_both_read() {
+        let old = r#"{"nodeName":"a","bridge":"cbr0","mtu":1440,"podCIDRs":["10.244.1.0/24"],"gateways":["10.244.1.1"]}"#;
+        let s: NodeState = serde_json::from_str(old).unwrap();
+        assert_eq!((s.mtu, s.underlay_mtu), (1440, 0));
+        // A field from a later agent (after a rollback of the plugin).
+        let newer = r#"{"nodeName":"a","bridge":"cbr0","mtu":1440,"underlayMtu":1500,"podCIDRs":["10.244.1.0/24"],"gateways":["10.244.1.1"],"somethingLater":{"x":1}}"#;
+        let s: NodeState = serde_json::from_str(newer).unwrap();
+        assert_eq!((s.mtu, s.underlay_mtu), (1440, 1500));
+    }
 
     #[test]
     fn writes_once_and_reads_back() {

@@ -81,6 +81,22 @@ mod tests {
     }
 
     #[test]
+    fn underlay_mtu_as_a_number_or_a_string_in_either_casing() {
+        let yaml =
+            "- name: a\n  underlayMTU: 1460\n- name: b\n  underlayMtu: \"9001\"\n- name: c\n";
+        let n = parse("nodes.yaml", yaml).unwrap();
+        assert_eq!(n[0].underlay_mtu.as_deref(), Some("1460"));
+        assert_eq!(n[1].underlay_mtu.as_deref(), Some("9001"));
+        assert_eq!(n[2].underlay_mtu, None);
+        let json = r#"[{"name":"a","underlayMTU":1460.5}]"#;
+        // Kept as text; the planner refuses it (counts as 1500).
+        assert_eq!(
+            parse("f", json).unwrap()[0].underlay_mtu.as_deref(),
+            Some("1460.5")
+        );
+    }
+
+    #[test]
     fn typo_is_an_error_naming_the_file_and_field() {
         let e = parse("nodes.yaml", "- name: a\n  podCIDR: [10.0.0.0/24]\n").unwrap_err();
         let s = e.to_string();

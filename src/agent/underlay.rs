@@ -33,6 +33,13 @@ impl UnderlayMtu {
 pub const MAX_UNDERLAY_MTU: u32 = 9216;
 
 impl Agent {
+    /// This node's own underlay MTU (found or set), as published in
+    /// `podguard.dev/underlay-mtu`: found before every reconcile, so it is
+    /// known (and published with the key) even when the plan fails.
+    pub fn underlay_mtu(&self) -> u32 {
+        self.cfg.mesh.underlay_mtu
+    }
+
     /// Refresh `cfg.mesh.underlay_mtu` before planning (detect mode);
     /// logs when the found value or interface changes.
     pub(super) async fn refresh_underlay_mtu(&mut self, nodes: &[NodeInfo]) {

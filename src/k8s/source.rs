@@ -132,12 +132,13 @@ pub async fn run(
         let infos: Vec<mesh::NodeInfo> = snapshot.iter().map(|n| node_info(n)).collect();
         let mut digest = None;
         let mut peer_health = None;
-        let mut underlay_mtu = None;
-        match agent.reconcile(&infos).await {
+        let result = agent.reconcile(&infos).await;
+        // Found before planning: published with the key from the start.
+        let underlay_mtu = Some(agent.underlay_mtu());
+        match result {
             Ok(report) => {
                 reconciled = true;
                 digest = Some(report.digest.clone());
-                underlay_mtu = Some(report.underlay_mtu);
                 peer_health = Some(agent.peer_health(&metrics));
                 waiting_logged = false;
                 metrics.record(Ok(&report));

@@ -4,6 +4,11 @@
 //! IP), else of the interface of the main table's default route of that
 //! family. On an underlay with MTU 9001 (AWS) or 1460 (GCE) the tunnel
 //! then follows without the operator knowing the number.
+//!
+//! This is the link's MTU, not the path's: where the paths between nodes
+//! carry less than the link (an AWS Transit Gateway, a VPN between sites),
+//! set `--underlay-mtu`. A multipath default route (no single output
+//! interface) and a route's own `mtu` attribute are not looked at.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -42,10 +47,11 @@ impl Netlink {
                 what: "listing addresses".into(),
                 source,
             })? {
-                let holds = m
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, AddressAttribute::Address(a) if *a == ip));
+                // IFA_LOCAL is the node's own address on point-to-point
+                // links (where IFA_ADDRESS is the far end's).
+                let holds = m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == ip)
+                });
                 if holds && let Some(found) = usable(m.header.index) {
                     return Ok(Some(found));
                 }

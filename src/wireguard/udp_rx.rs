@@ -48,7 +48,9 @@ pub fn run(dev: &Device) {
             let seg = r.seg.unwrap_or(r.len).max(1);
             for datagram in rb.bufs[i][..r.len].chunks(seg) {
                 if wgcore::is_handshake(datagram) {
-                    if !dev.handshakes.offer(&mut handshakes, datagram, r.from) {
+                    if !wgcore::handshake_size_ok(datagram) {
+                        dev.core.drops.count_invalid();
+                    } else if !dev.handshakes.offer(&mut handshakes, datagram, r.from) {
                         dev.core.drops.count_queue_full();
                     }
                     continue;

@@ -29,6 +29,17 @@ pub fn is_handshake(datagram: &[u8]) -> bool {
     matches!(datagram.first(), Some(1..=3))
 }
 
+/// Whether a handshake message has its type's exact size (initiation 148,
+/// response 92, cookie reply 64 bytes). Drivers drop anything else before
+/// copying it into the handshake queue: a flood of 64 KB datagrams whose
+/// first byte says "initiation" must not fill the queue with megabytes.
+pub fn handshake_size_ok(datagram: &[u8]) -> bool {
+    matches!(
+        (datagram.first(), datagram.len()),
+        (Some(1), 148) | (Some(2), 92) | (Some(3), 64)
+    )
+}
+
 /// v4-mapped IPv6 addresses (from a dual-stack socket) back to IPv4.
 pub(crate) fn normalize(a: SocketAddr) -> SocketAddr {
     match a {
@@ -300,5 +311,31 @@ impl Core {
             );
         }
         Opened::Nothing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_handshake_messages_of_their_exact_size_pass() {
+        for (t, n) in [(1u8, 148), (2, 92), (3, 64)] {
+            let mut d = vec![0u8; n];
+            d[0] = t;
+            assert!(is_handshake(&d) && handshake_size_ok(&d), "type {t}");
+            for bad in [n - 1, n + 1, 65_000] {
+                let mut d = vec![0u8; bad];
+                d[0] = t;
+                assert!(
+                    is_handshake(&d) && !handshake_size_ok(&d),
+                    "type {t}, {bad} bytes"
+                );
+            }
+        }
+        assert!(!handshake_size_ok(&[]));
+        let mut data = vec![0u8; 148];
+        data[0] = 4;
+        assert!(!handshake_size_ok(&data));
     }
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-pub use inbound::{Opened, SourceCache, is_handshake};
+pub use inbound::{Opened, SourceCache, handshake_size_ok, is_handshake};
 pub use outbound::{Route, Sealed, dst_address};
 pub use peer::{PENDING_MAX, REKEY_TIMEOUT};
 pub use seal_batch::batch_buffer_len;
@@ -110,6 +110,12 @@ impl DropCounters {
     /// A handshake message the driver had no room to queue.
     pub fn count_queue_full(&self) {
         Self::count(&self.queue_full);
+    }
+
+    /// A datagram the driver refused before the core saw it (a handshake
+    /// message of the wrong size).
+    pub fn count_invalid(&self) {
+        Self::count(&self.invalid);
     }
 
     pub(crate) fn count(a: &AtomicU64) -> u64 {
