@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod kubelab;
 pub mod lab;
+pub mod netpol;
 pub mod pcap;
 pub mod rbac;
 pub mod runtime;
@@ -495,4 +496,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Whether a TCP connection from namespace `from_ns` to `to_ip:port`
+/// (served in `to_ns`) carries `payload` through within 3 s.
+pub fn tcp_passes(from_ns: &str, to_ns: &str, to_ip: IpAddr, port: u16, payload: &[u8]) -> bool {
+    let listener = in_netns(to_ns, || {
+        TcpListener::bind(SocketAddr::new(to_ip, port)).unwrap()
+    });
+    listener.set_nonblocking(true).unwrap();
+    let payload = payload.to_vec();
+    std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            let end = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < end {
+                if let Ok((mut c, _)) = listener.accept() {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    let mut got = Vec::new();
+                    let _ = c.read_to_end(&mut got);
+                    return got;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Vec::new()
+        });
+        let sent = s
+            .spawn(|| {
+                enter_netns(from_ns);
+                let Ok(mut c) = TcpStream::connect_timeout(
+                    &SocketAddr::new(to_ip, port),
+                    Duration::from_secs(3),
+                ) else {
+                    return false;
+                };
+                c.write_all(&payload).is_ok() && c.shutdown(std::net::Shutdown::Write).is_ok()
+            })
+            .join()
+            .unwrap();
+        let got = server.join().unwrap();
+        sent && got == payload
+    })
 }

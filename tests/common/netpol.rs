@@ -1,0 +1,123 @@
+//! A real NetworkPolicy enforcer next to podguard: kube-network-policies
+//! (sigs.k8s.io, the reference implementation SIG Network maintains), run
+//! per node in the node's network namespace against the lab's real API
+//! server. It reads only the in-cluster configuration, so each runs in a
+//! private mount namespace where /var/run/secrets holds a token and the
+//! lab's CA.
+//!
+//! Not in the suite: it drops packets through nftables' `queue` expression
+//! (nfqueue), which the kernel of these machines lacks (`nft add rule ...
+//! queue` fails with ENOENT; no nft_queue module). On a kernel that has it:
+//!
+//! ```sh
+//! GOBIN=/tmp/knp go install sigs.k8s.io/kube-network-policies/cmd@v0.8.0
+//! install -m 0755 /tmp/knp/cmd "$(bash tests/kube/kube.sh bin)/kube-network-policies"
+//! cargo test --test kube_real -- --ignored a_real_network_policy_enforcer
+//! ```
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::KillOnDrop;
+use super::kubelab::KubeLab;
+
+/// The release tried (see the module doc for how to build it).
+pub const VERSION: &str = "v0.8.0";
+
+/// The enforcer's binary in the tool cache.
+pub fn binary() -> PathBuf {
+    podguard::lab::kube::bin_dir().join("kube-network-policies")
+}
+
+/// Start the enforcer for lab node `i` (in its namespace, named as its
+/// Node), logging to `<node dir>/netpol.log`; stopped when the guard drops.
+pub fn start(lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
+    let cp = lab.cp.as_ref().expect("the real control plane");
+    let node = &lab.nodes[i];
+    let secrets = lab.n.path(&format!("{}-secrets", node.name));
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), cp.token("admin").unwrap()).unwrap();
+    std::fs::copy(cp.dir.join("ca.crt"), secrets.join("ca.crt")).unwrap();
+    std::fs::write(secrets.join("namespace"), "default").unwrap();
+    let log = lab.n.path(&format!("{}-netpol.log", node.name));
+    let (host, port) = super::kubelab::API.split_once(':').unwrap();
+    // /var/run/secrets is /run/secrets on Debian: an empty mount point on
+    // the host (made once), a bind mount of this node's files only inside
+    // the enforcer's own mount namespace.
+    std::fs::create_dir_all("/run/secrets/kubernetes.io/serviceaccount").unwrap();
+    let script = format!(
+        "mount --bind {} /run/secrets/kubernetes.io/serviceaccount && \
+         exec ip netns exec {} env KUBERNETES_SERVICE_HOST={host} KUBERNETES_SERVICE_PORT={port} \
+         {} --hostname-override={} --metrics-bind-address=127.0.0.1:9080 --disable-nri --v=2",
+        secrets.display(),
+        node.ns,
+        binary().display(),
+        node.name
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting kube-network-policies");
+    (KillOnDrop(child), log)
+}
+
+/// A Pod object for an attached lab pod (as a kubelet would report it:
+/// on its Node, Running, with its IP), labelled `app=<app>`.
+pub fn register_pod(lab: &KubeLab, i: usize, name: &str, app: &str) {
+    let node = &lab.nodes[i];
+    let ip = node.pod_ips[0].clone();
+    let (code, body) = lab.api(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(
+            &serde_json::json!({"metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "x"}]}}),
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = lab.api(
+        "PATCH",
+        &format!("/api/v1/namespaces/default/pods/{name}/status"),
+        Some(&serde_json::json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// Whether the enforcer binary is there.
+pub fn available() -> bool {
+    Path::new(&binary()).exists()
+}
+
+/// Whether this kernel has nftables' `queue` expression (nft_queue), which
+/// the enforcer needs: tried in a scratch namespace.
+pub fn kernel_has_nft_queue() -> bool {
+    let ns = format!("pgt-nftq-{}", std::process::id());
+    let ok = |args: &[&str]| super::run(args).status.success();
+    if !ok(&["ip", "netns", "add", &ns]) {
+        return false;
+    }
+    let has = ok(&[
+        "ip", "netns", "exec", &ns, "nft", "add", "table", "inet", "t",
+    ]) && ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "t",
+        "c",
+        "{ type filter hook postrouting priority 0; }",
+    ]) && ok(&[
+        "ip", "netns", "exec", &ns, "nft", "add", "rule", "inet", "t", "c", "queue", "num", "100",
+        "bypass",
+    ]);
+    let _ = super::run(&["ip", "netns", "del", &ns]);
+    has
+}
