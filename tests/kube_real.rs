@@ -306,13 +306,87 @@ fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
     assert_eq!(pair["ports"], json!(["8080/TCP", "53/UDP"]), "{r:#}");
 }
 
-/// NetworkPolicy enforced next to podguard by a real enforcer:
-/// kube-network-policies (SIG Network's reference implementation), one
-/// per node in the node's namespace, on the real API server. podguard
-/// audits policy and does not enforce it; this proves the two work
-/// together: a default-deny ingress policy stops pod-to-pod TCP across
-/// nodes, an allow rule opens exactly its port again, and all of it still
-/// crosses the underlay only inside WireGuard.
+/// NetworkPolicy enforced next to podguard by a real enforcer, one per
+/// node in the node's namespace, on the real API server. podguard audits
+/// policy and does not enforce it; this proves the two work together: a
+/// default-deny ingress policy stops pod-to-pod TCP across nodes, an allow
+/// rule opens exactly its port again, and all of it still crosses the
+/// underlay only inside WireGuard.
+fn enforcer_works_alongside_podguard(e: netpol::Enforcer, tag: &str) {
+    assert!(
+        e.available(),
+        "{} missing: `bash tests/kube/kube.sh setup` builds kube-router; for kube-network-policies see tests/common/netpol.rs",
+        e.binary().display()
+    );
+    let (mut lab, a, b) = KubeLab::connected_pair(tag, common::kubelab::Kube::Real);
+    let (pa, _) = lab.pod(a);
+    let (pb, ipb) = lab.pod(b);
+    let ipb: std::net::IpAddr = ipb.parse().unwrap();
+    netpol::register_pod(&lab, a, "client", "client");
+    netpol::register_pod(&lab, b, "server", "server");
+    let (_ea, log_a) = e.start(&lab, a);
+    let (_eb, log_b) = e.start(&lab, b);
+    let ul = lab.ul.clone();
+    let cap = start_capture(&mut lab.n, &ul, "br0", "netpol");
+    let marker = marker("NETPOL");
+    let dump = || {
+        for l in [&log_a, &log_b] {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "---- {} ----\n{}",
+                l.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
+    let passes = |port: u16| tcp_passes(&pa, &pb, ipb, port, &marker);
+    let within = |what: &str, want: bool, port: u16| {
+        for _ in 0..30 {
+            if passes(port) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        dump();
+        panic!("{what}");
+    };
+    within("no policy yet: pod a -> pod b:8080", true, 8080);
+
+    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-server, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n");
+    within("default-deny ingress was not enforced", false, 8080);
+
+    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: client}}\n    ports:\n    - {protocol: TCP, port: 8080}\n");
+    within("the allow rule did not open TCP 8080", true, 8080);
+    assert!(!passes(9090), "a port the policy does not open got through");
+    let pcap = cap.stop(&mut lab.n);
+    assert!(
+        !contains(&pcap, &marker),
+        "pod data in the clear on the underlay"
+    );
+    // The verdicts were the enforcer's, in node b's own namespace; and
+    // podguard's barrier stayed in place next to its rules.
+    let nb = lab.nodes[b].ns.clone();
+    let ruleset = ok(&["ip", "netns", "exec", &nb, "nft", "list", "ruleset"]);
+    assert!(ruleset.contains("table inet podguard"), "{ruleset}");
+    let theirs = match e {
+        netpol::Enforcer::KubeRouter => "KUBE-ROUTER-FORWARD",
+        netpol::Enforcer::KubeNetworkPolicies => "kube-network-policies",
+    };
+    assert!(ruleset.contains(theirs), "no {theirs} on node b: {ruleset}");
+}
+
+/// kube-router's network policy controller (iptables, ipset) alone.
+#[test]
+fn kube_router_enforces_network_policy_alongside_podguard() {
+    let name = "kube_router_enforces_network_policy_alongside_podguard";
+    if !require_root(name) || !require_real_kube(name) {
+        return;
+    }
+    enforcer_works_alongside_podguard(netpol::Enforcer::KubeRouter, "kr");
+}
+
+/// kube-network-policies (nfqueue): see tests/common/netpol.rs.
 #[test]
 #[ignore = "needs nftables' queue expression (nft_queue), which this machine's kernel lacks: see tests/common/netpol.rs"]
 fn a_real_network_policy_enforcer_works_alongside_podguard() {
@@ -324,82 +398,5 @@ fn a_real_network_policy_enforcer_works_alongside_podguard() {
         netpol::kernel_has_nft_queue(),
         "this kernel has no nftables queue expression (nft_queue): kube-network-policies cannot enforce here"
     );
-    assert!(
-        netpol::available(),
-        "{} missing: build kube-network-policies {} as tests/common/netpol.rs says",
-        netpol::binary().display(),
-        netpol::VERSION
-    );
-    let (mut lab, a, b) = KubeLab::connected_pair("kn", common::kubelab::Kube::Real);
-    let (pa, _) = lab.pod(a);
-    let (pb, ipb) = lab.pod(b);
-    let ipb: std::net::IpAddr = ipb.parse().unwrap();
-    netpol::register_pod(&lab, a, "client", "client");
-    netpol::register_pod(&lab, b, "server", "server");
-    let (_ea, log_a) = netpol::start(&lab, a);
-    let (_eb, log_b) = netpol::start(&lab, b);
-    let ul = lab.ul.clone();
-    let cap = start_capture(&mut lab.n, &ul, "br0", "netpol");
-    let marker = marker("NETPOL");
-    let dump = || {
-        for l in [&log_a, &log_b] {
-            let text = std::fs::read_to_string(l).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            eprintln!(
-                "---- {} ----\n{}",
-                l.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    };
-    let passes = |port: u16| tcp_passes(&pa, &pb, ipb, port, &marker);
-    assert!(passes(8080), "no policy yet: pod a -> pod b:8080");
-
-    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-server, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n");
-    let mut denied = false;
-    for _ in 0..20 {
-        if !passes(8080) {
-            denied = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if !denied {
-        dump();
-    }
-    assert!(denied, "default-deny ingress was not enforced");
-
-    lab.kubectl_apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: client}}\n    ports:\n    - {protocol: TCP, port: 8080}\n");
-    let mut allowed = false;
-    for _ in 0..20 {
-        if passes(8080) {
-            allowed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if !allowed {
-        dump();
-    }
-    assert!(allowed, "the allow rule did not open TCP 8080");
-    assert!(!passes(9090), "a port the policy does not open got through");
-    let pcap = cap.stop(&mut lab.n);
-    assert!(
-        !contains(&pcap, &marker),
-        "pod data in the clear on the underlay"
-    );
-    // The rules were the enforcer's, in the nodes' own namespaces.
-    let rules = ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.nodes[b].ns,
-        "nft",
-        "list",
-        "ruleset",
-    ]);
-    assert!(
-        rules.contains("queue"),
-        "no nfqueue rule on node b: {rules}"
-    );
+    enforcer_works_alongside_podguard(netpol::Enforcer::KubeNetworkPolicies, "kn");
 }

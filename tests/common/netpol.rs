@@ -1,11 +1,14 @@
-//! A real NetworkPolicy enforcer next to podguard: kube-network-policies
-//! (sigs.k8s.io, the reference implementation SIG Network maintains), run
-//! per node in the node's network namespace against the lab's real API
-//! server. It reads only the in-cluster configuration, so each runs in a
-//! private mount namespace where /var/run/secrets holds a token and the
-//! lab's CA.
+//! Real NetworkPolicy enforcers next to podguard, run per node in the
+//! node's network namespace against the lab's real API server:
 //!
-//! Not in the suite: it drops packets through nftables' `queue` expression
+//! - kube-router's network policy controller alone (`--run-firewall`, no
+//!   router, no service proxy): iptables and ipset in the FORWARD chain;
+//!   built by tests/kube/kube.sh into the Kubernetes tool cache;
+//! - kube-network-policies (SIG Network's reference implementation). It
+//!   reads only the in-cluster configuration, so each runs in a private
+//!   mount namespace where /var/run/secrets holds a token and the lab's CA.
+//!
+//! kube-network-policies is not in the suite: it drops packets through nftables' `queue` expression
 //! (nfqueue), which the kernel of these machines lacks (`nft add rule ...
 //! queue` fails with ENOENT; no nft_queue module). On a kernel that has it:
 //!
@@ -17,23 +20,83 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use super::KillOnDrop;
 use super::kubelab::KubeLab;
 
-/// The release tried (see the module doc for how to build it).
-pub const VERSION: &str = "v0.8.0";
-
-/// The enforcer's binary in the tool cache.
-pub fn binary() -> PathBuf {
-    podguard::lab::kube::bin_dir().join("kube-network-policies")
+/// A NetworkPolicy enforcer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcer {
+    /// kube-router's network policy controller (iptables, ipset).
+    KubeRouter,
+    /// kube-network-policies (nftables, nfqueue).
+    KubeNetworkPolicies,
 }
 
-/// Start the enforcer for lab node `i` (in its namespace, named as its
-/// Node), logging to `<node dir>/netpol.log`; stopped when the guard drops.
-pub fn start(lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
+impl Enforcer {
+    /// The release used (tests/kube/kube.sh builds kube-router's; see the
+    /// module doc for kube-network-policies).
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::KubeRouter => "v2.1.0",
+            Self::KubeNetworkPolicies => "v0.8.0",
+        }
+    }
+
+    /// Its binary in the tool cache.
+    pub fn binary(self) -> PathBuf {
+        podguard::lab::kube::bin_dir().join(match self {
+            Self::KubeRouter => "kube-router",
+            Self::KubeNetworkPolicies => "kube-network-policies",
+        })
+    }
+
+    /// Whether its binary is there.
+    pub fn available(self) -> bool {
+        self.binary().exists()
+    }
+
+    /// Start it for lab node `i` (in its namespace, named as its Node);
+    /// stopped when the guard drops. Returns its log.
+    pub fn start(self, lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
+        match self {
+            Self::KubeRouter => start_kube_router(lab, i),
+            Self::KubeNetworkPolicies => start(lab, i),
+        }
+    }
+}
+
+/// kube-router's firewall alone, with the admin's kubeconfig.
+fn start_kube_router(lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
+    let node = &lab.nodes[i];
+    let log = lab.n.path(&format!("{}-kube-router.log", node.name));
+    let kubeconfig = lab.kubeconfig.display().to_string();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.ns])
+        .arg(Enforcer::KubeRouter.binary())
+        .args([
+            "--run-firewall=true",
+            "--run-router=false",
+            "--run-service-proxy=false",
+            "--enable-cni=false",
+            "--health-port=0",
+            "--kubeconfig",
+            &kubeconfig,
+            "--hostname-override",
+            &node.name,
+            "--v=2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting kube-router");
+    (KillOnDrop(child), log)
+}
+
+/// Start kube-network-policies for lab node `i`.
+fn start(lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
     let cp = lab.cp.as_ref().expect("the real control plane");
     let node = &lab.nodes[i];
     let secrets = lab.n.path(&format!("{}-secrets", node.name));
@@ -53,7 +116,7 @@ pub fn start(lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
          {} --hostname-override={} --metrics-bind-address=127.0.0.1:9080 --disable-nri --v=2",
         secrets.display(),
         node.ns,
-        binary().display(),
+        Enforcer::KubeNetworkPolicies.binary().display(),
         node.name
     );
     let child = Command::new("unshare")
@@ -66,7 +129,7 @@ pub fn start(lab: &KubeLab, i: usize) -> (KillOnDrop, PathBuf) {
 }
 
 /// A Pod object for an attached lab pod (as a kubelet would report it:
-/// on its Node, Running, with its IP), labelled `app=<app>`.
+/// on its Node, Running, with its IP and its Node's), labelled `app=<app>`.
 pub fn register_pod(lab: &KubeLab, i: usize, name: &str, app: &str) {
     let node = &lab.nodes[i];
     let ip = node.pod_ips[0].clone();
@@ -82,14 +145,12 @@ pub fn register_pod(lab: &KubeLab, i: usize, name: &str, app: &str) {
     let (code, body) = lab.api(
         "PATCH",
         &format!("/api/v1/namespaces/default/pods/{name}/status"),
-        Some(&serde_json::json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+        Some(
+            &serde_json::json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "hostIP": format!("192.0.2.{}", node.idx)}}),
+        ),
     );
     assert_eq!(code, 200, "{body}");
-}
-
-/// Whether the enforcer binary is there.
-pub fn available() -> bool {
-    Path::new(&binary()).exists()
 }
 
 /// Whether this kernel has nftables' `queue` expression (nft_queue), which

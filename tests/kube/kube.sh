@@ -17,7 +17,8 @@
 # one module graph).
 #
 # helm (for the chart in deploy/chart: tests/deploy.rs lints and renders
-# it) is built the same way, with `go install`, into the same bin directory.
+# it) and kube-router (a real NetworkPolicy enforcer for tests/kube_real.rs)
+# are built the same way, with `go install`, into the same bin directory.
 #
 # Cache: PODGUARD_KUBE_CACHE, default /var/cache/podguard-kube.
 set -euo pipefail
@@ -25,6 +26,11 @@ set -euo pipefail
 KUBE_VERSION=${PODGUARD_KUBE_VERSION:-v1.36.3}
 ETCD_VERSION=${PODGUARD_ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${PODGUARD_HELM_VERSION:-v4.3.2}
+# kube-router, whose NetworkPolicy controller alone (--run-firewall)
+# tests/kube_real.rs runs next to podguard (keep in step with
+# tests/common/netpol.rs). v2.1.0 is the release the Go proxy serves here;
+# it is a test counterpart in network namespaces, never shipped.
+KUBE_ROUTER_VERSION=${PODGUARD_KUBE_ROUTER_VERSION:-v2.1.0}
 CACHE=${PODGUARD_KUBE_CACHE:-/var/cache/podguard-kube}
 BIN=$CACHE/$KUBE_VERSION-etcd-$ETCD_VERSION/bin
 
@@ -32,6 +38,10 @@ die() { echo "kube.sh: $*" >&2; exit 1; }
 
 built() {
   [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/etcd" ]
+}
+
+kube_router_built() {
+  [ -x "$BIN/kube-router" ] && [ "$(cat "$BIN/kube-router.version" 2>/dev/null)" = "$KUBE_ROUTER_VERSION" ]
 }
 
 helm_built() {
@@ -74,7 +84,7 @@ etcd_module() {
 
 setup() {
   command -v go >/dev/null || die "no Go toolchain (go) on PATH"
-  if built && helm_built; then ln -sfn "$BIN" "$CACHE/bin"; echo "$BIN"; return 0; fi
+  if built && helm_built && kube_router_built; then ln -sfn "$BIN" "$CACHE/bin"; echo "$BIN"; return 0; fi
   local start=$SECONDS work=$CACHE/build
   mkdir -p "$BIN" "$work"
   export CGO_ENABLED=0
@@ -94,11 +104,18 @@ setup() {
       || die "building helm $HELM_VERSION failed"
     echo "$HELM_VERSION" >"$BIN/helm.version"
   fi
+  if ! kube_router_built; then
+    # Built as it was tested: with cgo (the toolchain's default).
+    (cd "$work" && CGO_ENABLED=1 GOBIN="$BIN" go install -trimpath -ldflags "$ld" \
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION") \
+      || die "building kube-router $KUBE_ROUTER_VERSION failed"
+    echo "$KUBE_ROUTER_VERSION" >"$BIN/kube-router.version"
+  fi
   ln -sfn "$BIN" "$CACHE/bin"
   # The build and module caches (GBs) are not needed again on a CI machine,
   # which builds once: give the disk back to the Rust builds.
   if [ "${CI:-}" = "true" ]; then go clean -cache -modcache; fi
-  echo "kube.sh: built Kubernetes $KUBE_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION in $((SECONDS - start)) s" >&2
+  echo "kube.sh: built Kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION and kube-router $KUBE_ROUTER_VERSION in $((SECONDS - start)) s" >&2
   echo "$BIN"
 }
 
