@@ -125,8 +125,11 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_LISTEN_PORT", default_value_t = mesh::DEFAULT_LISTEN_PORT)]
     pub listen_port: u16,
 
-    /// Threads that encrypt and decrypt on the userspace datapath (one
-    /// peer's packets stay in order); 0 = one per CPU the agent may use.
+    /// Threads that encrypt (and, as many again, decrypt) on the userspace
+    /// datapath, each direction's datapath thread being one of them (one
+    /// peer's packets stay in order); 0 = half the CPUs the agent may use,
+    /// so both directions together have one per CPU (1 on a 2-core node,
+    /// where more only took time from the other direction).
     #[arg(
         long,
         env = "PODGUARD_CRYPTO_WORKERS",

@@ -121,7 +121,7 @@ pub struct Agent {
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
 /// persistent TUN, UAPI socket) and return a client for it.
-/// `crypto_workers` (userspace only; 0: one per CPU) run the datapath's
+/// `crypto_workers` per direction (userspace only; 0: half the CPUs) run the datapath's
 /// encryption and decryption.
 pub fn start_device(
     backend: Backend,
