@@ -350,19 +350,7 @@ fn in_vm_a_missing_or_wrong_peer_key_drops_and_never_leaks() {
 fn in_vm_kernel_path_rotation_completes_encrypted() {
     vm_only("in_vm_kernel_path_rotation_completes_encrypted");
     let _lab = common::lab::up_with(3, &["--backend", "kernel"]);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read("/run/podguard-lab/state.json").unwrap()).unwrap();
-    let pods: Vec<(String, String)> = state["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["netns"].as_str().unwrap().to_string(),
-                p["ips"][0].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let pods = lab_pods();
     for i in 1..=3 {
         let o = ok(&[
             "ip",
@@ -445,6 +433,23 @@ fn in_vm_kernel_path_rotation_completes_encrypted() {
     }
 }
 
+/// The lab's pods, in order: (namespace, first IP), from its state file.
+fn lab_pods() -> Vec<(String, String)> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("/run/podguard-lab/state.json").unwrap()).unwrap();
+    state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["netns"].as_str().unwrap().to_string(),
+                p["ips"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// `wg show podguard0 latest-handshakes` in lab node `i`'s namespace.
 fn lab_handshakes(i: usize) -> String {
     ok(&[
@@ -470,16 +475,8 @@ fn in_vm_a_restarted_agent_on_the_api_keeps_the_kernel_sessions() {
     // re-handshake with every peer. The nodes-file test above cannot see
     // it (no rotator there).
     let _lab = common::lab::up_with(2, &["--backend", "kernel"]);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read("/run/podguard-lab/state.json").unwrap()).unwrap();
-    let pod = |k: usize| {
-        let p = &state["pods"][k];
-        (
-            p["netns"].as_str().unwrap().to_string(),
-            p["ips"][0].as_str().unwrap().to_string(),
-        )
-    };
-    let ((p1, _), (_, ip2)) = (pod(0), pod(1));
+    let pods = lab_pods();
+    let ((p1, _), (_, ip2)) = (pods[0].clone(), pods[1].clone());
     let green = || common::lab::podguard(&["status", "--lab"]).status.success();
     wait_for("status to agree", Duration::from_secs(60), green);
     wait_for("pod n1 -> pod n2", Duration::from_secs(30), || {

@@ -9,8 +9,7 @@ mod sim;
 use std::net::SocketAddr;
 
 use sim::{Net, Threads, Wire, ip_packet, pod};
-use wgcore::gso::Flush;
-use wgcore::{Inline, Opened, Sealed, SourceCache, Workers};
+use wgcore::{Inline, Opened, Sealed, Workers};
 
 fn handshaken() -> Net {
     let mut net = Net::mesh(2);
@@ -30,24 +29,10 @@ fn payload(k: usize) -> Vec<u8> {
 /// the GSO runs, with where they go.
 fn seal<W: Workers>(net: &Net, i: usize, pkts: &[Vec<u8>], w: &W) -> Vec<(SocketAddr, Vec<u8>)> {
     let refs: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
-    let mut out = vec![0u8; wgcore::batch_buffer_len(refs.iter().map(|p| p.len()))];
-    let mut runs: Vec<Flush> = Vec::new();
-    net.nodes[i]
-        .core
-        .seal_batch(&refs, &mut out, w, &mut runs, net.now);
-    let mut end = 0;
-    let mut dgrams = Vec::new();
-    for f in runs {
-        assert!(f.range.start >= end, "runs overlap");
-        end = f.range.end;
-        for d in out[f.range].chunks(f.seg) {
-            dgrams.push((f.to, d.to_vec()));
-        }
-    }
-    dgrams
+    net.seal_batch(i, &refs, w)
 }
 
-/// Node `j` opens `dgrams` (all from `from`) as one batch on `w`.
+/// Node `j` opens `dgrams` (with where each came from) as one batch on `w`.
 fn open<W: Workers>(
     net: &mut Net,
     j: usize,
@@ -55,23 +40,7 @@ fn open<W: Workers>(
     w: &W,
 ) -> Vec<Opened> {
     let input: Vec<(&[u8], SocketAddr)> = dgrams.iter().map(|(f, d)| (d.as_slice(), *f)).collect();
-    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; 2048]; input.len()];
-    let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-    let mut opened = Vec::new();
-    net.nodes[j].core.open_batch(
-        &input,
-        &mut outs,
-        w,
-        &mut SourceCache::default(),
-        &mut opened,
-        net.now,
-    );
-    for (k, o) in opened.iter().enumerate() {
-        if let Opened::Packet(n) = o {
-            net.nodes[j].delivered.push(bufs[k][..*n].to_vec());
-        }
-    }
-    opened
+    net.open_batch(j, &input, w)
 }
 
 fn counter(d: &[u8]) -> u64 {

@@ -236,22 +236,11 @@ impl Net {
             .and_then(|p| wgcore::dst_address(p))
             .and_then(|d| self.nodes[i].core.route(d))
             .is_some();
-        let mut out = vec![0u8; wgcore::batch_buffer_len(pkts.iter().map(|p| p.len()))];
-        let mut runs = Vec::new();
-        self.nodes[i]
-            .core
-            .seal_batch(pkts, &mut out, w, &mut runs, self.now);
         let from = self.nodes[i].addr;
-        let mut first = None;
-        for f in runs {
-            for d in out[f.range].chunks(f.seg) {
-                first.get_or_insert(d.len());
-                self.push(Wire {
-                    from,
-                    to: f.to,
-                    bytes: d.to_vec(),
-                });
-            }
+        let sealed = self.seal_batch(i, pkts, w);
+        let first = sealed.first().map(|(_, d)| d.len());
+        for (to, bytes) in sealed {
+            self.push(Wire { from, to, bytes });
         }
         self.collect(i);
         match (first, routed) {
@@ -259,6 +248,59 @@ impl Net {
             (None, true) => Sealed::Held,
             (None, false) => Sealed::Dropped,
         }
+    }
+
+    /// Node `i` seals `pkts` as one batch on `w`: the datagrams, split out
+    /// of the GSO runs (which never overlap), with where they go. Nothing
+    /// is put on the wire.
+    pub fn seal_batch<W: wgcore::Workers>(
+        &self,
+        i: usize,
+        pkts: &[&[u8]],
+        w: &W,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = vec![0u8; wgcore::batch_buffer_len(pkts.iter().map(|p| p.len()))];
+        let mut runs = Vec::new();
+        self.nodes[i]
+            .core
+            .seal_batch(pkts, &mut out, w, &mut runs, self.now);
+        let mut end = 0;
+        let mut dgrams = Vec::new();
+        for f in runs {
+            assert!(f.range.start >= end, "runs overlap");
+            end = f.range.end;
+            for d in out[f.range].chunks(f.seg) {
+                dgrams.push((f.to, d.to_vec()));
+            }
+        }
+        dgrams
+    }
+
+    /// Node `j` opens `input` (datagrams with where each came from) as one
+    /// `open_batch` on `w`; what opened is delivered to its TUN.
+    pub fn open_batch<W: wgcore::Workers>(
+        &mut self,
+        j: usize,
+        input: &[(&[u8], SocketAddr)],
+        w: &W,
+    ) -> Vec<Opened> {
+        let mut bufs = vec![vec![0u8; 65_536]; input.len()];
+        let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let mut opened = Vec::new();
+        self.nodes[j].core.open_batch(
+            input,
+            &mut outs,
+            w,
+            &mut SourceCache::default(),
+            &mut opened,
+            self.now,
+        );
+        for (k, o) in opened.iter().enumerate() {
+            if let Opened::Packet(n) = o {
+                self.nodes[j].delivered.push(bufs[k][..*n].to_vec());
+            }
+        }
+        opened
     }
 
     /// A pod of node `i` sends `payload` to a pod of node `j`.
@@ -310,22 +352,7 @@ impl Net {
                 if input.is_empty() {
                     continue;
                 }
-                let mut bufs = vec![vec![0u8; 65_536]; input.len()];
-                let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-                let mut opened = Vec::new();
-                self.nodes[i].core.open_batch(
-                    &input,
-                    &mut outs,
-                    w,
-                    &mut SourceCache::default(),
-                    &mut opened,
-                    self.now,
-                );
-                for (k, o) in opened.iter().enumerate() {
-                    if let Opened::Packet(n) = o {
-                        self.nodes[i].delivered.push(bufs[k][..*n].to_vec());
-                    }
-                }
+                self.open_batch(i, &input, w);
                 self.collect(i);
             }
             self.unclaimed.extend(
