@@ -114,8 +114,7 @@ pub struct Agent {
     kernel: Option<(PathBuf, u16)>,
     /// Per-peer health (`peer_health`).
     peers: peer_health::PeerWatch,
-    /// Where the underlay MTU comes from, and what was found last.
-    underlay: underlay::UnderlayMtu,
+    /// The underlay interface and MTU found last (detect mode).
     underlay_found: Option<(String, u32)>,
 }
 
@@ -206,7 +205,6 @@ impl Agent {
             repair: std::sync::Arc::new(tokio::sync::Notify::new()),
             kernel: None,
             peers: peer_health::PeerWatch::new(cfg.peer_stale_after),
-            underlay: cfg.underlay_mtu,
             underlay_found: None,
             cfg,
         }

@@ -43,7 +43,7 @@ impl Agent {
     /// Refresh `cfg.mesh.underlay_mtu` before planning (detect mode);
     /// logs when the found value or interface changes.
     pub(super) async fn refresh_underlay_mtu(&mut self, nodes: &[NodeInfo]) {
-        let UnderlayMtu::Detect { fallback } = self.underlay else {
+        let UnderlayMtu::Detect { fallback } = self.cfg.underlay_mtu else {
             return;
         };
         let ip = nodes
