@@ -192,3 +192,31 @@ fn lab_on_the_real_control_plane() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// A lab left by a test run that was killed (its owner process gone) is
+/// removed by the next test run; a lab whose test is alive is not. CI once
+/// failed on a lab a killed rehearsal had left on the machine.
+#[test]
+fn a_killed_test_runs_lab_is_removed_by_the_next_run() {
+    if !require_root("a_killed_test_runs_lab_is_removed_by_the_next_run") {
+        return;
+    }
+    let lab_dir = std::path::Path::new(podguard::lab::cluster::STATE_DIR);
+    // Under the lock (no other lab test sees the fake), a lab "made" by a
+    // test process that is still running.
+    let _guard = common::lab::exclusive();
+    let mut owner = Command::new("sleep").arg("600").spawn().unwrap();
+    let owner_id = common::lab::process_id(owner.id()).unwrap();
+    std::fs::create_dir_all(lab_dir).unwrap();
+    std::fs::write(common::lab::TEST_OWNER, &owner_id).unwrap();
+
+    // Its owner alive: a lab in use, refused and left alone.
+    assert!(common::lab::reclaim_or_refuse().is_err());
+    assert!(lab_dir.exists(), "a live test's lab was removed");
+
+    // Its owner killed: the lab is in the way of nobody's work; removed.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    assert_eq!(common::lab::reclaim_or_refuse(), Ok(()));
+    assert!(!lab_dir.exists(), "a dead test's lab was left in the way");
+}

@@ -2,7 +2,10 @@
 //! time). A test takes the lab lock (so two test runs on one machine never
 //! tear down each other's lab), refuses to start when a lab it did not make
 //! is up (someone's own lab is never destroyed), and removes its lab on
-//! drop of the guard, also on panic.
+//! drop of the guard, also on panic. A test run that was killed (CI
+//! stopped, a session ended) cannot remove its lab; it leaves
+//! [`TEST_OWNER`] naming its process, so the next test run recognises
+//! that lab as a dead test's and removes it instead of failing on it.
 
 use std::process::{Command, Output};
 
@@ -24,11 +27,35 @@ pub struct Down {
 impl Drop for Down {
     fn drop(&mut self) {
         let _ = podguard(&["lab", "down"]);
+        let _ = std::fs::remove_file(TEST_OWNER);
     }
 }
 
 /// The lock every lab test holds while its lab exists.
 pub const TEST_LOCK: &str = "/run/podguard-lab.tests.lock";
+
+/// Written under the lock by the test that is about to make a lab:
+/// "PID STARTTIME" of its process (start time from /proc, so a reused pid
+/// is not mistaken for it). Removed after its lab is.
+pub const TEST_OWNER: &str = "/run/podguard-lab.tests.owner";
+
+/// "PID STARTTIME" of process `pid`, None when it does not exist.
+pub fn process_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime); fields after the ")" that ends the command name.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let start = after.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// The process named in [`TEST_OWNER`] when it is gone: the lab that is up
+/// was made by a test run that was killed before it could remove it.
+fn dead_test_owner() -> Option<String> {
+    let owner = std::fs::read_to_string(TEST_OWNER).ok()?;
+    let owner = owner.trim();
+    let pid: u32 = owner.split_whitespace().next()?.parse().ok()?;
+    (process_id(pid).as_deref() != Some(owner)).then(|| owner.to_string())
+}
 
 /// Take the lab lock (waiting for another test run's lab to go), then
 /// make sure no lab is up: one that exists now is someone else's, and is
@@ -43,16 +70,37 @@ pub fn exclusive() -> Down {
     let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap();
-    if let Err(e) = refuse_foreign() {
+    if let Err(e) = reclaim_or_refuse() {
         // Not a lab of a test (those hold the lock): leave it alone.
         drop(lock);
         panic!("{e}");
     }
+    let me = process_id(std::process::id()).expect("this test's own /proc entry");
+    std::fs::write(TEST_OWNER, me).unwrap();
     Down { _lock: lock }
 }
 
-/// Err when a lab is up: under the lock, it is not a test's, so it is
-/// someone's own and must be left alone.
+/// Under the lock: remove a lab that a killed test run left (its
+/// [`TEST_OWNER`] gone), refuse any other lab that is up.
+pub fn reclaim_or_refuse() -> Result<(), String> {
+    if podguard::lab::cluster::exists()
+        && let Some(owner) = dead_test_owner()
+    {
+        eprintln!("removing a lab left by a killed test run (process {owner})");
+        let down = podguard(&["lab", "down"]);
+        if !down.status.success() {
+            return Err(format!(
+                "lab down: {}",
+                String::from_utf8_lossy(&down.stderr)
+            ));
+        }
+    }
+    refuse_foreign()
+}
+
+/// Err when a lab is up: under the lock, and its test owner (if any)
+/// alive, it is not a dead test's, so it is someone's own and must be
+/// left alone.
 pub fn refuse_foreign() -> Result<(), String> {
     if podguard::lab::cluster::exists() {
         return Err("a lab is up that this test did not make (namespaces pglab-*, /run/podguard-lab): it is left alone; run `podguard lab down` if it is yours".into());
