@@ -6,12 +6,15 @@
 #      ratio of the slower to the faster (1.0 = fair; no peer starved);
 #   2. many pods: 2 nodes x 8 pods, the 8 pod pairs across the nodes send
 #      at once: the aggregate next to one stream alone on the same lab.
-#   bench/mesh-load.sh [SECONDS]   (root; default 10 s per measurement)
+#   bench/mesh-load.sh [SECONDS] [REPS]   (root; default 10 s per
+#   measurement, 3 repetitions: "alone" and "at once" runs alternate, and
+#   the medians are compared, since this machine's throughput swings)
 # Refuses to run while another lab is up (the lab is one per machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench/mesh-load.sh: run as root (network namespaces)" >&2; exit 1; }
 SECS=${1:-10}
+REPS=${2:-3}
 command -v iperf3 >/dev/null || { echo "bench/mesh-load.sh: iperf3 missing: apt-get install -y iperf3" >&2; exit 1; }
 cargo build --release --locked --bins -p podguard >&2
 P=./target/release/podguard
@@ -55,15 +58,22 @@ read -r b ipb < <(pods_of 2)
 read -r c ipc < <(pods_of 3)
 server "$b" 5201; server "$c" 5201
 sleep 0.5
-client "$a" "$ipb" 5201 "$out/alone.json"
-client "$a" "$ipb" 5201 "$out/f2.json" & client "$a" "$ipc" 5201 "$out/f3.json" & wait
-read -r alone < <(gbps "$out/alone.json")
-mapfile -t f < <(gbps "$out/f2.json" "$out/f3.json")
-python3 - "$alone" "${f[0]}" "${f[1]}" <<'EOF'
-import sys
-alone, x, y = map(float, sys.argv[1:])
-print(f"fairness: one stream alone {alone:.2f} Gbit/s; to node-2 {x:.2f} and to node-3 {y:.2f} at once "
-      f"(sum {x + y:.2f}, slower/faster {min(x, y) / max(x, y):.2f})")
+for r in $(seq 1 "$REPS"); do
+  client "$a" "$ipb" 5201 "$out/alone$r.json"
+  client "$a" "$ipb" 5201 "$out/f2-$r.json" & client "$a" "$ipc" 5201 "$out/f3-$r.json" & wait
+done
+mapfile -t alone < <(for r in $(seq 1 "$REPS"); do gbps "$out/alone$r.json"; done)
+mapfile -t f2 < <(for r in $(seq 1 "$REPS"); do gbps "$out/f2-$r.json"; done)
+mapfile -t f3 < <(for r in $(seq 1 "$REPS"); do gbps "$out/f3-$r.json"; done)
+python3 - "${alone[*]}" "${f2[*]}" "${f3[*]}" <<'EOF'
+import statistics as st, sys
+alone, f2, f3 = ([float(v) for v in a.split()] for a in sys.argv[1:])
+fair = [min(x, y) / max(x, y) for x, y in zip(f2, f3)]
+print(f"fairness ({len(alone)} reps, medians): one stream alone {st.median(alone):.2f} Gbit/s; "
+      f"to node-2 {st.median(f2):.2f} and to node-3 {st.median(f3):.2f} at once "
+      f"(sum {st.median([x + y for x, y in zip(f2, f3)]):.2f}; slower/faster {st.median(fair):.2f}, "
+      f"worst {min(fair):.2f})")
+print("  each rep (alone | node-2 + node-3):", "; ".join(f"{a:.2f} | {x:.2f} + {y:.2f}" for a, x, y in zip(alone, f2, f3)))
 EOF
 $P lab down >&2
 
@@ -77,17 +87,27 @@ for i in $(seq 0 7); do
 done
 sleep 0.5
 read -r a0 _ <<<"${left[0]}"; read -r _ ip0 <<<"${right[0]}"
-client "$a0" "$ip0" 5201 "$out/one.json"
-for i in $(seq 0 7); do
-  read -r ns _ <<<"${left[$i]}"; read -r _ ip <<<"${right[$i]}"
-  client "$ns" "$ip" $((5201 + i)) "$out/p$i.json" &
+for r in $(seq 1 "$REPS"); do
+  client "$a0" "$ip0" 5201 "$out/one$r.json"
+  for i in $(seq 0 7); do
+    read -r ns _ <<<"${left[$i]}"; read -r _ ip <<<"${right[$i]}"
+    client "$ns" "$ip" $((5201 + i)) "$out/r$r-p$i.json" &
+  done
+  wait
 done
-wait
-read -r one < <(gbps "$out/one.json")
-mapfile -t each < <(gbps "$out"/p?.json)
-python3 - "$one" "${each[@]}" <<'EOF'
-import sys
-one, *each = map(float, sys.argv[1:])
-print(f"many pods: one pair alone {one:.2f} Gbit/s; 8 pairs at once {sum(each):.2f} in all "
-      f"({sum(each) / one:.2f}x one pair; per pair min {min(each):.2f}, max {max(each):.2f})")
+mapfile -t one < <(for r in $(seq 1 "$REPS"); do gbps "$out/one$r.json"; done)
+all=()
+for r in $(seq 1 "$REPS"); do
+  mapfile -t each < <(gbps "$out"/r"$r"-p?.json)
+  all+=("${each[*]}")
+done
+python3 - "${one[*]}" "${all[@]}" <<'EOF'
+import statistics as st, sys
+one = [float(v) for v in sys.argv[1].split()]
+reps = [[float(v) for v in r.split()] for r in sys.argv[2:]]
+sums = [sum(r) for r in reps]
+print(f"many pods ({len(one)} reps, medians): one pair alone {st.median(one):.2f} Gbit/s; "
+      f"8 pairs at once {st.median(sums):.2f} in all ({st.median(sums) / st.median(one):.2f}x one pair)")
+print("  each rep (alone | 8 at once, per pair min-max):",
+      "; ".join(f"{o:.2f} | {s:.2f} ({min(r):.2f}-{max(r):.2f})" for o, s, r in zip(one, sums, reps)))
 EOF

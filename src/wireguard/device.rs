@@ -21,6 +21,7 @@ use std::time::{Instant, SystemTime};
 use keys::{PrivateKey, PublicKey};
 use parking_lot::RwLock;
 use wgcore::Core;
+use wgcore::gso::GsoBatch;
 use wgcore::uapi::{PeerStatus, SetRequest};
 
 use super::workers;
@@ -212,9 +213,25 @@ impl Device {
     }
 
     /// Send the control datagrams the core has queued.
+    ///
+    /// Runs of equal-size datagrams to one endpoint leave in one GSO send
+    /// (assembled by the core's [`GsoBatch`]): under a flood of spoofed
+    /// initiations from one address, the cookie replies to a whole receive
+    /// batch cost one `sendmsg`, not one each.
     pub(super) fn flush(&self) {
+        let mut buf = Vec::new();
+        let mut batch = GsoBatch::contiguous();
+        let mut runs = Vec::new();
         while let Some(t) = self.core.poll_transmit() {
-            self.send_to(&t.bytes, t.to);
+            // Contiguous: every datagram goes at the end of the buffer.
+            let (_, f) = batch.next(t.to);
+            runs.extend(f);
+            buf.extend_from_slice(&t.bytes);
+            runs.extend(batch.commit(t.bytes.len()));
+        }
+        runs.extend(batch.finish());
+        for f in runs {
+            self.send_run(&buf[f.range], f.seg, f.to);
         }
     }
 

@@ -2,10 +2,17 @@
 //! (up to 64 KB); tun-rs splits them into MTU-sized packets, the core
 //! seals them back to back into one buffer (the crypto on the device's
 //! workers), and says which runs go out with one UDP GSO send: one TUN
-//! read and one UDP send per super-packet instead of ~45 each.
+//! read and one UDP send per super-packet instead of ~45 each. When more
+//! super-packets are already waiting (many flows, or a flow whose TCP
+//! sends less than 64 KB at a time), they join the batch: their
+//! datagrams to one peer extend the same GSO run, so a peer receives
+//! fewer, larger sends.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use wgcore::gso;
@@ -15,18 +22,32 @@ use super::device::Device;
 /// Largest single packet (after GSO splitting): a jumbo-frame MTU.
 pub const PKT_MAX: usize = 9216;
 
+/// Packet slots per batch: room for several super-packets.
+const SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
+/// Another read joins the batch only while this many slots are free (a
+/// 64 KB super-packet of 1420-byte segments takes 45; tun-rs needs room
+/// for all of a super-packet's segments).
+const ROOM_FOR_ONE: usize = 64;
+
+/// Whether the TUN has a packet waiting now (never blocks).
+fn ready(tun: &tun_rs::SyncDevice) -> bool {
+    let mut fds = [PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+}
+
 pub fn run(dev: &Device) {
     let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; PKT_MAX]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; PKT_MAX]; SLOTS];
+    let mut sizes = vec![0usize; SLOTS];
     // Room for a whole batch: its crypto runs before any of it is sent.
-    let mut out = vec![0u8; wgcore::batch_buffer_len([PKT_MAX; IDEAL_BATCH_SIZE])];
+    let mut out = vec![0u8; wgcore::batch_buffer_len([PKT_MAX; SLOTS])];
+    let drain = std::env::var_os("PODGUARD_TUN_ONE_READ").is_none();
     let mut runs: Vec<gso::Flush> = Vec::new();
     let mut gone_logged = false;
     let crypto = dev.crypto_pool();
     loop {
         let tun = dev.tun.read().clone();
-        let n = match tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
+        let mut n = match tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
             Ok(n) => {
                 gone_logged = false;
                 n
@@ -46,6 +67,14 @@ pub fn run(dev: &Device) {
                 continue;
             }
         };
+        // What is already waiting joins the batch (errors are left to the
+        // next blocking read).
+        while drain && n + ROOM_FOR_ONE <= SLOTS && ready(&tun) {
+            match tun.recv_multiple(&mut orig, &mut bufs[n..], &mut sizes[n..], 0) {
+                Ok(more) => n += more,
+                Err(_) => break,
+            }
+        }
         let pkts: Vec<&[u8]> = bufs[..n]
             .iter()
             .zip(&sizes[..n])

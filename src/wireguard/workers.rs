@@ -1,29 +1,28 @@
 //! The crypto workers: the core splits each batch's sealing and opening
 //! into independent jobs (`wgcore::Workers`), and a pool runs them on `n`
 //! cores. Each datapath thread (one per direction) builds its own pool
-//! with itself as worker 0 plus `n - 1` helper threads (rayon): the
-//! datapath thread takes a share of every batch and waits for the rest
-//! the way rayon's workers do (stealing, spinning briefly), not parked on
-//! a lock — on a VM a park and wake cost about as much as sealing a
-//! quarter of a 64 KB batch. Packets keep their order whatever the pool
+//! with itself as worker 0 plus `n - 1` helper threads (rayon). A batch
+//! is cut into shares that the datapath thread and the helpers claim
+//! from one counter: a helper slow to wake (on a VM a park and wake cost
+//! about as much as sealing a quarter of a 64 KB batch) finds fewer
+//! shares left, and the datapath thread never waits for one it could
+//! have done itself. Packets keep their order whatever the pool
 //! does: the drivers write a batch out in input order once every job is
 //! done. `n = 1` runs everything on the datapath thread.
 
 use std::io;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wgcore::Workers;
 
 /// Fewer jobs than this run on the calling thread: waking a worker costs
 /// more than sealing a few packets.
 const MIN_PARALLEL: usize = 8;
-/// Shares per worker: a batch is cut finer than one share per worker, so
-/// that while a helper is still waking up the calling thread takes more
-/// of the shares instead of waiting for a fixed half (halves gave 1.5x on
-/// 2 workers; the slow wake-up was the rest).
-const SHARES_PER_WORKER: usize = 4;
-/// A share is at least this many jobs (a spawned share costs an
-/// allocation and a deque push; one packet's seal is ~1 µs).
-const MIN_SHARE: usize = 3;
+/// Jobs per share. Claiming a share costs an atomic add and an
+/// uncontended lock (tens of ns) against ~1 µs per packet's seal: small
+/// shares keep the two threads' ends close together.
+const SHARE: usize = 2;
 
 /// `n` crypto workers.
 pub struct Pool {
@@ -93,21 +92,53 @@ impl Workers for Pool {
             items.iter_mut().for_each(f);
             return;
         }
-        let chunk = items
-            .len()
-            .div_ceil(self.n * SHARES_PER_WORKER)
-            .max(MIN_SHARE);
-        let mut chunks = items.chunks_mut(chunk);
-        let mine = chunks.next();
+        let shares = Shares::new(items, SHARE);
+        let shares = &shares;
         pool.in_place_scope(|s| {
-            for c in chunks {
-                s.spawn(move |_| c.iter_mut().for_each(f));
+            // One job per helper, each taking shares until none are left;
+            // the calling thread takes shares meanwhile. A helper slow to
+            // wake finds few or none left: the caller never waits on it
+            // for a share it could have done itself (and if no helper ever
+            // started, the caller runs the helpers' jobs on the way out of
+            // the scope, and they find nothing to do).
+            for _ in 1..self.n {
+                s.spawn(move |_| shares.work(f));
             }
-            // The calling thread takes the first share itself.
-            if let Some(c) = mine {
+            shares.work(f);
+        });
+    }
+}
+
+/// A batch cut into shares that any thread may claim, each exactly once.
+struct Shares<'a, T> {
+    next: AtomicUsize,
+    shares: Vec<Mutex<Option<&'a mut [T]>>>,
+}
+
+impl<'a, T: Send> Shares<'a, T> {
+    fn new(items: &'a mut [T], chunk: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            shares: items
+                .chunks_mut(chunk)
+                .map(|c| Mutex::new(Some(c)))
+                .collect(),
+        }
+    }
+
+    /// Claim shares and run `f` on their items until none are left.
+    fn work(&self, f: &(dyn Fn(&mut T) + Sync)) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(share) = self.shares.get(i) else {
+                return;
+            };
+            // Each index is claimed once: the lock is never contended.
+            let taken = share.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(c) = taken {
                 c.iter_mut().for_each(f);
             }
-        });
+        }
     }
 }
 
