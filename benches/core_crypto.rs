@@ -4,7 +4,11 @@
 //! (`podguard::wireguard::workers::Pool`, the pool the device uses).
 //! Target (issue 17): 2 workers ≥ 1.7× 1 worker on a 2-core machine.
 //!
-//! Run: `cargo bench --bench core_crypto`.
+//! Run: `cargo bench --bench core_crypto`. After criterion's groups (1
+//! worker, then 2: minutes apart, on a shared machine whose speed drifts
+//! within minutes), a paired run alternates 1 and 2 workers every few
+//! milliseconds and prints the ratio of their medians: the figure to
+//! compare on a noisy machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,6 +189,57 @@ fn bench(c: &mut Criterion) {
         );
     }
     g.finish();
+    // A thread belongs to one pool at most: a fresh one for the pair.
+    std::thread::scope(|s| s.spawn(|| paired(&a, &b, &refs)).join().unwrap());
+}
+
+/// Median time per batch of `f` over `rounds` rounds of `per` batches.
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// 1 and 2 workers alternating, `ROUNDS` rounds of `PER` batches each:
+/// seal, then open; prints median µs per batch and the ratio.
+fn paired(a: &Node, b: &Node, refs: &[&[u8]]) {
+    const ROUNDS: usize = 60;
+    const PER: usize = 50;
+    let pools = [
+        Pool::on_this_thread(1).unwrap(),
+        Pool::on_this_thread(2).unwrap(),
+    ];
+    let mut out = vec![0u8; wgcore::batch_buffer_len(refs.iter().map(|p| p.len()))];
+    let mut runs = Vec::new();
+    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; 2048]; PACKETS];
+    let mut opened: Vec<Opened> = Vec::new();
+    let mut cache = SourceCache::default();
+    let mut seal_t = [Vec::new(), Vec::new()];
+    let mut open_t = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (w, pool) in pools.iter().enumerate() {
+            let start = Instant::now();
+            for _ in 0..PER {
+                seal(a, refs, &mut out, &mut runs, pool);
+            }
+            seal_t[w].push(start.elapsed() / PER as u32);
+            let batches: Vec<Vec<Vec<u8>>> = (0..PER).map(|_| sealed_batch(a, refs)).collect();
+            let start = Instant::now();
+            for dgrams in &batches {
+                open(b, a.addr, dgrams, &mut bufs, pool, &mut cache, &mut opened);
+            }
+            open_t[w].push(start.elapsed() / PER as u32);
+        }
+    }
+    assert!(opened.iter().all(|o| matches!(o, Opened::Packet(_))));
+    for (name, t) in [("seal_batch", seal_t), ("open_batch", open_t)] {
+        let [one, two] = t.map(median);
+        println!(
+            "paired {name}: 1 worker {:.1} µs, 2 workers {:.1} µs per batch: {:.2}x",
+            one.as_secs_f64() * 1e6,
+            two.as_secs_f64() * 1e6,
+            one.as_secs_f64() / two.as_secs_f64()
+        );
+    }
 }
 
 criterion_group!(benches, bench);
