@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::kubelab::require_real_kube;
-use common::lab::{podguard, up_small, up_with};
+use common::lab::{podguard, up_nodes, up_small, up_with};
 use common::*;
 
 fn lab_namespaces() -> Vec<String> {
@@ -194,29 +194,49 @@ fn lab_on_the_real_control_plane() {
 }
 
 /// A lab left by a test run that was killed (its owner process gone) is
-/// removed by the next test run; a lab whose test is alive is not. CI once
-/// failed on a lab a killed rehearsal had left on the machine.
+/// removed by the next test run; a lab whose test is alive is not, nor is
+/// a lab without a record (someone's own). CI once failed on a lab a
+/// killed rehearsal had left on the machine.
 #[test]
 fn a_killed_test_runs_lab_is_removed_by_the_next_run() {
     if !require_root("a_killed_test_runs_lab_is_removed_by_the_next_run") {
         return;
     }
     let lab_dir = std::path::Path::new(podguard::lab::cluster::STATE_DIR);
-    // Under the lock (no other lab test sees the fake), a lab "made" by a
-    // test process that is still running.
+    // Under the lock (no other lab test sees the fakes).
     let _guard = common::lab::exclusive();
-    let mut owner = Command::new("sleep").arg("600").spawn().unwrap();
-    let owner_id = common::lab::process_id(owner.id()).unwrap();
-    std::fs::create_dir_all(lab_dir).unwrap();
-    std::fs::write(common::lab::TEST_OWNER, &owner_id).unwrap();
 
-    // Its owner alive: a lab in use, refused and left alone.
+    // A lab nobody recorded: someone's own, refused and left alone.
+    std::fs::create_dir_all(lab_dir).unwrap();
+    assert!(common::lab::reclaim_or_refuse().is_err());
+    assert!(lab_dir.exists(), "someone's own lab was removed");
+
+    // A lab "made" by a test process that is still running.
+    let owner = KillOnDrop(Command::new("sleep").arg("600").spawn().unwrap());
+    let owner_id = common::lab::process_id(owner.0.id()).unwrap();
+    std::fs::write(common::lab::owner_file(), &owner_id).unwrap();
     assert!(common::lab::reclaim_or_refuse().is_err());
     assert!(lab_dir.exists(), "a live test's lab was removed");
 
     // Its owner killed: the lab is in the way of nobody's work; removed.
-    owner.kill().unwrap();
-    owner.wait().unwrap();
+    drop(owner);
     assert_eq!(common::lab::reclaim_or_refuse(), Ok(()));
     assert!(!lab_dir.exists(), "a dead test's lab was left in the way");
+}
+
+/// `lab up` records the test process that made it in the lab, and the
+/// record goes with the lab.
+#[test]
+fn a_labs_owner_record_lives_and_dies_with_the_lab() {
+    if !require_root("a_labs_owner_record_lives_and_dies_with_the_lab") {
+        return;
+    }
+    let guard = up_nodes(2);
+    let me = common::lab::process_id(std::process::id()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(common::lab::owner_file()).unwrap(),
+        me
+    );
+    drop(guard);
+    assert!(!common::lab::owner_file().exists());
 }

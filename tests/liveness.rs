@@ -57,7 +57,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         return;
     }
     let _guard = exclusive();
-    let up = Command::new(env!("CARGO_BIN_EXE_podguard"))
+    let up = common::lab::podguard_command()
         .args([
             "lab",
             "up",

@@ -233,8 +233,17 @@ fn ip_batch(ns: &str, lines: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A label `lab up` records in the lab's state directory (file `owner`)
+/// when this variable is set: test harnesses name their process in it, so
+/// that a later run can tell a lab a killed test left from someone's own.
+/// Removed with the lab.
+pub const OWNER_ENV: &str = "PODGUARD_LAB_OWNER";
+
 fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     std::fs::create_dir_all(dir())?;
+    if let Some(owner) = std::env::var_os(OWNER_ENV) {
+        std::fs::write(dir().join("owner"), owner.as_encoded_bytes())?;
+    }
     std::fs::write(dir().join("underlay"), &spec.underlay)?;
     let api_addr = plan::api_addr(&spec.underlay);
     std::fs::create_dir_all("/run/wireguard")?;

@@ -5,8 +5,8 @@
 //! read and one UDP send per super-packet instead of ~45 each. When more
 //! super-packets are already waiting (many flows, or a flow whose TCP
 //! sends less than 64 KB at a time), they join the batch: their
-//! datagrams to one peer extend the same GSO run, so a peer receives
-//! fewer, larger sends.
+//! datagrams to one peer can share GSO runs (a run still ends at a
+//! shorter datagram or at 64 KB), so a peer receives fewer sends.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -23,11 +23,13 @@ use super::device::Device;
 pub const PKT_MAX: usize = 9216;
 
 /// Packet slots per batch: room for several super-packets.
-const SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
-/// Another read joins the batch only while this many slots are free (a
-/// 64 KB super-packet of 1420-byte segments takes 45; tun-rs needs room
-/// for all of a super-packet's segments).
-const ROOM_FOR_ONE: usize = 64;
+const SLOTS: usize = 3 * IDEAL_BATCH_SIZE;
+/// Another read joins the batch only while this many slots are free: as
+/// many as the first read has. tun-rs takes a super-packet off the TUN
+/// before it knows its segment count, and drops it if the slots cannot
+/// hold every segment (a 64 KB super-packet with a small MSS has more
+/// than 64).
+const ROOM_FOR_ONE: usize = IDEAL_BATCH_SIZE;
 
 /// Whether the TUN has a packet waiting now (never blocks).
 fn ready(tun: &tun_rs::SyncDevice) -> bool {
@@ -67,12 +69,16 @@ pub fn run(dev: &Device) {
                 continue;
             }
         };
-        // What is already waiting joins the batch (errors are left to the
-        // next blocking read).
+        // What is already waiting joins the batch.
         while drain && n + ROOM_FOR_ONE <= SLOTS && ready(&tun) {
             match tun.recv_multiple(&mut orig, &mut bufs[n..], &mut sizes[n..], 0) {
                 Ok(more) => n += more,
-                Err(_) => break,
+                Err(e) => {
+                    // As for the first read: that packet is lost, the
+                    // batch so far goes out.
+                    tracing::debug!(error = %e, "TUN read");
+                    break;
+                }
             }
         }
         let pkts: Vec<&[u8]> = bufs[..n]

@@ -3,9 +3,12 @@
 //! tear down each other's lab), refuses to start when a lab it did not make
 //! is up (someone's own lab is never destroyed), and removes its lab on
 //! drop of the guard, also on panic. A test run that was killed (CI
-//! stopped, a session ended) cannot remove its lab; it leaves
-//! [`TEST_OWNER`] naming its process, so the next test run recognises
-//! that lab as a dead test's and removes it instead of failing on it.
+//! stopped, a session ended) cannot remove its lab; its lab records the
+//! test's process (`lab up` writes [`owner_file`] from
+//! `PODGUARD_LAB_OWNER`), so the next test run recognises that lab as a
+//! dead test's and removes it instead of failing on it. The record lives
+//! and dies with the lab: a lab someone makes later has none, and is
+//! refused.
 
 use std::process::{Command, Output};
 
@@ -13,10 +16,18 @@ use serde_json::Value;
 
 /// Run the `podguard` CLI.
 pub fn podguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_podguard"))
-        .args(args)
-        .output()
-        .unwrap()
+    podguard_command().args(args).output().unwrap()
+}
+
+/// The `podguard` CLI, telling a `lab up` that this test process owns the
+/// lab.
+pub fn podguard_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_podguard"));
+    c.env(
+        podguard::lab::cluster::OWNER_ENV,
+        process_id(std::process::id()).expect("this test's own /proc entry"),
+    );
+    c
 }
 
 /// Holds the lab lock; removes the lab it made when dropped.
@@ -27,17 +38,16 @@ pub struct Down {
 impl Drop for Down {
     fn drop(&mut self) {
         let _ = podguard(&["lab", "down"]);
-        let _ = std::fs::remove_file(TEST_OWNER);
     }
 }
 
 /// The lock every lab test holds while its lab exists.
 pub const TEST_LOCK: &str = "/run/podguard-lab.tests.lock";
 
-/// Written under the lock by the test that is about to make a lab:
-/// "PID STARTTIME" of its process (start time from /proc, so a reused pid
-/// is not mistaken for it). Removed after its lab is.
-pub const TEST_OWNER: &str = "/run/podguard-lab.tests.owner";
+/// Where a lab records the test process that made it.
+pub fn owner_file() -> std::path::PathBuf {
+    std::path::Path::new(podguard::lab::cluster::STATE_DIR).join("owner")
+}
 
 /// "PID STARTTIME" of process `pid`, None when it does not exist.
 pub fn process_id(pid: u32) -> Option<String> {
@@ -48,10 +58,11 @@ pub fn process_id(pid: u32) -> Option<String> {
     Some(format!("{pid} {start}"))
 }
 
-/// The process named in [`TEST_OWNER`] when it is gone: the lab that is up
-/// was made by a test run that was killed before it could remove it.
+/// The process named in the lab's [`owner_file`] when it is gone: the lab
+/// that is up was made by a test run that was killed before it could
+/// remove it.
 fn dead_test_owner() -> Option<String> {
-    let owner = std::fs::read_to_string(TEST_OWNER).ok()?;
+    let owner = std::fs::read_to_string(owner_file()).ok()?;
     let owner = owner.trim();
     let pid: u32 = owner.split_whitespace().next()?.parse().ok()?;
     (process_id(pid).as_deref() != Some(owner)).then(|| owner.to_string())
@@ -75,13 +86,12 @@ pub fn exclusive() -> Down {
         drop(lock);
         panic!("{e}");
     }
-    let me = process_id(std::process::id()).expect("this test's own /proc entry");
-    std::fs::write(TEST_OWNER, me).unwrap();
     Down { _lock: lock }
 }
 
 /// Under the lock: remove a lab that a killed test run left (its
-/// [`TEST_OWNER`] gone), refuse any other lab that is up.
+/// [`owner_file`] names a process that is gone), refuse any other lab
+/// that is up.
 pub fn reclaim_or_refuse() -> Result<(), String> {
     if podguard::lab::cluster::exists()
         && let Some(owner) = dead_test_owner()
