@@ -433,20 +433,13 @@ fn in_vm_kernel_path_rotation_completes_encrypted() {
     }
 }
 
-/// The lab's pods, in order: (namespace, first IP), from its state file.
+/// The lab's pods, in order: (namespace, first IP).
 fn lab_pods() -> Vec<(String, String)> {
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read("/run/podguard-lab/state.json").unwrap()).unwrap();
-    state["pods"]
-        .as_array()
+    podguard::lab::cluster::load()
         .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["netns"].as_str().unwrap().to_string(),
-                p["ips"][0].as_str().unwrap().to_string(),
-            )
-        })
+        .pods
+        .into_iter()
+        .map(|p| (p.netns, p.ips[0].clone()))
         .collect()
 }
 

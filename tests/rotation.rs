@@ -30,16 +30,14 @@ struct Pod {
 }
 
 fn pods() -> Vec<Pod> {
-    let s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read("/run/podguard-lab/state.json").unwrap()).unwrap();
-    s["pods"]
-        .as_array()
+    podguard::lab::cluster::load()
         .unwrap()
-        .iter()
+        .pods
+        .into_iter()
         .map(|p| Pod {
-            node: p["node"].as_str().unwrap().into(),
-            netns: p["netns"].as_str().unwrap().into(),
-            ip: p["ips"][0].as_str().unwrap().into(),
+            ip: p.ips[0].clone(),
+            node: p.node,
+            netns: p.netns,
         })
         .collect()
 }
