@@ -7,7 +7,8 @@
 //! agent, `ip route flush`), and then pod traffic would take the default
 //! route in plaintext. The `output` and `forward` chains drop every packet
 //! to a cluster CIDR that would leave through any interface but
-//! `podguard0`, `cbr0` or `lo`, whatever the routing table says. The table
+//! `podguard0` (or a key rotation's companion, `podguard0n`/`podguard0p`),
+//! `cbr0` or `lo`, whatever the routing table says. The table
 //! is kernel state: it stays while the agent is stopped or restarting, and
 //! only an explicit uninstall (`nft delete table inet podguard`) removes it.
 //!
@@ -36,8 +37,21 @@ pub const TABLE: &str = "podguard";
 pub const NAT_CHAIN: &str = "postrouting";
 /// The barrier's chains (filter, priority 0).
 pub const BARRIER_CHAINS: [&str; 2] = ["output", "forward"];
+/// The WireGuard interfaces: `podguard0` and a key rotation's companions
+/// on kernel WireGuard (`mesh::companion`).
+pub const TUNNEL_IFS: [&str; 3] = [
+    mesh::WG_IFNAME,
+    mesh::companion::NEXT_IFNAME,
+    mesh::companion::PEERS_NEXT_IFNAME,
+];
 /// Interfaces cluster-bound traffic may leave through.
-pub const ALLOWED_OIFS: [&str; 3] = [mesh::WG_IFNAME, mesh::BRIDGE_IFNAME, "lo"];
+pub const ALLOWED_OIFS: [&str; 5] = [
+    TUNNEL_IFS[0],
+    TUNNEL_IFS[1],
+    TUNNEL_IFS[2],
+    mesh::BRIDGE_IFNAME,
+    "lo",
+];
 /// Priority `srcnat`.
 const SRCNAT: i32 = 100;
 
@@ -150,7 +164,7 @@ pub fn ruleset(
         b.delete(nat);
         return b.to_nftables();
     }
-    for dev in [mesh::WG_IFNAME, mesh::BRIDGE_IFNAME] {
+    for dev in TUNNEL_IFS.into_iter().chain([mesh::BRIDGE_IFNAME]) {
         b.add(rule(NAT_CHAIN, vec![oifname(dev), Statement::Return(None)]));
     }
     for c in cluster_cidrs {
@@ -226,15 +240,24 @@ mod tests {
             assert_eq!(c["add"]["chain"]["hook"], hook);
             assert_eq!(c["add"]["chain"]["type"], "filter");
             let rules = chain_rules(&v, chain);
-            assert_eq!(rules[..3], [oif("podguard0"), oif("cbr0"), oif("lo")]);
             assert_eq!(
-                rules[3][0]["match"]["right"]["prefix"]["addr"],
+                rules[..5],
+                [
+                    oif("podguard0"),
+                    oif("podguard0n"),
+                    oif("podguard0p"),
+                    oif("cbr0"),
+                    oif("lo")
+                ]
+            );
+            assert_eq!(
+                rules[5][0]["match"]["right"]["prefix"]["addr"],
                 "10.244.0.0"
             );
-            assert_eq!(rules[3][2], json!({"drop": null}));
-            assert_eq!(rules[4][0]["match"]["left"]["payload"]["protocol"], "ip6");
-            assert_eq!(rules[4][2], json!({"drop": null}));
-            assert_eq!(rules.len(), 5);
+            assert_eq!(rules[5][2], json!({"drop": null}));
+            assert_eq!(rules[6][0]["match"]["left"]["payload"]["protocol"], "ip6");
+            assert_eq!(rules[6][2], json!({"drop": null}));
+            assert_eq!(rules.len(), 7);
         }
     }
 
@@ -246,8 +269,8 @@ mod tests {
             false,
         ))
         .unwrap();
-        assert_eq!(chain_rules(&v, "output").len(), 4);
-        assert_eq!(chain_rules(&v, "forward").len(), 4);
+        assert_eq!(chain_rules(&v, "output").len(), 6);
+        assert_eq!(chain_rules(&v, "forward").len(), 6);
         assert!(chain_rules(&v, "postrouting").is_empty());
         let last = v["nftables"].as_array().unwrap().last().unwrap();
         assert_eq!(last["delete"]["chain"]["name"], "postrouting");
@@ -280,25 +303,27 @@ mod tests {
         assert_eq!(nat["add"]["chain"]["prio"], 100);
         let rules = chain_rules(&v, "postrouting");
         assert_eq!(rules[0], oif("podguard0"));
-        assert_eq!(rules[1], oif("cbr0"));
+        assert_eq!(rules[1], oif("podguard0n"));
+        assert_eq!(rules[2], oif("podguard0p"));
+        assert_eq!(rules[3], oif("cbr0"));
         assert_eq!(
-            rules[2][0]["match"]["left"]["payload"],
+            rules[4][0]["match"]["left"]["payload"],
             json!({"protocol": "ip", "field": "daddr"})
         );
         assert_eq!(
-            rules[2][0]["match"]["right"]["prefix"],
+            rules[4][0]["match"]["right"]["prefix"],
             json!({"addr": "10.244.0.0", "len": 16})
         );
-        assert_eq!(rules[3][0]["match"]["left"]["payload"]["protocol"], "ip6");
-        assert_eq!(rules[4][0]["match"]["left"]["payload"]["field"], "saddr");
-        assert_eq!(rules[4][1], json!({"masquerade": null}));
+        assert_eq!(rules[5][0]["match"]["left"]["payload"]["protocol"], "ip6");
+        assert_eq!(rules[6][0]["match"]["left"]["payload"]["field"], "saddr");
+        assert_eq!(rules[6][1], json!({"masquerade": null}));
         assert_eq!(
-            rules[5][0]["match"]["right"]["prefix"]["addr"],
+            rules[7][0]["match"]["right"]["prefix"]["addr"],
             "fd00:10:244:1::"
         );
-        assert_eq!(rules.len(), 6);
+        assert_eq!(rules.len(), 8);
         // Exclusions come before any masquerade: order is the semantics.
-        assert!(rules[..4].iter().all(|r| r[1] == json!({"return": null})));
+        assert!(rules[..6].iter().all(|r| r[1] == json!({"return": null})));
     }
 
     #[test]

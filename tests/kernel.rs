@@ -335,20 +335,18 @@ fn in_vm_a_missing_or_wrong_peer_key_drops_and_never_leaks() {
     pods_talk(&c);
 }
 
-/// Key rotation on the kernel path: a 3-node lab on kernel WireGuard, a
-/// 1000 packets/s UDP stream in each direction between pods of different
-/// nodes, `podguard rotate --all`: every key changes, nothing in the clear
-/// on the underlay, and the rotation completes (the old key is retired once
-/// every peer handshook after the switch, not by the retire timeout). Loss
-/// and the longest gap are measured and printed (KERNEL-ROTATION-RESULT;
-/// bench/README.md has the figures): kernel WireGuard takes one private key
-/// per device, so a switch loses packets until the peers learn the new key
-/// and handshake; this test proves the rotation completes and stays
-/// encrypted, not that it is hitless.
+/// Key rotation on the kernel path is hitless: a 3-node lab on kernel
+/// WireGuard, a 1000 packets/s UDP stream in each direction between pods of
+/// different nodes, `podguard rotate --all`: every key changes, nothing in
+/// the clear on the underlay, the rotation completes by acks (not by
+/// timeouts), and no packet is lost in the tunnel: each rotation runs
+/// through the companion interfaces (`mesh::companion`). Figures printed
+/// (KERNEL-ROTATION-RESULT; bench/README.md): what the receiving socket
+/// dropped while the emulated machine held it up is counted apart.
 #[test]
 #[ignore = "runs inside the VM: kernel_wireguard_in_a_vm"]
-fn in_vm_kernel_path_rotation_completes_encrypted() {
-    vm_only("in_vm_kernel_path_rotation_completes_encrypted");
+fn in_vm_kernel_path_rotation_is_hitless() {
+    vm_only("in_vm_kernel_path_rotation_is_hitless");
     let _lab = common::lab::up_with(3, &["--backend", "kernel"]);
     let pods = lab_pods();
     for i in 1..=3 {
@@ -382,8 +380,16 @@ fn in_vm_kernel_path_rotation_completes_encrypted() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s1 = common::stream::udp(&pods[0].0, &pods[1].0, &pods[1].1, 7100, stop.clone());
     let s2 = common::stream::udp(&pods[2].0, &pods[0].0, &pods[0].1, 7102, stop.clone());
-    std::thread::sleep(Duration::from_secs(2));
+    // A baseline first: what this emulated machine loses without rotating.
+    let baseline = Duration::from_secs(10);
+    std::thread::sleep(baseline);
     let started = std::time::Instant::now();
+    eprintln!(
+        "KERNEL-ROTATION rotate --all starts at {:?} (unix)",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    );
     let r = common::lab::podguard(&["rotate", "--lab", "--all", "--timeout", "180s"]);
     let took = started.elapsed();
     eprintln!(
@@ -395,25 +401,72 @@ fn in_vm_kernel_path_rotation_completes_encrypted() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let results = [s1.join().unwrap(), s2.join().unwrap()];
     let pcap = cap.stop(&mut owner);
+    // Kept for a look afterwards (the VM's shared output directory).
+    if std::path::Path::new("/out").is_dir() {
+        let _ = std::fs::write("/out/kernel-rotation.pcap", &pcap);
+    }
     assert!(
         r.status.success(),
         "rotate --all on the kernel path: {}{}",
         String::from_utf8_lossy(&r.stdout),
         String::from_utf8_lossy(&r.stderr)
     );
-    for (name, u) in ["n1->n2", "n3->n1"].iter().zip(&results) {
-        let lost = u.sent - u.received.len() as u64;
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(format!("/run/podguard-lab/node-{i}/agent.log"))
+            .unwrap_or_default();
+        for l in log.lines().filter(|l| {
+            ["companion", "rotation step", "ERROR", "route ", "peer "]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            eprintln!("KERNEL-ROTATION-LOG node-{i}: {l}");
+        }
+    }
+    // Receiver-side drops: a full socket buffer in the pod (the emulated
+    // machine held the receiver up) are not the tunnel's loss.
+    let rcvbuf = [
+        common::stream::UdpResult::rcvbuf_errors(&pods[1].0),
+        common::stream::UdpResult::rcvbuf_errors(&pods[0].0),
+    ];
+    let base_ms = baseline.as_millis() as u64;
+    for (k, (name, u)) in ["n1->n2", "n3->n1"].iter().zip(&results).enumerate() {
+        let runs: Vec<String> = u
+            .loss_runs()
+            .iter()
+            .take(8)
+            .map(|(s, n)| {
+                let at = u
+                    .arrived_before(*s)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .unwrap_or_default();
+                format!("{n} after {:.3} (unix)", at.as_secs_f64())
+            })
+            .collect();
         eprintln!(
-            "KERNEL-ROTATION-RESULT udp {name}: sent {} received {} lost {lost} ({:.2}%) longest gap {:.1} ms; rotate --all took {:.1} s",
+            "KERNEL-ROTATION-LOSS udp {name}: baseline (before rotating) lost {} of {base_ms}; longest runs: {}",
+            u.lost_in(0..base_ms),
+            runs.join(", ")
+        );
+        let lost = u.lost_since_first();
+        eprintln!(
+            "KERNEL-ROTATION-RESULT udp {name}: sent {} received {} lost {lost} ({:.2}%; of them {} dropped by the receiving socket) longest gap {:.1} ms; rotate --all took {:.1} s",
             u.sent,
             u.received.len(),
             100.0 * lost as f64 / u.sent.max(1) as f64,
+            rcvbuf[k],
             u.longest_gap.as_secs_f64() * 1000.0,
             took.as_secs_f64()
         );
+        // Hitless: every packet the tunnel was given came out of it.
+        assert_eq!(
+            lost.saturating_sub(rcvbuf[k]),
+            0,
+            "{name}: packets lost in the tunnel during the rotation"
+        );
         assert!(
-            u.received.len() as u64 > u.sent / 2,
-            "{name}: the stream mostly stopped"
+            u.longest_gap < Duration::from_secs(1),
+            "{name}: a gap of {:?} during the rotation",
+            u.longest_gap
         );
     }
     assert!(

@@ -16,6 +16,7 @@
 //!   device samples.
 
 pub mod audit;
+pub mod companion;
 pub mod diff;
 pub mod digest;
 pub mod health;

@@ -185,10 +185,11 @@ pub struct Args {
 
     /// During a rotation, how long to wait for every peer to take the next
     /// key before switching anyway (an absent peer must not block it).
-    /// Default 60s on the userspace device, which switches as soon as every
-    /// peer has a session on the next key; 10s on kernel WireGuard, which
-    /// holds one key and so cannot confirm the next one: the stage only
-    /// gives peers time to learn it.
+    /// It switches as soon as every peer has a session on the next key.
+    /// Default 60s on the userspace device; 30s on kernel WireGuard, where
+    /// the next key's sessions live on the companion interface
+    /// `podguard0n` (port + 1), which peers on a userspace device never
+    /// reach (they then see a short gap at the switch).
     #[arg(long, env = "PODGUARD_ROTATION_STAGE_TIMEOUT", value_parser = parse_duration)]
     pub rotation_stage_timeout: Option<Duration>,
 

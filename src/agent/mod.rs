@@ -6,6 +6,7 @@
 //! out the resulting actions.
 
 pub mod cli;
+pub mod companions;
 pub mod install;
 pub mod metrics;
 pub mod node_state;
@@ -116,6 +117,13 @@ pub struct Agent {
     peers: peer_health::PeerWatch,
     /// The underlay interface and MTU found last (detect mode).
     underlay_found: Option<(String, u32)>,
+    /// Kernel path: `podguard0`'s handshakes when it took its current key
+    /// (from the rotator), for the companions (`companions`).
+    kernel_before: Option<mesh::companion::Handshakes>,
+    /// Kernel path: the companions' `(staged, switched)` rotation acks.
+    kernel_acks: (bool, bool),
+    /// A rotation's companion interface exists: poll handshakes often.
+    companions_active: bool,
 }
 
 /// Bring up the WireGuard device for `backend` (userspace: our device,
@@ -206,6 +214,9 @@ impl Agent {
             kernel: None,
             peers: peer_health::PeerWatch::new(cfg.peer_stale_after),
             underlay_found: None,
+            kernel_before: None,
+            kernel_acks: (false, false),
+            companions_active: false,
             cfg,
         }
     }
@@ -229,6 +240,25 @@ impl Agent {
         self
     }
 
+    /// Kernel path: `podguard0`'s handshakes from just before it took its
+    /// current key (the rotator's snapshot), so the companions can tell a
+    /// handshake on the new key from an older one.
+    pub fn set_kernel_before(&mut self, before: Option<mesh::companion::Handshakes>) {
+        self.kernel_before = before;
+    }
+
+    /// Kernel path: whether every peer has a handshake on this node's next
+    /// key (`staged`) and, after the switch, settled back on `podguard0`
+    /// (`switched`), as of the last reconcile.
+    pub fn kernel_acks(&self) -> (bool, bool) {
+        self.kernel_acks
+    }
+
+    /// A rotation's companion interface is in use (poll often).
+    pub fn companions_active(&self) -> bool {
+        self.companions_active
+    }
+
     /// The key this node's device now uses as its primary (after a switch).
     pub fn set_local_key(&mut self, key: keys::PublicKey) {
         self.local.public_key = key;
@@ -238,7 +268,7 @@ impl Agent {
     /// node gets an empty action list.
     pub async fn reconcile(&mut self, nodes: &[NodeInfo]) -> Result<Report, ReconcileError> {
         self.refresh_underlay_mtu(nodes).await;
-        let plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
+        let mut plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
         // The barrier first: before any route, so no window leaks.
         self.apply_netfilter(&plan)?;
         if let Some(dev) = &self.device
@@ -279,6 +309,28 @@ impl Agent {
         self.nl
             .ensure_addresses(mesh::BRIDGE_IFNAME, &plan.bridge_addresses)
             .await?;
+        // Kernel path: a key rotation's companion interfaces, before any
+        // route moves into one (`mesh::companion`).
+        let round = match &self.kernel {
+            Some((key_file, _)) => {
+                let r = companions::begin(
+                    &self.nl,
+                    &self.wg,
+                    key_file,
+                    &plan,
+                    self.kernel_before.clone(),
+                )
+                .await?;
+                r.decision.retarget(&mut plan);
+                self.kernel_acks = r.acks;
+                self.companions_active = r.decision.active();
+                Some(r)
+            }
+            None => {
+                companions::remove_all(&self.nl).await?;
+                None
+            }
+        };
         let mut observed = Observed {
             peers: self.wg.read_peers()?,
             routes: self.nl.observe_routes().await?,
@@ -319,6 +371,9 @@ impl Agent {
                 Action::RemoveRoute(r) => self.nl.del_route(r).await?,
                 _ => {}
             }
+        }
+        if let Some(r) = &round {
+            r.finish(&self.nl).await?;
         }
         for a in &actions {
             match a {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use keys::kernel_ack::{self, Handshakes, Switch};
-use keys::rotation::{Ack, Decision, DeviceKeys, File, Inputs, Phase, Policy, Step, decide};
+use keys::kernel_ack::{Handshakes, Switch};
+use keys::rotation::{Ack, Decision, DeviceKeys, Inputs, Phase, Policy, Step, decide};
 use keys::store::{Loaded, RotationFiles};
 use keys::{PrivateKey, PublicKey};
 
@@ -32,6 +32,8 @@ pub struct Rotator {
     kernel_ifname: Option<String>,
     /// Kernel WireGuard: the handshakes when it took its current key.
     kernel_switch: Option<Switch>,
+    /// Kernel WireGuard: the companions' `(staged, switched)` acks.
+    kernel_acks: (bool, bool),
 }
 
 impl std::fmt::Debug for Rotator {
@@ -68,17 +70,30 @@ impl Rotator {
             last_problems: Vec::new(),
             kernel_ifname: None,
             kernel_switch: None,
+            kernel_acks: (false, false),
         }
+    }
+
+    /// Kernel WireGuard: the companions' acks as of the last reconcile
+    /// (`Agent::kernel_acks`).
+    pub fn set_kernel_acks(&mut self, acks: (bool, bool)) {
+        self.kernel_acks = acks;
+    }
+
+    /// Kernel WireGuard: `podguard0`'s handshakes just before it took its
+    /// current key, if this process switched it.
+    pub fn kernel_before(&self) -> Option<keys::kernel_ack::Handshakes> {
+        self.kernel_switch.as_ref().map(|s| s.before.clone())
     }
 
     /// Kernel WireGuard: the interface's private key follows the primary
     /// key (`wg set IF private-key FILE`). Kernel WireGuard holds one key,
-    /// so peers see a short gap at the switch (documented), and the old key
-    /// is retired once every peer handshook after the switch
-    /// ([`keys::kernel_ack`]).
+    /// so the next key lives on a companion interface while the rotation
+    /// runs (`mesh::companion`, created by the agent's reconcile), whose
+    /// acks the agent hands over ([`Self::set_kernel_acks`]).
     ///
-    /// `stage_timeout` replaces the policy's: nothing acknowledges the
-    /// next key on such a device, so the stage always lasts this long.
+    /// `stage_timeout` replaces the policy's: how long to wait for every
+    /// peer on the companion before switching anyway.
     pub fn set_kernel(&mut self, ifname: &str, stage_timeout: std::time::Duration) {
         self.kernel_ifname = Some(ifname.to_string());
         self.policy.stage_timeout = stage_timeout.as_secs();
@@ -189,19 +204,21 @@ impl Rotator {
     ) -> anyhow::Result<(Decision, bool)> {
         let loaded = self.files.load();
         self.report(&loaded);
-        // Kernel WireGuard: the device is read only while an old key waits
-        // to be retired (`Switched`), the one phase its ack decides.
-        let switched = loaded.disk.old != File::Absent;
-        let ack = match (&self.device, &self.kernel_ifname, &self.kernel_switch) {
-            (Some(d), _, _) if peers_applied => Ack::Keys(d.key_acks()),
-            (None, Some(ifname), Some(sw)) if peers_applied && switched => {
-                match kernel_state(ifname) {
-                    Ok((_, now)) => kernel_ack::ack(sw, &now),
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "reading handshakes for the rotation; timeouts decide");
-                        Ack::Unknown
-                    }
+        // Kernel WireGuard: the companions' acks from the last reconcile
+        // (`mesh::companion`): every peer on the next key's companion
+        // (`Staged`), every peer settled on `podguard0`'s new key (`Switched`).
+        let ack = match (&self.device, &self.kernel_ifname) {
+            (Some(d), _) if peers_applied => Ack::Keys(d.key_acks()),
+            (None, Some(_)) if peers_applied => {
+                let (staged, switched) = self.kernel_acks;
+                let mut keys = std::collections::BTreeSet::new();
+                if let (true, Some(n)) = (staged, loaded.disk.next.key()) {
+                    keys.insert(n);
                 }
+                if let (true, Some(c)) = (switched, loaded.disk.current.key()) {
+                    keys.insert(c);
+                }
+                Ack::Keys(keys)
             }
             _ => Ack::Unknown,
         };
@@ -272,7 +289,9 @@ impl Rotator {
                 if st.is_some_and(|st| !st.success()) {
                     anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
                 }
-                self.kernel_switch = before.map(|before| Switch {
+                // Adopted (no switch here): the companions go by which
+                // interface handshook last instead.
+                self.kernel_switch = before.filter(|_| st.is_some()).map(|before| Switch {
                     primary: dk.primary,
                     before,
                 });

@@ -1,6 +1,6 @@
 //! `podguard-agent --uninstall`: remove everything podguard created on this
 //! node, so it is as it was before the install: the `podguard0` and `cbr0`
-//! links (and with them their addresses and routes), podguard's remaining
+//! links (and a key rotation's companions, `podguard0n`/`podguard0p`) (and with them their addresses and routes), podguard's remaining
 //! routes (the `unreachable` backstops, protocol 77), the nftables table
 //! `inet podguard`, the CNI plugin and conflist, the pods' address leases,
 //! the node state file, the UAPI socket and the node's keys (a reinstall
@@ -43,7 +43,12 @@ fn remove_file(path: &Path, removed: &mut Vec<String>) -> anyhow::Result<()> {
 /// Remove it all; returns what was removed, one line each.
 pub async fn uninstall(nl: &Netlink, files: &Files) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for link in [mesh::WG_IFNAME, mesh::BRIDGE_IFNAME] {
+    for link in [
+        mesh::WG_IFNAME,
+        mesh::companion::NEXT_IFNAME,
+        mesh::companion::PEERS_NEXT_IFNAME,
+        mesh::BRIDGE_IFNAME,
+    ] {
         if nl.delete_link(link).await? {
             removed.push(format!("link {link}"));
         }

@@ -112,6 +112,7 @@ pub async fn run(
         // Rotation first: the device must hold every key before it is
         // published, and the plan must know our current key.
         let mut stepped = false;
+        rotator.set_kernel_acks(agent.kernel_acks());
         match rotator.tick(
             unix_now(),
             ann(mesh::publish::ANN_ROTATE_REQUESTED),
@@ -129,6 +130,7 @@ pub async fn run(
                 tracing::error!(error = %format!("{e:#}"), "key rotation step failed; retrying");
             }
         }
+        agent.set_kernel_before(rotator.kernel_before());
         let infos: Vec<mesh::NodeInfo> = snapshot.iter().map(|n| node_info(n)).collect();
         let mut digest = None;
         let mut peer_health = None;
@@ -219,6 +221,10 @@ pub async fn run(
         // While a rotation runs, come back soon; otherwise at the next
         // change, resync, or rotation deadline.
         let mut wait = cfg.resync.min(cfg.lease_duration / 4);
+        if agent.companions_active() {
+            // A rotation's companion: its routes move on handshakes.
+            wait = wait.min(Duration::from_millis(500));
+        }
         if let Some(d) = &decision {
             if stepped || d.phase != Phase::Idle || d.step.is_some() {
                 wait = wait.min(Duration::from_millis(500));

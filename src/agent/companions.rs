@@ -1,0 +1,234 @@
+//! The shell of `mesh::companion` (kernel WireGuard only): read the key
+//! files and the three interfaces, let the pure decision say which
+//! companions exist and where routes go, and create, configure and delete
+//! the companion interfaces. See `mesh::companion` for why they exist.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use defguard_wireguard_rs::key::Key;
+use defguard_wireguard_rs::net::IpAddrMask;
+use defguard_wireguard_rs::peer::Peer as WgPeer;
+use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi as _};
+use keys::store::RotationFiles;
+use keys::{PrivateKey, PublicKey};
+use mesh::companion::{self, Companion, Companions, Handshakes, Own, Seen};
+
+use super::ReconcileError;
+use crate::netlink::Netlink;
+use crate::wireguard::backend::{WgClient, observed_peers};
+
+/// The companions' private keys, from the key files.
+struct Keys {
+    current: PrivateKey,
+    next: Option<PrivateKey>,
+    switched: bool,
+}
+
+fn load_keys(key_file: &Path) -> Result<Keys, ReconcileError> {
+    let loaded = RotationFiles::new(key_file).load();
+    let current = loaded.current.ok_or_else(|| {
+        ReconcileError::Device(format!(
+            "companions: no usable key at {}",
+            key_file.display()
+        ))
+    })?;
+    Ok(Keys {
+        current,
+        next: loaded.next,
+        switched: loaded.old.is_some(),
+    })
+}
+
+fn wg_err(
+    what: String,
+) -> impl FnOnce(defguard_wireguard_rs::error::WireguardInterfaceError) -> ReconcileError {
+    move |e| ReconcileError::Device(format!("{what}: {e}"))
+}
+
+/// One companion as the kernel has it: key, port, peers.
+struct Have {
+    key: Option<PublicKey>,
+    port: u16,
+    peers: BTreeMap<PublicKey, mesh::ObservedPeer>,
+    handshakes: Handshakes,
+}
+
+async fn read(nl: &Netlink, ifname: &str) -> Result<Option<Have>, ReconcileError> {
+    if nl.link_index(ifname).await?.is_none() {
+        return Ok(None);
+    }
+    let api = WGApi::<Kernel>::new(ifname).map_err(wg_err(format!("opening {ifname}")))?;
+    let host = api
+        .read_interface_data()
+        .map_err(wg_err(format!("reading {ifname}")))?;
+    let (key, handshakes) = WgClient::Kernel(api)
+        .key_and_handshakes()
+        .map_err(|e| ReconcileError::Device(format!("reading {ifname}: {e}")))?;
+    Ok(Some(Have {
+        key,
+        port: host.listen_port,
+        peers: observed_peers(&host),
+        handshakes,
+    }))
+}
+
+fn mask(net: &ipnet::IpNet) -> IpAddrMask {
+    IpAddrMask::new(net.network(), net.prefix_len())
+}
+
+/// Make `want` exist as decided, holding `key`.
+async fn ensure(
+    nl: &Netlink,
+    want: &Companion,
+    key: &PrivateKey,
+    have: Option<&Have>,
+    mtu: u32,
+) -> Result<(), ReconcileError> {
+    let name = want.ifname;
+    let mut api = WGApi::<Kernel>::new(name).map_err(wg_err(format!("opening {name}")))?;
+    let config = InterfaceConfiguration {
+        name: name.into(),
+        prvkey: key.to_base64().to_string(),
+        addresses: vec![],
+        port: want.port,
+        peers: vec![],
+        mtu: None,
+        fwmark: None,
+    };
+    let fresh = match have {
+        None => {
+            api.create_interface()
+                .map_err(wg_err(format!("creating {name}")))?;
+            true
+        }
+        Some(h) => h.key != Some(want.key) || (want.port != 0 && h.port != want.port),
+    };
+    if fresh {
+        // Also drops the peers: sessions on another key are useless.
+        api.configure_interface(&config)
+            .map_err(wg_err(format!("configuring {name}")))?;
+        tracing::info!(ifname = name, key = %want.key.fingerprint(), port = want.port, "companion interface for a key rotation");
+    }
+    let empty = BTreeMap::new();
+    let peers = match have {
+        Some(h) if !fresh => &h.peers,
+        _ => &empty,
+    };
+    for (pk, p) in &want.peers {
+        let up_to_date = peers.get(pk).is_some_and(|o| {
+            o.allowed_ips == p.allowed_ips
+                && o.persistent_keepalive == p.persistent_keepalive
+                && (p.endpoint.is_none() || o.endpoint.is_some())
+        });
+        if up_to_date {
+            continue;
+        }
+        let mut peer = WgPeer::new(Key::new(*pk.as_bytes()));
+        // An endpoint learned from the peer's handshake is kept.
+        peer.endpoint = peers.get(pk).and_then(|o| o.endpoint).or(p.endpoint);
+        peer.persistent_keepalive_interval = Some(p.persistent_keepalive.unwrap_or(0));
+        peer.allowed_ips = p.allowed_ips.iter().map(mask).collect();
+        api.configure_peer(&peer)
+            .map_err(wg_err(format!("configuring {name} peer {}", p.node)))?;
+    }
+    for pk in peers.keys().filter(|k| !want.peers.contains_key(k)) {
+        api.remove_peer(&Key::new(*pk.as_bytes()))
+            .map_err(wg_err(format!("removing a peer of {name}")))?;
+    }
+    nl.set_up(name, Some(mtu)).await?;
+    Ok(())
+}
+
+/// The companions of one reconcile: decided, and the ones that must exist
+/// created; the caller moves the routes, then calls [`Round::finish`].
+#[derive(Debug)]
+pub struct Round {
+    /// The decision (routes to retarget).
+    pub decision: Companions,
+    /// This node's rotation may go on: `(staged, switched)` acks.
+    pub acks: (bool, bool),
+}
+
+/// Observe, decide, create. `before`: `podguard0`'s handshakes when it took
+/// its current key (from the rotator), if it did in this process.
+pub async fn begin(
+    nl: &Netlink,
+    main: &WgClient,
+    key_file: &Path,
+    plan: &mesh::Plan,
+    before: Option<Handshakes>,
+) -> Result<Round, ReconcileError> {
+    let keys = load_keys(key_file)?;
+    let own = match (&keys.next, keys.switched) {
+        // `.next` and `.old` both exist for one step of the switch, when
+        // `podguard0` still holds the old key.
+        (Some(n), _) => Own::Staged {
+            next: n.public_key(),
+        },
+        (None, true) => Own::Switched {
+            current: keys.current.public_key(),
+            before,
+        },
+        (None, false) => Own::Idle,
+    };
+    let (_, main_hs) = main
+        .key_and_handshakes()
+        .map_err(|e| ReconcileError::Device(format!("reading podguard0: {e}")))?;
+    let next = read(nl, companion::NEXT_IFNAME).await?;
+    let peers_next = read(nl, companion::PEERS_NEXT_IFNAME).await?;
+    let seen = Seen {
+        main: main_hs,
+        next: next.as_ref().map(|h| h.handshakes.clone()),
+        peers_next: peers_next.as_ref().map(|h| h.handshakes.clone()),
+    };
+    let now = SystemTime::now();
+    let decision = companion::decide(plan, keys.current.public_key(), &own, &seen, now);
+    if let Some(c) = &decision.next {
+        let key = match &keys.next {
+            Some(n) => n,
+            None => &keys.current,
+        };
+        ensure(nl, c, key, next.as_ref(), plan.mtu).await?;
+    }
+    if let Some(c) = &decision.peers_next {
+        ensure(nl, c, &keys.current, peers_next.as_ref(), plan.mtu).await?;
+    }
+    let acks = (
+        matches!(own, Own::Staged { .. }) && companion::staged_ack(plan, &seen, now),
+        companion::switched_ack(plan, &own, &seen, now),
+    );
+    Ok(Round { decision, acks })
+}
+
+impl Round {
+    /// After the routes moved: delete the companions not decided.
+    pub async fn finish(&self, nl: &Netlink) -> Result<(), ReconcileError> {
+        for (name, wanted) in [
+            (companion::NEXT_IFNAME, self.decision.next.is_some()),
+            (
+                companion::PEERS_NEXT_IFNAME,
+                self.decision.peers_next.is_some(),
+            ),
+        ] {
+            if !wanted && nl.delete_link(name).await? {
+                tracing::info!(
+                    ifname = name,
+                    "companion interface removed: its rotation is over"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remove leftover companions (a backend that does not use them).
+pub async fn remove_all(nl: &Netlink) -> Result<(), ReconcileError> {
+    Round {
+        decision: Companions::default(),
+        acks: (false, false),
+    }
+    .finish(nl)
+    .await
+}
