@@ -338,6 +338,16 @@ impl World {
 /// in the order `order` gives for each round; every path checked after
 /// every action. Returns the rounds it took.
 fn run(n: usize, rotating: &[usize], order: impl Fn(usize) -> Vec<usize>) -> usize {
+    run_with(n, rotating, order, |_, _| {})
+}
+
+/// [`run`], with `meddle(world, round)` called at the start of each round.
+fn run_with(
+    n: usize,
+    rotating: &[usize],
+    order: impl Fn(usize) -> Vec<usize>,
+    meddle: impl Fn(&mut World, usize),
+) -> usize {
     let mut w = World::new(n);
     for _ in 0..2 {
         for i in 0..n {
@@ -352,6 +362,7 @@ fn run(n: usize, rotating: &[usize], order: impl Fn(usize) -> Vec<usize>) -> usi
         loop {
             round += 1;
             assert!(round < 200, "the rotation of n{r} does not end");
+            meddle(&mut w, round);
             for i in order(round) {
                 w.reconcile(i);
                 w.assert_all_paths(&format!("round {round}, n{i} reconciled"));
@@ -397,4 +408,48 @@ fn a_slow_peer_that_reconciles_every_third_round_still_loses_nothing() {
             vec![0, 1]
         }
     });
+}
+
+#[test]
+fn an_agent_restarted_after_the_switch_finishes_without_its_snapshot() {
+    // Every round after the switch, the rotating agent has just restarted:
+    // it never has the handshakes of before the switch.
+    run_with(
+        3,
+        &[0],
+        |_| vec![0, 1, 2],
+        |w, _| {
+            w.nodes[0].before = None;
+        },
+    );
+}
+
+#[test]
+fn a_rolled_back_stage_removes_every_companion() {
+    let mut w = World::new(2);
+    for _ in 0..2 {
+        for i in 0..2 {
+            w.reconcile(i);
+        }
+        w.network();
+    }
+    w.nodes[0].next = Some(key());
+    for _ in 0..3 {
+        for i in 0..2 {
+            w.reconcile(i);
+            w.network();
+        }
+        w.now += Duration::from_secs(1);
+    }
+    assert!(w.companions_exist(), "the stage made no companions");
+    // The next key file turned out unusable: the rotation rolls back.
+    w.nodes[0].next = None;
+    for _ in 0..2 {
+        for i in 0..2 {
+            w.reconcile(i);
+            w.network();
+        }
+    }
+    assert!(!w.companions_exist(), "a companion outlived the rollback");
+    w.assert_all_paths("after the rollback");
 }
