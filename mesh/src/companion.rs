@@ -59,10 +59,22 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// sends the first handshake at once.
 pub const KEEPALIVE: u16 = 25;
 
+/// Routes go into a companion only while its last handshake is younger
+/// than this (WireGuard's REJECT_AFTER_TIME): a session older than that
+/// is gone, whatever the other end did.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+
 /// The port a node's [`NEXT_IFNAME`] listens on: its own port + 1 (`None`
-/// for port 65535, which cannot rotate hitlessly).
+/// for a port above 65533, which cannot rotate hitlessly).
 pub fn next_port(listen_port: u16) -> Option<u16> {
-    listen_port.checked_add(1)
+    listen_port.checked_add(1).filter(|_| listen_port <= 65533)
+}
+
+/// The port a node's [`PEERS_NEXT_IFNAME`] listens on: its own port + 2
+/// (fixed, so an ephemeral port can never take the + 1 its own rotation
+/// will need).
+pub fn peers_next_port(listen_port: u16) -> Option<u16> {
+    listen_port.checked_add(2)
 }
 
 /// Each peer's last completed handshake on one interface (`None`: never).
@@ -85,7 +97,51 @@ pub enum Own {
         /// `podguard0`'s handshakes just before it took the new key, when
         /// known (a restarted agent does not know them).
         before: Option<Handshakes>,
+        /// When the old key was saved, just before the switch: without
+        /// `before`, a handshake counts as on the new key if it is later
+        /// (the kernel keeps each peer's last handshake across a key
+        /// change).
+        since: SystemTime,
     },
+    /// The key files say `Switched` but `podguard0` still holds the old key
+    /// (its `wg set` failed): [`NEXT_IFNAME`] keeps carrying the current key
+    /// and nothing is acknowledged until the device switched.
+    Switching {
+        /// The current key (the one [`NEXT_IFNAME`] holds).
+        current: PublicKey,
+    },
+}
+
+/// The key files as the shell read them (public halves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Files {
+    /// `private.key`.
+    pub current: PublicKey,
+    /// `private.key.next`, if valid.
+    pub next: Option<PublicKey>,
+    /// `private.key.old`, if valid, and when it was written.
+    pub old: Option<(PublicKey, SystemTime)>,
+}
+
+/// This node's rotation from its key files and the key `podguard0` holds.
+/// `.next` and `.old` both exist for one step of the switch, when
+/// `podguard0` still holds the old key (`Staged`); after `.next` became
+/// the current key, `podguard0` is `Switched` only once it holds it
+/// (otherwise `Switching`). `before` counts only if taken for the current
+/// key.
+pub fn own(files: &Files, held: Option<PublicKey>, before: Option<(PublicKey, Handshakes)>) -> Own {
+    match (files.next, files.old) {
+        (Some(next), _) => Own::Staged { next },
+        (None, Some((_, since))) if held == Some(files.current) => Own::Switched {
+            current: files.current,
+            before: before.filter(|(k, _)| *k == files.current).map(|(_, b)| b),
+            since,
+        },
+        (None, Some(_)) => Own::Switching {
+            current: files.current,
+        },
+        (None, None) => Own::Idle,
+    }
 }
 
 /// What the shell read from the interfaces.
@@ -134,6 +190,9 @@ pub struct Companions {
     pub peers_next: Option<Companion>,
     /// podCIDRs routed into a companion instead of `podguard0`.
     pub routes: BTreeMap<IpNet, &'static str>,
+    /// Peers whose `podguard0` entry gets a keepalive while it settles on
+    /// a new key, so it handshakes at once even with keepalives off.
+    pub keepalive: BTreeSet<PublicKey>,
 }
 
 impl Companions {
@@ -142,11 +201,25 @@ impl Companions {
         self.next.is_some() || self.peers_next.is_some()
     }
 
-    /// Add the routes into the companions: each moved podCIDR, more
-    /// specific than the cluster CIDR's route into `podguard0`, so adding
-    /// one moves that peer's traffic and removing it moves it back, each
-    /// in one step (with the `src` and metric of the route it overrides).
-    pub fn retarget(&self, plan: &mut Plan) {
+    /// Route nothing into `ifname` (the shell could not make it this
+    /// round; it is not removed either, the next round tries again).
+    pub fn unroute(&mut self, ifname: &str) {
+        self.routes.retain(|_, dev| *dev != ifname);
+    }
+
+    /// Apply to the plan: the routes into the companions (each moved
+    /// podCIDR, more specific than the cluster CIDR's route into
+    /// `podguard0`, so adding one moves that peer's traffic and removing it
+    /// moves it back, each in one step, with the `src` and metric of the
+    /// route it overrides), and the settling peers' keepalives.
+    pub fn apply(&self, plan: &mut Plan) {
+        for k in &self.keepalive {
+            if let Some(p) = plan.peers.get_mut(k)
+                && p.persistent_keepalive.is_none()
+            {
+                p.persistent_keepalive = Some(KEEPALIVE);
+            }
+        }
         let mut add = Vec::new();
         for (dst, dev) in &self.routes {
             let over = plan.routes.iter().find(|r| {
@@ -181,8 +254,26 @@ fn older_than(t: SystemTime, now: SystemTime, grace: Duration) -> bool {
     now.duration_since(t).is_ok_and(|d| d >= grace)
 }
 
+/// A live session: a handshake within [`SESSION_LIFETIME`].
+fn live(h: Option<&Handshakes>, k: &PublicKey, now: SystemTime) -> bool {
+    had(h, k).is_some_and(|t| !older_than(t, now, SESSION_LIFETIME))
+}
+
+/// `podguard0`'s handshake with `pk`, if it happened on the new key.
+fn main_after_switch(seen: &Seen, own: &Own, pk: &PublicKey) -> Option<SystemTime> {
+    let Own::Switched { before, since, .. } = own else {
+        return None;
+    };
+    let last = had(Some(&seen.main), pk)?;
+    let after = match before {
+        Some(b) => had(Some(b), pk).is_none_or(|b| last > b),
+        None => last > *since,
+    };
+    after.then_some(last)
+}
+
 /// Decide the companions. `local` is this node's current public key (what
-/// [`PEERS_NEXT_IFNAME`] holds); `listen_port` its `podguard0` port.
+/// [`PEERS_NEXT_IFNAME`] holds).
 pub fn decide(
     plan: &Plan,
     local: PublicKey,
@@ -195,7 +286,7 @@ pub fn decide(
     let mine = match own {
         Own::Idle => None,
         Own::Staged { next } => Some(*next),
-        Own::Switched { current, .. } => Some(*current),
+        Own::Switched { current, .. } | Own::Switching { current } => Some(*current),
     };
     if let (Some(key), Some(port)) = (mine, next_port(plan.listen_port)) {
         let mut c = Companion {
@@ -214,17 +305,11 @@ pub fn decide(
                     persistent_keepalive: None,
                 },
             );
-            let on_next = had(seen.next.as_ref(), pk);
-            let back = match own {
-                Own::Switched { before, .. } => match (had(Some(&seen.main), pk), before) {
-                    (Some(last), Some(before)) => had(Some(before), pk).is_none_or(|b| last > b),
-                    // No snapshot (restarted agent): newer than the companion's.
-                    (Some(last), None) => on_next.is_none_or(|n| last > n),
-                    (None, _) => false,
-                },
-                _ => false,
-            };
-            if on_next.is_some() && !back {
+            let back = main_after_switch(seen, own, pk).is_some();
+            if matches!(own, Own::Switched { .. }) && !back {
+                out.keepalive.insert(*pk);
+            }
+            if live(seen.next.as_ref(), pk, now) && !back {
                 for dst in &p.allowed_ips {
                     out.routes.insert(*dst, NEXT_IFNAME);
                 }
@@ -250,7 +335,10 @@ pub fn decide(
                 match had(Some(&seen.main), &p.public_key) {
                     Some(t) if older_than(t, now, GRACE) => continue,
                     Some(_) => (p.public_key, true),
-                    None => (p.public_key, false),
+                    None => {
+                        out.keepalive.insert(p.public_key);
+                        (p.public_key, false)
+                    }
                 }
             }
             None => continue,
@@ -264,48 +352,50 @@ pub fn decide(
                 persistent_keepalive: Some(KEEPALIVE),
             },
         );
-        if !settled && had(seen.peers_next.as_ref(), &key).is_some() {
+        if !settled && live(seen.peers_next.as_ref(), &key, now) {
             for dst in &p.allowed_ips {
                 out.routes.entry(*dst).or_insert(PEERS_NEXT_IFNAME);
             }
         }
     }
-    if !theirs.is_empty() {
+    if let (false, Some(port)) = (theirs.is_empty(), peers_next_port(plan.listen_port)) {
         out.peers_next = Some(Companion {
             ifname: PEERS_NEXT_IFNAME,
             key: local,
-            port: 0,
+            port,
             peers: theirs,
         });
     }
     out
 }
 
-/// The `Staged` ack of a kernel node: every peer has had a handshake on
-/// [`NEXT_IFNAME`] for at least [`GRACE`] (each peer has moved its routes
-/// to its [`PEERS_NEXT_IFNAME`] by then, so the switch of `podguard0`
-/// loses nothing).
-pub fn staged_ack(plan: &Plan, seen: &Seen, now: SystemTime) -> bool {
-    plan.peers
-        .keys()
-        .all(|pk| had(seen.next.as_ref(), pk).is_some_and(|t| older_than(t, now, GRACE)))
-}
-
-/// The `Switched` ack of a kernel node: every peer handshook on
+/// The local keys this node's rotation may go on with (the rotation's
+/// [`Ack`](keys::rotation::Ack) on kernel WireGuard): in `Staged`, the
+/// next key once every peer has had a handshake on [`NEXT_IFNAME`] for
+/// at least [`GRACE`] (each peer has moved its routes to its
+/// [`PEERS_NEXT_IFNAME`] by then, so the switch of `podguard0` loses
+/// nothing); in `Switched`, the current key once every peer handshook on
 /// `podguard0` after the switch, at least [`GRACE`] ago (each peer has
 /// moved its routes back, so [`NEXT_IFNAME`] can go).
-pub fn switched_ack(plan: &Plan, own: &Own, seen: &Seen, now: SystemTime) -> bool {
-    let Own::Switched { before, .. } = own else {
-        return false;
-    };
-    plan.peers.keys().all(|pk| {
-        let Some(last) = had(Some(&seen.main), pk) else {
-            return false;
-        };
-        let after = match before {
-            Some(b) => had(Some(b), pk).is_none_or(|b| last > b),
-            None => had(seen.next.as_ref(), pk).is_none_or(|n| last > n),
-        };
-        after && older_than(last, now, GRACE)
-    })
+pub fn acks(plan: &Plan, own: &Own, seen: &Seen, now: SystemTime) -> BTreeSet<PublicKey> {
+    let settled = |t: Option<SystemTime>| t.is_some_and(|t| older_than(t, now, GRACE));
+    match own {
+        Own::Staged { next }
+            if plan
+                .peers
+                .keys()
+                .all(|pk| settled(had(seen.next.as_ref(), pk))) =>
+        {
+            BTreeSet::from([*next])
+        }
+        Own::Switched { current, .. }
+            if plan
+                .peers
+                .keys()
+                .all(|pk| settled(main_after_switch(seen, own, pk))) =>
+        {
+            BTreeSet::from([*current])
+        }
+        _ => BTreeSet::new(),
+    }
 }

@@ -12,9 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use keys::{PrivateKey, PublicKey};
-use mesh::companion::{
-    self, Companions, Handshakes, NEXT_IFNAME, Own, PEERS_NEXT_IFNAME, Seen, decide,
-};
+use mesh::companion::{self, Companions, Handshakes, NEXT_IFNAME, PEERS_NEXT_IFNAME, Seen, decide};
 use mesh::{Local, MeshConfig, NodeInfo, Plan, RouteTarget, WG_IFNAME, plan};
 
 /// One WireGuard interface.
@@ -27,6 +25,11 @@ struct Iface {
     initiates: BTreeMap<PublicKey, (usize, &'static str)>,
     /// Peer key → when, and with which interface, a session exists.
     sessions: BTreeMap<PublicKey, (SystemTime, usize, &'static str)>,
+    /// Peer key → last handshake, as the kernel reports it: it survives a
+    /// change of the interface's own key (the sessions do not).
+    last: BTreeMap<PublicKey, SystemTime>,
+    /// Peers with a persistent keepalive (they handshake without traffic).
+    keepalive: BTreeSet<PublicKey>,
 }
 
 impl Iface {
@@ -36,13 +39,22 @@ impl Iface {
             peers: BTreeMap::new(),
             initiates: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            last: BTreeMap::new(),
+            keepalive: BTreeSet::new(),
         }
     }
     fn handshakes(&self) -> Handshakes {
         self.peers
             .keys()
-            .map(|k| (*k, self.sessions.get(k).map(|s| s.0)))
+            .map(|k| (*k, self.last.get(k).copied()))
             .collect()
+    }
+    /// Follow a new peer set: a removed peer takes its state with it.
+    fn set_peers(&mut self, peers: BTreeMap<PublicKey, BTreeSet<IpNet>>) {
+        self.sessions.retain(|k, _| peers.contains_key(k));
+        self.last.retain(|k, _| peers.contains_key(k));
+        self.initiates.retain(|k, _| peers.contains_key(k));
+        self.peers = peers;
     }
 }
 
@@ -56,8 +68,9 @@ struct Node {
     ifaces: BTreeMap<&'static str, Iface>,
     /// Device routes (longest prefix wins).
     routes: BTreeMap<IpNet, String>,
-    before: Option<Handshakes>,
-    acks: (bool, bool),
+    before: Option<(PublicKey, Handshakes)>,
+    switched_at: SystemTime,
+    acks: BTreeSet<PublicKey>,
     /// Rounds spent in `Staged` (the stage times out after 30).
     staged: u32,
 }
@@ -65,6 +78,8 @@ struct Node {
 struct World {
     nodes: Vec<Node>,
     now: SystemTime,
+    /// `--keepalive` of every agent (`None`: 0, off).
+    keepalive: Option<u16>,
 }
 
 fn key() -> PublicKey {
@@ -87,7 +102,8 @@ impl World {
                     ifaces,
                     routes: BTreeMap::new(),
                     before: None,
-                    acks: (false, false),
+                    switched_at: SystemTime::UNIX_EPOCH,
+                    acks: BTreeSet::new(),
                     staged: 0,
                 }
             })
@@ -95,6 +111,7 @@ impl World {
         Self {
             nodes,
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+            keepalive: Some(25),
         }
     }
 
@@ -120,6 +137,7 @@ impl World {
         let n = &self.nodes[i];
         let cfg = MeshConfig {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            persistent_keepalive: self.keepalive,
             ..Default::default()
         };
         let local = Local {
@@ -127,25 +145,20 @@ impl World {
             public_key: n.current,
         };
         let mut p: Plan = plan(&local, &infos, &cfg).unwrap();
-        let own = match (n.next, n.old) {
-            (Some(next), _) => Own::Staged { next },
-            (None, Some(_)) => Own::Switched {
-                current: n.current,
-                before: n.before.clone(),
-            },
-            (None, None) => Own::Idle,
+        let files = companion::Files {
+            current: n.current,
+            next: n.next,
+            old: n.old.map(|k| (k, n.switched_at)),
         };
+        let own = companion::own(&files, Some(n.ifaces[WG_IFNAME].key), n.before.clone());
         let seen = Seen {
             main: n.ifaces[WG_IFNAME].handshakes(),
             next: n.ifaces.get(NEXT_IFNAME).map(Iface::handshakes),
             peers_next: n.ifaces.get(PEERS_NEXT_IFNAME).map(Iface::handshakes),
         };
         let d: Companions = decide(&p, n.current, &own, &seen, self.now);
-        let acks = (
-            matches!(own, Own::Staged { .. }) && companion::staged_ack(&p, &seen, self.now),
-            companion::switched_ack(&p, &own, &seen, self.now),
-        );
-        d.retarget(&mut p);
+        let acks = companion::acks(&p, &own, &seen, self.now);
+        d.apply(&mut p);
         let n = &mut self.nodes[i];
         n.acks = acks;
         // podguard0 follows the plan (a changed key: remove + set).
@@ -155,7 +168,13 @@ impl World {
             .values()
             .map(|q| (q.public_key, q.allowed_ips.clone()))
             .collect();
-        main.sessions.retain(|k, _| want.contains_key(k));
+        main.set_peers(want);
+        main.keepalive = p
+            .peers
+            .values()
+            .filter(|q| q.persistent_keepalive.is_some())
+            .map(|q| q.public_key)
+            .collect();
         main.initiates = p
             .peers
             .values()
@@ -167,7 +186,6 @@ impl World {
                 (q.public_key, (usize::from(ip) - 1, WG_IFNAME))
             })
             .collect();
-        main.peers = want;
         for c in [&d.next, &d.peers_next].into_iter().flatten() {
             let f = n
                 .ifaces
@@ -176,24 +194,29 @@ impl World {
             if f.key != c.key {
                 *f = Iface::new(c.key);
             }
-            f.sessions.retain(|k, _| c.peers.contains_key(k));
-            f.peers = c
+            f.set_peers(
+                c.peers
+                    .iter()
+                    .map(|(k, q)| (*k, q.allowed_ips.clone()))
+                    .collect(),
+            );
+            f.keepalive = c
                 .peers
                 .iter()
-                .map(|(k, q)| (*k, q.allowed_ips.clone()))
+                .filter(|(_, q)| q.persistent_keepalive.is_some())
+                .map(|(k, _)| *k)
                 .collect();
-            f.initiates = c
-                .peers
-                .iter()
-                .filter_map(|(k, q)| {
-                    let ep = q.endpoint?;
+            // Configured endpoints; one learned from a handshake stays.
+            for (k, q) in &c.peers {
+                if let Some(ep) = q.endpoint {
                     let std::net::IpAddr::V4(v) = ep.ip() else {
                         unreachable!()
                     };
-                    assert_eq!(ep.port(), 51821, "a companion listens on port + 1");
-                    Some((*k, (usize::from(v.octets()[3]) - 1, NEXT_IFNAME)))
-                })
-                .collect();
+                    assert_eq!(ep.port(), 51821, "a node's next key listens on port + 1");
+                    f.initiates
+                        .insert(*k, (usize::from(v.octets()[3]) - 1, NEXT_IFNAME));
+                }
+            }
         }
         // Routes move first (one replace each), then companions go.
         n.routes = p
@@ -212,12 +235,35 @@ impl World {
         }
     }
 
-    /// Handshakes complete between interfaces that know each other.
+    /// The interface and peer key node `x` sends node `y`'s pods to.
+    fn egress(&self, x: usize, y: usize) -> Option<(&'static str, PublicKey)> {
+        let (nx, ny) = (&self.nodes[x], &self.nodes[y]);
+        let dev = nx
+            .routes
+            .iter()
+            .filter(|(dst, _)| dst.contains(&ny.cidr.network()))
+            .max_by_key(|(dst, _)| dst.prefix_len())?
+            .1;
+        let (name, f) = nx.ifaces.iter().find(|(n, _)| **n == dev.as_str())?;
+        let (k, _) = f.peers.iter().find(|(_, ips)| ips.contains(&ny.cidr))?;
+        Some((name, *k))
+    }
+
+    /// Handshakes complete between interfaces that know each other, when
+    /// the initiator has a reason: a keepalive, or pod traffic (every pod
+    /// sends to every other node's pods) routed into it.
     fn network(&mut self) {
         let mut done = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
+            let traffic: BTreeSet<(&str, PublicKey)> = (0..self.nodes.len())
+                .filter(|y| *y != i)
+                .filter_map(|y| self.egress(i, y))
+                .collect();
             for (name, f) in &n.ifaces {
                 for (k, (j, target)) in &f.initiates {
+                    if !f.keepalive.contains(k) && !traffic.contains(&(*name, *k)) {
+                        continue;
+                    }
                     let Some(t) = self.nodes[*j].ifaces.get(target) else {
                         continue;
                     };
@@ -234,12 +280,12 @@ impl World {
                 continue; // a live session is not renewed every step
             }
             fa.sessions.insert(ka, (now, j, b));
-            self.nodes[j]
-                .ifaces
-                .get_mut(b)
-                .unwrap()
-                .sessions
-                .insert(kb, (now, i, a));
+            fa.last.insert(ka, now);
+            let fb = self.nodes[j].ifaces.get_mut(b).unwrap();
+            fb.sessions.insert(kb, (now, i, a));
+            fb.last.insert(kb, now);
+            // The responder learns where the initiator is.
+            fb.initiates.insert(kb, (i, a));
         }
     }
 
@@ -251,22 +297,24 @@ impl World {
             n.staged += 1;
         }
         match (n.next, n.old) {
-            (Some(next), None) if n.acks.0 || n.staged > 30 => {
+            (Some(next), None) if n.acks.contains(&next) || n.staged > 30 => {
                 n.staged = 0;
                 n.old = Some(n.current);
                 n.current = next;
                 n.next = None;
+                n.switched_at = self.now;
                 let main = n.ifaces.get_mut(WG_IFNAME).unwrap();
-                n.before = Some(main.handshakes());
-                // A new key on podguard0: its sessions are gone.
+                n.before = Some((next, main.handshakes()));
+                // A new key on podguard0: its sessions are gone (the
+                // kernel keeps reporting the last handshakes).
                 *main = Iface {
                     key: next,
                     sessions: BTreeMap::new(),
                     ..main.clone()
                 };
-                n.acks = (false, false);
+                n.acks.clear();
             }
-            (None, Some(_)) if n.acks.1 => n.old = None,
+            (None, Some(_)) if n.acks.contains(&n.current) => n.old = None,
             _ => {}
         }
     }
@@ -349,6 +397,7 @@ fn run_with(
     meddle: impl Fn(&mut World, usize),
 ) -> usize {
     let mut w = World::new(n);
+    meddle(&mut w, 0);
     for _ in 0..2 {
         for i in 0..n {
             w.reconcile(i);
@@ -452,4 +501,22 @@ fn a_rolled_back_stage_removes_every_companion() {
     }
     assert!(!w.companions_exist(), "a companion outlived the rollback");
     w.assert_all_paths("after the rollback");
+}
+
+#[test]
+fn with_keepalives_off_podguard0_still_settles_on_the_new_key() {
+    // `--keepalive 0`: after the switch no traffic is routed into
+    // podguard0 at either end, so only the keepalive the companions force
+    // makes its handshake happen.
+    let rounds = run_with(
+        3,
+        &[0, 2],
+        |_| vec![0, 1, 2],
+        |w, round| {
+            if round == 0 {
+                w.keepalive = None;
+            }
+        },
+    );
+    assert!(rounds < 2 * 25, "{rounds} rounds");
 }

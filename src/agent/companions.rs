@@ -3,7 +3,7 @@
 //! companions exist and where routes go, and create, configure and delete
 //! the companion interfaces. See `mesh::companion` for why they exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -13,17 +13,17 @@ use defguard_wireguard_rs::peer::Peer as WgPeer;
 use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi as _};
 use keys::store::RotationFiles;
 use keys::{PrivateKey, PublicKey};
-use mesh::companion::{self, Companion, Companions, Handshakes, Own, Seen};
+use mesh::companion::{self, Companion, Companions, Handshakes, Seen};
 
 use super::ReconcileError;
 use crate::netlink::Netlink;
 use crate::wireguard::backend::{WgClient, observed_peers};
 
-/// The companions' private keys, from the key files.
+/// The companions' private keys and the pure view of the key files.
 struct Keys {
     current: PrivateKey,
     next: Option<PrivateKey>,
-    switched: bool,
+    files: companion::Files,
 }
 
 fn load_keys(key_file: &Path) -> Result<Keys, ReconcileError> {
@@ -34,10 +34,22 @@ fn load_keys(key_file: &Path) -> Result<Keys, ReconcileError> {
             key_file.display()
         ))
     })?;
+    let old = match loaded.disk.old {
+        keys::rotation::File::Key { key, since } => Some((
+            key,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since),
+        )),
+        _ => None,
+    };
+    let files = companion::Files {
+        current: current.public_key(),
+        next: loaded.next.as_ref().map(PrivateKey::public_key),
+        old,
+    };
     Ok(Keys {
         current,
         next: loaded.next,
-        switched: loaded.old.is_some(),
+        files,
     })
 }
 
@@ -145,37 +157,29 @@ async fn ensure(
 /// created; the caller moves the routes, then calls [`Round::finish`].
 #[derive(Debug)]
 pub struct Round {
-    /// The decision (routes to retarget).
+    /// The decision (routes and keepalives to apply to the plan).
     pub decision: Companions,
-    /// This node's rotation may go on: `(staged, switched)` acks.
-    pub acks: (bool, bool),
+    /// The local keys this node's rotation may go on with.
+    pub acks: BTreeSet<PublicKey>,
 }
 
 /// Observe, decide, create. `before`: `podguard0`'s handshakes when it took
-/// its current key (from the rotator), if it did in this process.
+/// a key (which), from the rotator, if it did in this process. A companion
+/// that cannot be made (say its port is taken) is logged and left out: its
+/// peers keep their routes on `podguard0` and see the short gap of a switch
+/// without one, the rest of the reconcile goes on.
 pub async fn begin(
     nl: &Netlink,
     main: &WgClient,
     key_file: &Path,
     plan: &mesh::Plan,
-    before: Option<Handshakes>,
+    before: Option<(PublicKey, Handshakes)>,
 ) -> Result<Round, ReconcileError> {
     let keys = load_keys(key_file)?;
-    let own = match (&keys.next, keys.switched) {
-        // `.next` and `.old` both exist for one step of the switch, when
-        // `podguard0` still holds the old key.
-        (Some(n), _) => Own::Staged {
-            next: n.public_key(),
-        },
-        (None, true) => Own::Switched {
-            current: keys.current.public_key(),
-            before,
-        },
-        (None, false) => Own::Idle,
-    };
-    let (_, main_hs) = main
+    let (held, main_hs) = main
         .key_and_handshakes()
         .map_err(|e| ReconcileError::Device(format!("reading podguard0: {e}")))?;
+    let own = companion::own(&keys.files, held, before);
     let next = read(nl, companion::NEXT_IFNAME).await?;
     let peers_next = read(nl, companion::PEERS_NEXT_IFNAME).await?;
     let seen = Seen {
@@ -184,21 +188,30 @@ pub async fn begin(
         peers_next: peers_next.as_ref().map(|h| h.handshakes.clone()),
     };
     let now = SystemTime::now();
-    let decision = companion::decide(plan, keys.current.public_key(), &own, &seen, now);
-    if let Some(c) = &decision.next {
-        let key = match &keys.next {
-            Some(n) => n,
-            None => &keys.current,
-        };
-        ensure(nl, c, key, next.as_ref(), plan.mtu).await?;
+    let mut decision = companion::decide(plan, keys.current.public_key(), &own, &seen, now);
+    let mut acks = companion::acks(plan, &own, &seen, now);
+    let next_failed = match &decision.next {
+        Some(c) => {
+            let key = keys.next.as_ref().unwrap_or(&keys.current);
+            ensure(nl, c, key, next.as_ref(), plan.mtu).await.err()
+        }
+        None => None,
+    };
+    if let Some(e) = next_failed {
+        tracing::warn!(ifname = companion::NEXT_IFNAME, error = %e, "companion interface unavailable: this rotation will have a short gap at the switch");
+        decision.unroute(companion::NEXT_IFNAME);
+        acks.clear();
     }
-    if let Some(c) = &decision.peers_next {
-        ensure(nl, c, &keys.current, peers_next.as_ref(), plan.mtu).await?;
+    let peers_failed = match &decision.peers_next {
+        Some(c) => ensure(nl, c, &keys.current, peers_next.as_ref(), plan.mtu)
+            .await
+            .err(),
+        None => None,
+    };
+    if let Some(e) = peers_failed {
+        tracing::warn!(ifname = companion::PEERS_NEXT_IFNAME, error = %e, "companion interface unavailable: peers' rotations will have a short gap at their switch");
+        decision.unroute(companion::PEERS_NEXT_IFNAME);
     }
-    let acks = (
-        matches!(own, Own::Staged { .. }) && companion::staged_ack(plan, &seen, now),
-        companion::switched_ack(plan, &own, &seen, now),
-    );
     Ok(Round { decision, acks })
 }
 
@@ -227,7 +240,7 @@ impl Round {
 pub async fn remove_all(nl: &Netlink) -> Result<(), ReconcileError> {
     Round {
         decision: Companions::default(),
-        acks: (false, false),
+        acks: BTreeSet::new(),
     }
     .finish(nl)
     .await

@@ -117,11 +117,12 @@ pub struct Agent {
     peers: peer_health::PeerWatch,
     /// The underlay interface and MTU found last (detect mode).
     underlay_found: Option<(String, u32)>,
-    /// Kernel path: `podguard0`'s handshakes when it took its current key
-    /// (from the rotator), for the companions (`companions`).
-    kernel_before: Option<mesh::companion::Handshakes>,
-    /// Kernel path: the companions' `(staged, switched)` rotation acks.
-    kernel_acks: (bool, bool),
+    /// Kernel path: `podguard0`'s handshakes when it took a key (which),
+    /// from the rotator, for the companions (`companions`).
+    kernel_before: Option<(keys::PublicKey, mesh::companion::Handshakes)>,
+    /// Kernel path: the local keys the rotation may go on with, as of the
+    /// last reconcile (`mesh::companion::acks`).
+    kernel_acks: std::collections::BTreeSet<keys::PublicKey>,
     /// A rotation's companion interface exists: poll handshakes often.
     companions_active: bool,
 }
@@ -215,7 +216,7 @@ impl Agent {
             peers: peer_health::PeerWatch::new(cfg.peer_stale_after),
             underlay_found: None,
             kernel_before: None,
-            kernel_acks: (false, false),
+            kernel_acks: std::collections::BTreeSet::new(),
             companions_active: false,
             cfg,
         }
@@ -243,15 +244,17 @@ impl Agent {
     /// Kernel path: `podguard0`'s handshakes from just before it took its
     /// current key (the rotator's snapshot), so the companions can tell a
     /// handshake on the new key from an older one.
-    pub fn set_kernel_before(&mut self, before: Option<mesh::companion::Handshakes>) {
+    pub fn set_kernel_before(
+        &mut self,
+        before: Option<(keys::PublicKey, mesh::companion::Handshakes)>,
+    ) {
         self.kernel_before = before;
     }
 
-    /// Kernel path: whether every peer has a handshake on this node's next
-    /// key (`staged`) and, after the switch, settled back on `podguard0`
-    /// (`switched`), as of the last reconcile.
-    pub fn kernel_acks(&self) -> (bool, bool) {
-        self.kernel_acks
+    /// Kernel path: the local keys the rotation may go on with, as of the
+    /// last reconcile (empty after a failed one).
+    pub fn kernel_acks(&self) -> std::collections::BTreeSet<keys::PublicKey> {
+        self.kernel_acks.clone()
     }
 
     /// A rotation's companion interface is in use (poll often).
@@ -268,6 +271,7 @@ impl Agent {
     /// node gets an empty action list.
     pub async fn reconcile(&mut self, nodes: &[NodeInfo]) -> Result<Report, ReconcileError> {
         self.refresh_underlay_mtu(nodes).await;
+        self.kernel_acks.clear();
         let mut plan: Plan = mesh::plan(&self.local, nodes, &self.cfg.mesh)?;
         // The barrier first: before any route, so no window leaks.
         self.apply_netfilter(&plan)?;
@@ -321,8 +325,8 @@ impl Agent {
                     self.kernel_before.clone(),
                 )
                 .await?;
-                r.decision.retarget(&mut plan);
-                self.kernel_acks = r.acks;
+                r.decision.apply(&mut plan);
+                self.kernel_acks = r.acks.clone();
                 self.companions_active = r.decision.active();
                 Some(r)
             }

@@ -32,8 +32,8 @@ pub struct Rotator {
     kernel_ifname: Option<String>,
     /// Kernel WireGuard: the handshakes when it took its current key.
     kernel_switch: Option<Switch>,
-    /// Kernel WireGuard: the companions' `(staged, switched)` acks.
-    kernel_acks: (bool, bool),
+    /// Kernel WireGuard: the local keys the companions acknowledge.
+    kernel_acks: std::collections::BTreeSet<PublicKey>,
 }
 
 impl std::fmt::Debug for Rotator {
@@ -70,20 +70,22 @@ impl Rotator {
             last_problems: Vec::new(),
             kernel_ifname: None,
             kernel_switch: None,
-            kernel_acks: (false, false),
+            kernel_acks: std::collections::BTreeSet::new(),
         }
     }
 
     /// Kernel WireGuard: the companions' acks as of the last reconcile
     /// (`Agent::kernel_acks`).
-    pub fn set_kernel_acks(&mut self, acks: (bool, bool)) {
+    pub fn set_kernel_acks(&mut self, acks: std::collections::BTreeSet<PublicKey>) {
         self.kernel_acks = acks;
     }
 
-    /// Kernel WireGuard: `podguard0`'s handshakes just before it took its
-    /// current key, if this process switched it.
-    pub fn kernel_before(&self) -> Option<keys::kernel_ack::Handshakes> {
-        self.kernel_switch.as_ref().map(|s| s.before.clone())
+    /// Kernel WireGuard: the key `podguard0` last took in this process and
+    /// its handshakes just before.
+    pub fn kernel_before(&self) -> Option<(PublicKey, keys::kernel_ack::Handshakes)> {
+        self.kernel_switch
+            .as_ref()
+            .map(|s| (s.primary, s.before.clone()))
     }
 
     /// Kernel WireGuard: the interface's private key follows the primary
@@ -209,17 +211,9 @@ impl Rotator {
         // (`Staged`), every peer settled on `podguard0`'s new key (`Switched`).
         let ack = match (&self.device, &self.kernel_ifname) {
             (Some(d), _) if peers_applied => Ack::Keys(d.key_acks()),
-            (None, Some(_)) if peers_applied => {
-                let (staged, switched) = self.kernel_acks;
-                let mut keys = std::collections::BTreeSet::new();
-                if let (true, Some(n)) = (staged, loaded.disk.next.key()) {
-                    keys.insert(n);
-                }
-                if let (true, Some(c)) = (switched, loaded.disk.current.key()) {
-                    keys.insert(c);
-                }
-                Ack::Keys(keys)
-            }
+            // Keys, not flags: an ack for another key than the one the
+            // machine waits for acknowledges nothing.
+            (None, Some(_)) if peers_applied => Ack::Keys(self.kernel_acks.clone()),
             _ => Ack::Unknown,
         };
         let inputs = Inputs {

@@ -1,6 +1,7 @@
 //! `podguard-agent --uninstall`: remove everything podguard created on this
 //! node, so it is as it was before the install: the `podguard0` and `cbr0`
-//! links (and a key rotation's companions, `podguard0n`/`podguard0p`) (and with them their addresses and routes), podguard's remaining
+//! links and a key rotation's companions `podguard0n`/`podguard0p` (and
+//! with them their addresses and routes), podguard's remaining
 //! routes (the `unreachable` backstops, protocol 77), the nftables table
 //! `inet podguard`, the CNI plugin and conflist, the pods' address leases,
 //! the node state file, the UAPI socket and the node's keys (a reinstall
