@@ -14,8 +14,8 @@
 //!   with its podCIDRs, no endpoints (it learns them from the handshakes
 //!   the peers start). Exists while the node's rotation is `Staged` or
 //!   `Switched`.
-//! * [`PEERS_NEXT_IFNAME`] on every other node: its *current* key, a
-//!   random port, one peer per rotating node under that node's next key
+//! * [`PEERS_NEXT_IFNAME`] on every other node: its *current* key, its
+//!   port + 2 ([`peers_next_port`]), one peer per rotating node under that node's next key
 //!   (endpoint: the node's address, port + 1; keepalive, so it handshakes
 //!   at once), with that node's podCIDRs.
 //!
@@ -97,10 +97,10 @@ pub enum Own {
         /// `podguard0`'s handshakes just before it took the new key, when
         /// known (a restarted agent does not know them).
         before: Option<Handshakes>,
-        /// When the old key was saved, just before the switch: without
-        /// `before`, a handshake counts as on the new key if it is later
-        /// (the kernel keeps each peer's last handshake across a key
-        /// change).
+        /// When `.next` was renamed over `private.key` (its ctime), just
+        /// before `wg set`: without `before`, a handshake counts as on the
+        /// new key if it is later (the kernel keeps each peer's last
+        /// handshake across a key change).
         since: SystemTime,
     },
     /// The key files say `Switched` but `podguard0` still holds the old key
@@ -117,10 +117,12 @@ pub enum Own {
 pub struct Files {
     /// `private.key`.
     pub current: PublicKey,
+    /// When `private.key` last changed (its ctime: a rename sets it).
+    pub current_since: SystemTime,
     /// `private.key.next`, if valid.
     pub next: Option<PublicKey>,
-    /// `private.key.old`, if valid, and when it was written.
-    pub old: Option<(PublicKey, SystemTime)>,
+    /// `private.key.old`, if valid.
+    pub old: Option<PublicKey>,
 }
 
 /// This node's rotation from its key files and the key `podguard0` holds.
@@ -132,10 +134,10 @@ pub struct Files {
 pub fn own(files: &Files, held: Option<PublicKey>, before: Option<(PublicKey, Handshakes)>) -> Own {
     match (files.next, files.old) {
         (Some(next), _) => Own::Staged { next },
-        (None, Some((_, since))) if held == Some(files.current) => Own::Switched {
+        (None, Some(_)) if held == Some(files.current) => Own::Switched {
             current: files.current,
             before: before.filter(|(k, _)| *k == files.current).map(|(_, b)| b),
-            since,
+            since: files.current_since,
         },
         (None, Some(_)) => Own::Switching {
             current: files.current,

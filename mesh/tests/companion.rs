@@ -147,8 +147,9 @@ impl World {
         let mut p: Plan = plan(&local, &infos, &cfg).unwrap();
         let files = companion::Files {
             current: n.current,
+            current_since: n.switched_at,
             next: n.next,
-            old: n.old.map(|k| (k, n.switched_at)),
+            old: n.old,
         };
         let own = companion::own(&files, Some(n.ifaces[WG_IFNAME].key), n.before.clone());
         let seen = Seen {

@@ -185,11 +185,12 @@ pub struct Args {
 
     /// During a rotation, how long to wait for every peer to take the next
     /// key before switching anyway (an absent peer must not block it).
-    /// It switches as soon as every peer has a session on the next key.
-    /// Default 60s on the userspace device; 30s on kernel WireGuard, where
-    /// the next key's sessions live on the companion interface
-    /// `podguard0n` (port + 1), which peers on a userspace device never
-    /// reach (they then see a short gap at the switch).
+    /// It switches as soon as every peer has a session on the next key (on
+    /// kernel WireGuard: had one for 5 s). Default 60s on the userspace
+    /// device; 30s on kernel WireGuard, where the next key's sessions live
+    /// on the companion interface `podguard0n` (port + 1), which peers on a
+    /// userspace device never reach (they then see a short gap at the
+    /// switch).
     #[arg(long, env = "PODGUARD_ROTATION_STAGE_TIMEOUT", value_parser = parse_duration)]
     pub rotation_stage_timeout: Option<Duration>,
 

@@ -13,7 +13,7 @@ use defguard_wireguard_rs::peer::Peer as WgPeer;
 use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi as _};
 use keys::store::RotationFiles;
 use keys::{PrivateKey, PublicKey};
-use mesh::companion::{self, Companion, Companions, Handshakes, Seen};
+use mesh::companion::{self, Companion, Companions, Handshakes, Own, Seen};
 
 use super::ReconcileError;
 use crate::netlink::Netlink;
@@ -34,17 +34,23 @@ fn load_keys(key_file: &Path) -> Result<Keys, ReconcileError> {
             key_file.display()
         ))
     })?;
-    let old = match loaded.disk.old {
-        keys::rotation::File::Key { key, since } => Some((
-            key,
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since),
-        )),
-        _ => None,
-    };
+    // The switch renamed `.next` over the key file: its ctime, to the
+    // nanosecond, is when (a moment before `wg set`).
+    let current_since = std::fs::metadata(key_file)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            let (secs, nanos) = (
+                m.ctime().max(0) as u64,
+                m.ctime_nsec().clamp(0, 999_999_999) as u32,
+            );
+            SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+        })
+        .unwrap_or_else(|_| SystemTime::now());
     let files = companion::Files {
         current: current.public_key(),
+        current_since,
         next: loaded.next.as_ref().map(PrivateKey::public_key),
-        old,
+        old: loaded.old.as_ref().map(PrivateKey::public_key),
     };
     Ok(Keys {
         current,
@@ -180,12 +186,35 @@ pub async fn begin(
         .key_and_handshakes()
         .map_err(|e| ReconcileError::Device(format!("reading podguard0: {e}")))?;
     let own = companion::own(&keys.files, held, before);
-    let next = read(nl, companion::NEXT_IFNAME).await?;
-    let peers_next = read(nl, companion::PEERS_NEXT_IFNAME).await?;
+    let next_key = match &own {
+        Own::Idle => None,
+        Own::Staged { next } => Some(*next),
+        Own::Switched { current, .. } | Own::Switching { current } => Some(*current),
+    };
+    let next = read_or_warn(nl, companion::NEXT_IFNAME).await;
+    let peers_next = read_or_warn(nl, companion::PEERS_NEXT_IFNAME).await;
+    // Handshakes count only on an interface that already holds the key it
+    // must: a leftover with another key is reconfigured (its peers go).
+    let usable = |h: &Option<Have>, key: Option<PublicKey>, port: Option<u16>| {
+        h.as_ref()
+            .is_some_and(|h| key.is_some() && h.key == key && port.is_none_or(|p| h.port == p))
+    };
+    let next_usable = usable(&next, next_key, companion::next_port(plan.listen_port));
+    let peers_next_usable = usable(
+        &peers_next,
+        Some(keys.current.public_key()),
+        companion::peers_next_port(plan.listen_port),
+    );
     let seen = Seen {
         main: main_hs,
-        next: next.as_ref().map(|h| h.handshakes.clone()),
-        peers_next: peers_next.as_ref().map(|h| h.handshakes.clone()),
+        next: next
+            .as_ref()
+            .filter(|_| next_usable)
+            .map(|h| h.handshakes.clone()),
+        peers_next: peers_next
+            .as_ref()
+            .filter(|_| peers_next_usable)
+            .map(|h| h.handshakes.clone()),
     };
     let now = SystemTime::now();
     let mut decision = companion::decide(plan, keys.current.public_key(), &own, &seen, now);
@@ -198,9 +227,13 @@ pub async fn begin(
         None => None,
     };
     if let Some(e) = next_failed {
-        tracing::warn!(ifname = companion::NEXT_IFNAME, error = %e, "companion interface unavailable: this rotation will have a short gap at the switch");
-        decision.unroute(companion::NEXT_IFNAME);
-        acks.clear();
+        tracing::warn!(ifname = companion::NEXT_IFNAME, error = %e, "companion interface: configuring it failed; retrying every reconcile");
+        // A working one keeps its routes; one not made yet gets none (its
+        // peers see the short gap of a switch without a companion).
+        if !next_usable {
+            decision.unroute(companion::NEXT_IFNAME);
+            acks.clear();
+        }
     }
     let peers_failed = match &decision.peers_next {
         Some(c) => ensure(nl, c, &keys.current, peers_next.as_ref(), plan.mtu)
@@ -209,10 +242,24 @@ pub async fn begin(
         None => None,
     };
     if let Some(e) = peers_failed {
-        tracing::warn!(ifname = companion::PEERS_NEXT_IFNAME, error = %e, "companion interface unavailable: peers' rotations will have a short gap at their switch");
-        decision.unroute(companion::PEERS_NEXT_IFNAME);
+        tracing::warn!(ifname = companion::PEERS_NEXT_IFNAME, error = %e, "companion interface: configuring it failed; retrying every reconcile");
+        if !peers_next_usable {
+            decision.unroute(companion::PEERS_NEXT_IFNAME);
+        }
     }
     Ok(Round { decision, acks })
+}
+
+/// [`read`], with a failure logged and taken as "not there" (the companion
+/// is then made again; a failure to make it is handled there).
+async fn read_or_warn(nl: &Netlink, ifname: &str) -> Option<Have> {
+    match read(nl, ifname).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(ifname, error = %e, "companion interface unreadable");
+            None
+        }
+    }
 }
 
 impl Round {

@@ -326,7 +326,6 @@ impl Agent {
                 )
                 .await?;
                 r.decision.apply(&mut plan);
-                self.kernel_acks = r.acks.clone();
                 self.companions_active = r.decision.active();
                 Some(r)
             }
@@ -403,6 +402,10 @@ impl Agent {
             }
             self.last_rejections = plan.rejections.clone();
         }
+        if let Some(r) = &round {
+            // Only a reconcile that got this far lets the rotation go on.
+            self.kernel_acks = r.acks.clone();
+        }
         self.last_plan = Some(plan.clone());
         let state = node_state::NodeState::from_plan(&plan);
         node_state::write(&self.cfg.state_file, &state).map_err(|source| {
@@ -470,8 +473,9 @@ pub async fn run_nodes_file(
                 }
             }
         }
+        // A rotation's companion moves routes on handshakes: poll.
         if let Some(n) = &nodes
-            && (changed || repair_now || last_sync.elapsed() >= resync)
+            && (changed || repair_now || agent.companions_active || last_sync.elapsed() >= resync)
         {
             match agent.reconcile(n).await {
                 Ok(report) => {

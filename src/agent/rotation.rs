@@ -257,7 +257,8 @@ impl Rotator {
                     &self.files.next
                 };
                 // Before the switch: only handshakes after it use the new
-                // key. Without that snapshot, timeouts decide.
+                // key (`mesh::companion`). Without that snapshot the
+                // companions compare with the key file's ctime instead.
                 // A device that already holds the key (a restarted agent
                 // adopting it) keeps its sessions: `wg set` with the
                 // unclamped file bytes would expire them all.
@@ -283,8 +284,8 @@ impl Rotator {
                 if st.is_some_and(|st| !st.success()) {
                     anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
                 }
-                // Adopted (no switch here): the companions go by which
-                // interface handshook last instead.
+                // Adopted (no switch here): the companions go by the key
+                // file's ctime instead.
                 self.kernel_switch = before.filter(|_| st.is_some()).map(|before| Switch {
                     primary: dk.primary,
                     before,
