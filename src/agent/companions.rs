@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use defguard_wireguard_rs::key::Key;
-use defguard_wireguard_rs::net::IpAddrMask;
 use defguard_wireguard_rs::peer::Peer as WgPeer;
 use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi as _};
 use keys::store::RotationFiles;
@@ -17,7 +16,7 @@ use mesh::companion::{self, Companion, Companions, Handshakes, Own, Seen};
 
 use super::ReconcileError;
 use crate::netlink::Netlink;
-use crate::wireguard::backend::{WgClient, observed_peers};
+use crate::wireguard::backend::{WgClient, key_and_handshakes_of, mask, observed_peers};
 
 /// The companions' private keys and the pure view of the key files.
 struct Keys {
@@ -81,19 +80,13 @@ async fn read(nl: &Netlink, ifname: &str) -> Result<Option<Have>, ReconcileError
     let host = api
         .read_interface_data()
         .map_err(wg_err(format!("reading {ifname}")))?;
-    let (key, handshakes) = WgClient::Kernel(api)
-        .key_and_handshakes()
-        .map_err(|e| ReconcileError::Device(format!("reading {ifname}: {e}")))?;
+    let (key, handshakes) = key_and_handshakes_of(&host);
     Ok(Some(Have {
         key,
         port: host.listen_port,
         peers: observed_peers(&host),
         handshakes,
     }))
-}
-
-fn mask(net: &ipnet::IpNet) -> IpAddrMask {
-    IpAddrMask::new(net.network(), net.prefix_len())
 }
 
 /// Make `want` exist as decided, holding `key`.

@@ -74,7 +74,8 @@ pub fn stale_link(backend: Backend, kind: Option<&str>) -> bool {
     kind != Some(want)
 }
 
-fn mask(net: &IpNet) -> IpAddrMask {
+/// A prefix in defguard's terms.
+pub fn mask(net: &IpNet) -> IpAddrMask {
     IpAddrMask::new(net.network(), net.prefix_len())
 }
 
@@ -85,6 +86,26 @@ pub fn peer_config(p: &mesh::Peer) -> WgPeer {
     peer.persistent_keepalive_interval = Some(p.persistent_keepalive.unwrap_or(0));
     peer.allowed_ips = p.allowed_ips.iter().map(mask).collect();
     peer
+}
+
+/// The public half of the device's private key (if it has one) and each
+/// peer's last completed handshake, from one read of the device.
+pub fn key_and_handshakes_of(host: &Host) -> (Option<PublicKey>, keys::kernel_ack::Handshakes) {
+    let key = host
+        .private_key
+        .as_ref()
+        .map(|k| keys::PrivateKey::from_bytes(k.as_array()).public_key());
+    let handshakes = host
+        .peers
+        .values()
+        .map(|p| {
+            let last = p
+                .last_handshake
+                .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
+            (PublicKey::from_bytes(p.public_key.as_array()), last)
+        })
+        .collect();
+    (key, handshakes)
 }
 
 /// What defguard read from the device, in `mesh` terms.
@@ -176,21 +197,7 @@ impl WgClient {
             what: "reading the WireGuard device's key and handshakes".into(),
             source,
         })?;
-        let key = host
-            .private_key
-            .as_ref()
-            .map(|k| keys::PrivateKey::from_bytes(k.as_array()).public_key());
-        let handshakes = host
-            .peers
-            .values()
-            .map(|p| {
-                let last = p
-                    .last_handshake
-                    .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
-                (PublicKey::from_bytes(p.public_key.as_array()), last)
-            })
-            .collect();
-        Ok((key, handshakes))
+        Ok(key_and_handshakes_of(&host))
     }
 
     /// Each peer's key, last completed handshake (`None`: never) and
