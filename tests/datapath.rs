@@ -40,12 +40,23 @@ fn pod_traffic_is_routed_encrypted_and_not_natted() {
                 Duration::from_secs(10),
                 || pings(&src.pod_ns, &dst_ip),
             );
+            let rx_before = link_rx(&dst.ns, "podguard0");
             let t = tcp_transfer(
                 &src.pod_ns,
                 &dst.pod_ns,
                 dst_ip.parse().unwrap(),
                 &enc,
                 MB10,
+            );
+            // The receiving device hands the stream to its TUN coalesced
+            // (super-packets of many segments), not segment by segment.
+            let rx_after = link_rx(&dst.ns, "podguard0");
+            let (pkts, bytes) = (rx_after.0 - rx_before.0, rx_after.1 - rx_before.1);
+            eprintln!("{src_ip} -> {dst_ip}: {pkts} TUN writes, {bytes} bytes");
+            assert!(
+                bytes >= MB10 as u64 && bytes / pkts >= 8_000,
+                "{src_ip} -> {dst_ip}: {pkts} TUN writes of {bytes} bytes, {} per write",
+                bytes / pkts.max(1)
             );
             assert_eq!(t.bytes, MB10, "{src_ip} -> {dst_ip}");
             assert_eq!(

@@ -1,23 +1,39 @@
 //! UDP → TUN: datagrams arrive in batches (`recvmmsg`, with UDP GRO a
-//! slot holds a peer's whole GSO send); data packets are opened here (the
-//! crypto on the device's workers) and the decrypted ones coalesced
-//! (TCP/UDP GRO in tun-rs) into few TUN writes; handshake messages go to
+//! slot holds a peer's whole GSO send); data packets are opened where they
+//! lie in the receive buffer (the crypto on the device's workers) and the
+//! decrypted ones coalesced into few TUN writes: consecutive segments of a
+//! TCP flow by the core's plan (`wgcore::gro`) with one `writev` each and
+//! no copy, the rest copied out to tun-rs' GRO; handshake messages go to
 //! the handshake thread's queue.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
-use wgcore::{Opened, SourceCache};
+use wgcore::gro::{self, Write};
+use wgcore::{DATA_HEADER, Opened, SourceCache};
 
 use super::batch;
 use super::device::Device;
 use super::handshakes;
 use super::tun_rx::PKT_MAX;
-use super::workers::Pool;
 
 /// Datagrams per `recvmmsg`.
 const RX_BATCH: usize = 64;
+
+const _: () = assert!(VIRTIO_NET_HDR_LEN == gro::VNET_HDR_LEN);
+
+/// How opened packets reach the TUN.
+struct TunWriter {
+    gro: GROTable,
+    plan: Vec<Write>,
+    /// Copies for tun-rs' GRO, with room for the virtio header.
+    copies: Vec<batch::PktBuf>,
+    /// `PODGUARD_TUN_RS_GRO=1`: every packet copied to tun-rs' GRO (the
+    /// path before the core's plan; for comparing the two).
+    copy_all: bool,
+}
 
 pub fn run(dev: &Device) {
     let gro_rx = std::env::var_os("PODGUARD_NO_UDP_GRO").is_none() && batch::enable_gro(&dev.udp);
@@ -28,10 +44,14 @@ pub fn run(dev: &Device) {
     };
     let mut rb = batch::RecvBatch::new(slots, slot_size);
     let mut got: Vec<batch::Received> = Vec::with_capacity(slots);
-    let mut outs = batch::tun_write_bufs(IDEAL_BATCH_SIZE, PKT_MAX + 64);
-    let mut gro = GROTable::default();
+    let mut tun_w = TunWriter {
+        gro: GROTable::default(),
+        plan: Vec::new(),
+        copies: batch::tun_write_bufs(IDEAL_BATCH_SIZE, PKT_MAX + 64),
+        copy_all: std::env::var_os("PODGUARD_TUN_RS_GRO").is_some(),
+    };
     let crypto = dev.crypto_pool();
-    let mut opened: Vec<Opened> = Vec::with_capacity(outs.len());
+    let mut opened: Vec<Opened> = Vec::with_capacity(IDEAL_BATCH_SIZE);
     let mut handshakes = handshakes::Batch::default();
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
@@ -43,10 +63,10 @@ pub fn run(dev: &Device) {
         }
         let now = Instant::now();
         let mut cache = SourceCache::default();
-        let mut input: Vec<(&[u8], std::net::SocketAddr)> = Vec::new();
-        for (i, r) in got.iter().enumerate() {
+        let mut input: Vec<(&mut [u8], SocketAddr)> = Vec::new();
+        for (buf, r) in rb.bufs.iter_mut().zip(&got) {
             let seg = r.seg.unwrap_or(r.len).max(1);
-            for datagram in rb.bufs[i][..r.len].chunks(seg) {
+            for datagram in buf[..r.len].chunks_mut(seg) {
                 if wgcore::is_handshake(datagram) {
                     if !wgcore::handshake_size_ok(datagram) {
                         dev.core.drops.count_invalid();
@@ -59,63 +79,84 @@ pub fn run(dev: &Device) {
             }
         }
         dev.handshakes.send(&mut handshakes);
-        // In slices the TUN write buffers can hold, in arrival order.
-        for part in input.chunks(outs.len()) {
-            open_and_write(
-                dev,
-                &crypto,
-                part,
-                &mut outs,
-                &mut gro,
-                &mut cache,
-                &mut opened,
-                now,
-            );
+        // In slices of a TUN batch, in arrival order.
+        for part in input.chunks_mut(IDEAL_BATCH_SIZE) {
+            dev.core
+                .open_batch_in_place(part, &crypto, &mut cache, &mut opened, now);
+            let mut pkts: Vec<&mut [u8]> = part
+                .iter_mut()
+                .zip(&opened)
+                .filter_map(|((d, _), o)| match *o {
+                    Opened::Packet(len) => Some(&mut d[DATA_HEADER..DATA_HEADER + len]),
+                    Opened::Nothing => None,
+                })
+                .collect();
+            if !pkts.is_empty() {
+                tun_w.write(dev, &mut pkts);
+            }
         }
         dev.flush();
     }
 }
 
-/// Open a batch of data datagrams (the crypto on the device's workers)
-/// and write what opened to the TUN, in arrival order.
-#[allow(clippy::too_many_arguments)]
-fn open_and_write(
-    dev: &Device,
-    crypto: &Pool,
-    input: &[(&[u8], std::net::SocketAddr)],
-    outs: &mut [batch::PktBuf],
-    gro: &mut GROTable,
-    cache: &mut SourceCache,
-    opened: &mut Vec<Opened>,
-    now: Instant,
-) {
-    {
-        let mut spaces: Vec<&mut [u8]> = outs
-            .iter_mut()
-            .map(|o| &mut o.space()[VIRTIO_NET_HDR_LEN..])
-            .collect();
-        dev.core
-            .open_batch(input, &mut spaces, crypto, cache, opened, now);
-    }
-    // Opened packets move to the front, in order, for one TUN write.
-    let mut ready = 0;
-    for (k, o) in opened.iter().enumerate() {
-        if let Opened::Packet(len) = *o {
-            if k != ready {
-                let (a, b) = outs.split_at_mut(k);
-                std::mem::swap(&mut a[ready], &mut b[0]);
-            }
-            outs[ready].set_len(VIRTIO_NET_HDR_LEN + len);
-            ready += 1;
+impl TunWriter {
+    /// Write `pkts` (opened IP packets) to the TUN, in order.
+    fn write(&mut self, dev: &Device, pkts: &mut [&mut [u8]]) {
+        let tun = dev.tun.read();
+        if self.copy_all {
+            self.copy_out(&tun, pkts);
+            return;
         }
+        {
+            let views: Vec<&[u8]> = pkts.iter().map(|p| &**p).collect();
+            gro::plan(&views, &mut self.plan);
+        }
+        let plan = std::mem::take(&mut self.plan);
+        for w in &plan {
+            match w {
+                Write::Super {
+                    first,
+                    count,
+                    hdr_len,
+                    head,
+                } => {
+                    gro::finish(pkts[*first], head);
+                    let vnet = head.vnet_hdr();
+                    let iov: Vec<IoSlice> = [IoSlice::new(&vnet), IoSlice::new(pkts[*first])]
+                        .into_iter()
+                        .chain(
+                            pkts[first + 1..first + count]
+                                .iter()
+                                .map(|p| IoSlice::new(&p[*hdr_len..])),
+                        )
+                        .collect();
+                    log_err(nix::sys::uio::writev(&*tun, &iov).map_err(io::Error::from));
+                }
+                Write::Other(range) => self.copy_out(&tun, &pkts[range.clone()]),
+            }
+        }
+        self.plan = plan;
     }
-    if ready > 0 {
-        write_tun(dev, gro, &mut outs[..ready]);
+
+    /// The general path: copies behind a virtio header, through tun-rs'
+    /// GRO (TCP and UDP coalescing, checksums).
+    fn copy_out(&mut self, tun: &tun_rs::SyncDevice, pkts: &[&mut [u8]]) {
+        for group in pkts.chunks(self.copies.len()) {
+            for (buf, p) in self.copies.iter_mut().zip(group) {
+                buf.set_len(VIRTIO_NET_HDR_LEN + p.len());
+                buf.space()[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + p.len()].copy_from_slice(p);
+            }
+            log_err(tun.send_multiple(
+                &mut self.gro,
+                &mut self.copies[..group.len()],
+                VIRTIO_NET_HDR_LEN,
+            ));
+        }
     }
 }
 
-fn write_tun(dev: &Device, gro: &mut GROTable, outs: &mut [batch::PktBuf]) {
-    if let Err(e) = dev.tun.read().send_multiple(gro, outs, VIRTIO_NET_HDR_LEN) {
+fn log_err(r: io::Result<usize>) {
+    if let Err(e) = r {
         tracing::debug!(error = %e, "TUN write");
     }
 }

@@ -294,6 +294,19 @@ pub fn start_capture_with(
     Capture { label, file, err }
 }
 
+/// `ifname`'s receive counters in `ns`: (packets, bytes). On a TUN these
+/// count what the device wrote into it.
+pub fn link_rx(ns: &str, ifname: &str) -> (u64, u64) {
+    let out = run(&["ip", "-n", ns, "-j", "-s", "link", "show", "dev", ifname]);
+    assert!(out.status.success(), "ip -s link show {ifname} in {ns}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rx = &v[0]["stats64"]["rx"];
+    (
+        rx["packets"].as_u64().unwrap(),
+        rx["bytes"].as_u64().unwrap(),
+    )
+}
+
 fn stat(text: &str, what: &str) -> Option<u64> {
     text.lines()
         .find(|l| l.ends_with(what))

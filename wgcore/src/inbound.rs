@@ -59,7 +59,8 @@ pub struct SourceCache(Option<(usize, IpAddr, bool)>);
 /// What became of a datagram handed to [`Core::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opened {
-    /// `out[..len]` is an IP packet for the TUN.
+    /// `out[..len]` is an IP packet for the TUN (opened in place:
+    /// `datagram[DATA_HEADER..][..len]`).
     Packet(usize),
     /// Nothing for the TUN (a handshake message, a keepalive, or a drop;
     /// replies are queued as transmits).

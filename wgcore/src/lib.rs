@@ -21,6 +21,7 @@
 
 mod clock;
 mod config;
+pub mod gro;
 pub mod gso;
 mod inbound;
 mod open_batch;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 pub use inbound::{Opened, SourceCache, handshake_size_ok, is_handshake};
+pub use open_batch::DATA_HEADER;
 pub use outbound::{Route, Sealed, dst_address};
 pub use peer::{PENDING_MAX, REKEY_TIMEOUT};
 pub use seal_batch::batch_buffer_len;

@@ -28,6 +28,11 @@ use crate::{Core, DropCounters};
 
 /// Smallest data packet: header, counter and tag (a keepalive).
 const DATA_MIN: usize = 32;
+/// Where a data packet's IP packet starts once opened in place.
+pub const DATA_HEADER: usize = boringtun::noise::DATA_HEADER_SZ;
+/// Scratch for the one-datagram path of an in-place batch: room for a
+/// handshake response.
+const SCRATCH_MIN: usize = 256;
 
 /// What a job found.
 #[derive(Clone, Copy)]
@@ -40,10 +45,17 @@ enum Outcome {
     Packet(usize, IpAddr),
 }
 
+/// Where a job's plaintext goes.
+enum Buf<'a> {
+    /// Decrypted from the datagram into another buffer.
+    Copy(&'a [u8], &'a mut [u8]),
+    /// Decrypted where it lies, after the datagram's header.
+    InPlace(&'a mut [u8]),
+}
+
 struct Job<'a> {
-    datagram: &'a [u8],
+    buf: Buf<'a>,
     receiver: &'a DataReceiver,
-    out: &'a mut [u8],
     outcome: Outcome,
 }
 
@@ -72,7 +84,7 @@ impl Core {
 
     /// Open `datagrams` (with where each came from) into `outs` (one per
     /// datagram, each at least its datagram's length); `opened[k]` says
-    /// what became of datagram `k`.
+    /// what became of datagram `k` (a packet at `outs[k][..len]`).
     pub fn open_batch<W: Workers>(
         &self,
         datagrams: &[(&[u8], SocketAddr)],
@@ -82,6 +94,54 @@ impl Core {
         opened: &mut Vec<Opened>,
         now: Instant,
     ) {
+        let datagrams = &datagrams[..datagrams.len().min(outs.len())];
+        let (mut sessions, plan) = self.plan_open(datagrams, Some(outs), cache, opened, now);
+        let mut jobs: Vec<(usize, Job<'_>)> = Vec::with_capacity(datagrams.len());
+        for (k, out) in outs.iter_mut().enumerate().take(datagrams.len()) {
+            if let Some(s) = plan[k] {
+                jobs.push((k, Job::new(Buf::Copy(datagrams[k].0, out), &sessions[s])));
+            }
+        }
+        let outcomes = run_jobs(workers, jobs);
+        self.finish_open(datagrams, &plan, &mut sessions, outcomes, cache, opened);
+    }
+
+    /// [`Core::open_batch`] in place: each data packet is decrypted where
+    /// it lies, `opened[k]` a packet at `datagrams[k][DATA_HEADER..][..len]`
+    /// (no copy of the ciphertext into another buffer).
+    pub fn open_batch_in_place<W: Workers>(
+        &self,
+        datagrams: &mut [(&mut [u8], SocketAddr)],
+        workers: &W,
+        cache: &mut SourceCache,
+        opened: &mut Vec<Opened>,
+        now: Instant,
+    ) {
+        let view: Vec<(&[u8], SocketAddr)> = datagrams.iter().map(|(d, f)| (&**d, *f)).collect();
+        let (mut sessions, plan) = self.plan_open(&view, None, cache, opened, now);
+        drop(view);
+        let mut jobs: Vec<(usize, Job<'_>)> = Vec::with_capacity(datagrams.len());
+        for (k, (d, _)) in datagrams.iter_mut().enumerate() {
+            if let Some(s) = plan[k] {
+                jobs.push((k, Job::new(Buf::InPlace(d), &sessions[s])));
+            }
+        }
+        let outcomes = run_jobs(workers, jobs);
+        let view: Vec<(&[u8], SocketAddr)> = datagrams.iter().map(|(d, f)| (&**d, *f)).collect();
+        self.finish_open(&view, &plan, &mut sessions, outcomes, cache, opened);
+    }
+
+    /// In input order: the session of each data packet (a replay is refused
+    /// before it costs a decryption), and anything else through the
+    /// one-datagram path (into `outs[k]`, or a scratch buffer).
+    fn plan_open(
+        &self,
+        datagrams: &[(&[u8], SocketAddr)],
+        mut outs: Option<&mut [&mut [u8]]>,
+        cache: &mut SourceCache,
+        opened: &mut Vec<Opened>,
+        now: Instant,
+    ) -> (Vec<Session>, Vec<Option<usize>>) {
         self.clock.advance(now);
         opened.clear();
         let mut sessions: Vec<Session> = Vec::new();
@@ -89,9 +149,16 @@ impl Core {
         let mut plan: Vec<Option<usize>> = Vec::with_capacity(datagrams.len());
         for (k, &(d, from)) in datagrams.iter().enumerate() {
             if d.first() != Some(&4) {
-                let r = match outs.get_mut(k) {
-                    Some(out) => self.open(d, from, out, cache, now),
-                    None => Opened::Nothing,
+                let r = match outs.as_deref_mut() {
+                    Some(outs) => self.open(d, from, outs[k], cache, now),
+                    None => {
+                        // Handshake messages: nothing for the TUN.
+                        let mut scratch = vec![0u8; d.len().max(SCRATCH_MIN)];
+                        match self.open(d, from, &mut scratch, cache, now) {
+                            Opened::Packet(_) => Opened::Nothing,
+                            nothing => nothing,
+                        }
+                    }
                 };
                 opened.push(r);
                 plan.push(None);
@@ -124,30 +191,20 @@ impl Core {
             }
             plan.push(s);
         }
-        let mut jobs: Vec<(usize, Job<'_>)> = Vec::with_capacity(datagrams.len());
-        for (k, out) in outs.iter_mut().enumerate().take(datagrams.len()) {
-            if let Some(s) = plan[k] {
-                jobs.push((
-                    k,
-                    Job {
-                        datagram: datagrams[k].0,
-                        receiver: &sessions[s].receiver,
-                        out,
-                        outcome: Outcome::Bad,
-                    },
-                ));
-            }
-        }
-        workers.each(&mut jobs, &|(_, j)| {
-            j.outcome = match j.receiver.open_unmarked(j.datagram, j.out) {
-                TunnResult::WriteToTunnelV4(p, src) => Outcome::Packet(p.len(), IpAddr::V4(src)),
-                TunnResult::WriteToTunnelV6(p, src) => Outcome::Packet(p.len(), IpAddr::V6(src)),
-                TunnResult::Done => Outcome::Keepalive,
-                _ => Outcome::Bad,
-            };
-        });
-        let outcomes: Vec<(usize, Outcome)> = jobs.iter().map(|(k, j)| (*k, j.outcome)).collect();
-        drop(jobs);
+        (sessions, plan)
+    }
+
+    /// In input order again: the replay check, cryptokey routing, and what
+    /// each session's packets add up to (timers, counters, roaming).
+    fn finish_open(
+        &self,
+        datagrams: &[(&[u8], SocketAddr)],
+        plan: &[Option<usize>],
+        sessions: &mut [Session],
+        outcomes: Vec<(usize, Outcome)>,
+        cache: &mut SourceCache,
+        opened: &mut [Opened],
+    ) {
         for (k, outcome) in outcomes {
             let Some(s) = plan[k].and_then(|s| sessions.get_mut(s)) else {
                 continue;
@@ -170,7 +227,7 @@ impl Core {
             s.wire_bytes += d.len();
             s.from = Some(normalize(from));
         }
-        for s in &sessions {
+        for s in sessions.iter() {
             self.opened(s);
         }
     }
@@ -193,4 +250,32 @@ impl Core {
         }
         self.flush_pending(&s.peer, &s.link);
     }
+}
+
+impl<'a> Job<'a> {
+    fn new(buf: Buf<'a>, session: &'a Session) -> Self {
+        Job {
+            buf,
+            receiver: &session.receiver,
+            outcome: Outcome::Bad,
+        }
+    }
+}
+
+/// Authenticate and decrypt every job on the workers; what each found, in
+/// input order.
+fn run_jobs<W: Workers>(workers: &W, mut jobs: Vec<(usize, Job<'_>)>) -> Vec<(usize, Outcome)> {
+    workers.each(&mut jobs, &|(_, j)| {
+        let r = match &mut j.buf {
+            Buf::Copy(d, out) => j.receiver.open_unmarked(d, out),
+            Buf::InPlace(d) => j.receiver.open_unmarked_in_place(d),
+        };
+        j.outcome = match r {
+            TunnResult::WriteToTunnelV4(p, src) => Outcome::Packet(p.len(), IpAddr::V4(src)),
+            TunnResult::WriteToTunnelV6(p, src) => Outcome::Packet(p.len(), IpAddr::V6(src)),
+            TunnResult::Done => Outcome::Keepalive,
+            _ => Outcome::Bad,
+        };
+    });
+    jobs.iter().map(|(k, j)| (*k, j.outcome)).collect()
 }

@@ -109,6 +109,36 @@ fn one_worker_and_many_give_the_same_packets() {
 }
 
 #[test]
+fn opening_in_place_and_into_other_buffers_give_the_same_packets() {
+    let pkts: Vec<Vec<u8>> = (0..64)
+        .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(k)))
+        .collect();
+    let mut got = Vec::new();
+    for copying in [false, true] {
+        let mut net = handshaken();
+        let from = net.nodes[0].addr;
+        let mut sealed: Vec<(SocketAddr, Vec<u8>)> = seal(&net, 0, &pkts, &Threads(2))
+            .into_iter()
+            .map(|(_, d)| (from, d))
+            .collect();
+        // A forgery and a replay inside the batch.
+        sealed[10].1[40] ^= 1;
+        sealed.push(sealed[20].clone());
+        let input: Vec<(&[u8], SocketAddr)> =
+            sealed.iter().map(|(f, d)| (d.as_slice(), *f)).collect();
+        got.push(if copying {
+            net.open_batch_copying(1, &input, &Threads(2))
+        } else {
+            open(&mut net, 1, &sealed, &Threads(2));
+            net.nodes[1].delivered[1..].to_vec()
+        });
+    }
+    assert_eq!(got[0].len(), 63, "64 sealed, one forged, one replayed");
+    assert_eq!(got[0], got[1]);
+    assert_eq!(got[0][0], pkts[0]);
+}
+
+#[test]
 fn replays_forgeries_and_bad_sources_inside_a_batch_are_dropped() {
     let mut net = handshaken();
     let from = net.nodes[0].addr;

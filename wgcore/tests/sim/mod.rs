@@ -277,13 +277,44 @@ impl Net {
     }
 
     /// Node `j` opens `input` (datagrams with where each came from) as one
-    /// `open_batch` on `w`; what opened is delivered to its TUN.
+    /// `open_batch_in_place` on `w` (the device's path); what opened is
+    /// delivered to its TUN.
     pub fn open_batch<W: wgcore::Workers>(
         &mut self,
         j: usize,
         input: &[(&[u8], SocketAddr)],
         w: &W,
     ) -> Vec<Opened> {
+        let mut bufs: Vec<Vec<u8>> = input.iter().map(|(d, _)| d.to_vec()).collect();
+        let mut dgrams: Vec<(&mut [u8], SocketAddr)> = bufs
+            .iter_mut()
+            .zip(input)
+            .map(|(b, (_, from))| (b.as_mut_slice(), *from))
+            .collect();
+        let mut opened = Vec::new();
+        self.nodes[j].core.open_batch_in_place(
+            &mut dgrams,
+            w,
+            &mut SourceCache::default(),
+            &mut opened,
+            self.now,
+        );
+        for (k, o) in opened.iter().enumerate() {
+            if let Opened::Packet(n) = o {
+                let at = wgcore::DATA_HEADER;
+                self.nodes[j].delivered.push(bufs[k][at..at + n].to_vec());
+            }
+        }
+        opened
+    }
+
+    /// `open_batch` into separate buffers on `w`: the packets that opened.
+    pub fn open_batch_copying<W: wgcore::Workers>(
+        &mut self,
+        j: usize,
+        input: &[(&[u8], SocketAddr)],
+        w: &W,
+    ) -> Vec<Vec<u8>> {
         let mut bufs = vec![vec![0u8; 65_536]; input.len()];
         let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         let mut opened = Vec::new();
@@ -295,12 +326,14 @@ impl Net {
             &mut opened,
             self.now,
         );
-        for (k, o) in opened.iter().enumerate() {
-            if let Opened::Packet(n) = o {
-                self.nodes[j].delivered.push(bufs[k][..*n].to_vec());
-            }
-        }
         opened
+            .iter()
+            .zip(&bufs)
+            .filter_map(|(o, b)| match o {
+                Opened::Packet(n) => Some(b[..*n].to_vec()),
+                Opened::Nothing => None,
+            })
+            .collect()
     }
 
     /// A pod of node `i` sends `payload` to a pod of node `j`.

@@ -15,6 +15,10 @@ use super::session::Session;
 use super::timers::TimerName;
 use super::{parse_decapsulated_packet, Packet, Tunn, TunnResult, DATA_OVERHEAD_SZ, N_SESSIONS};
 
+/// Bytes of a data packet before its ciphertext: type, receiver index,
+/// counter.
+pub const DATA_HEADER_SZ: usize = 16;
+
 /// Sending counters reserved on an established session: seals packets
 /// `0..n` of a batch, from any thread (`Sync`), each counter once.
 #[derive(Debug, Clone)]
@@ -94,6 +98,29 @@ impl DataReceiver {
             return TunnResult::Err(WireGuardError::DestinationBufferTooSmall);
         }
         match self.session.open_packet_data(p, dst) {
+            Ok(pkt) => parse_decapsulated_packet(pkt),
+            Err(e) => TunnResult::Err(e),
+        }
+    }
+
+    /// [`DataReceiver::open_unmarked`] in place: `datagram` (a data packet
+    /// for this session) is decrypted where it lies, the IP packet starting
+    /// 16 bytes in, after the header, which stays as it was (so
+    /// [`DataReceiver::mark`] still reads its counter). Saves the copy of
+    /// the ciphertext into another buffer.
+    pub fn open_unmarked_in_place<'a>(&self, datagram: &'a mut [u8]) -> TunnResult<'a> {
+        let (receiver_idx, counter) = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::PacketData(p)) => (p.receiver_idx, p.counter),
+            Ok(_) => return TunnResult::Err(WireGuardError::InvalidPacket),
+            Err(e) => return TunnResult::Err(e),
+        };
+        if receiver_idx != self.session.receiving_index {
+            return TunnResult::Err(WireGuardError::WrongIndex);
+        }
+        match self
+            .session
+            .open_in_place(counter, &mut datagram[DATA_HEADER_SZ..])
+        {
             Ok(pkt) => parse_decapsulated_packet(pkt),
             Err(e) => TunnResult::Err(e),
         }

@@ -9,7 +9,7 @@ mod data;
 mod session;
 mod timers;
 
-pub use data::{DataReceiver, DataSender};
+pub use data::{DataReceiver, DataSender, DATA_HEADER_SZ};
 
 use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::Handshake;

@@ -281,15 +281,21 @@ impl Session {
         if packet.receiver_idx != self.receiving_index {
             return Err(WireGuardError::WrongIndex);
         }
-        let mut nonce = [0u8; 12];
-        nonce[4..12].copy_from_slice(&packet.counter.to_le_bytes());
         dst[..ct_len].copy_from_slice(packet.encrypted_encapsulated_packet);
+        self.open_in_place(packet.counter, &mut dst[..ct_len])
+    }
+
+    /// Authenticate and decrypt `ct` (ciphertext and tag of the packet
+    /// with `counter`) where it lies; the plaintext is the returned prefix.
+    pub(super) fn open_in_place<'a>(
+        &self,
+        counter: u64,
+        ct: &'a mut [u8],
+    ) -> Result<&'a mut [u8], WireGuardError> {
+        let mut nonce = [0u8; 12];
+        nonce[4..12].copy_from_slice(&counter.to_le_bytes());
         self.receiver
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&[]),
-                &mut dst[..ct_len],
-            )
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&[]), ct)
             .map_err(|_| WireGuardError::InvalidAeadTag)
     }
 
