@@ -16,13 +16,20 @@
 //! kernel's CHECKSUM_PARTIAL, which the stack trusts). The packets were
 //! authenticated by the peer's session key, so they are what the peer
 //! sent; kernel WireGuard marks every decrypted packet
-//! `CHECKSUM_UNNECESSARY` for the same reason (`receive.c`).
+//! `CHECKSUM_UNNECESSARY` for the same reason (`receive.c`). One
+//! difference: a super-packet the node forwards out of another interface
+//! leaves with checksums the kernel computes, so a payload the sending
+//! peer corrupted before sealing arrives with a valid checksum (kernel
+//! WireGuard would forward the bad one). The peer could have written a
+//! valid one anyway: nothing an authenticated peer cannot do.
 //!
 //! The rules follow Linux's and wireguard-go's TCP GRO: same addresses,
 //! ports, ACK number, window, TCP options, TOS/traffic class and TTL/hop
 //! limit; flags ACK, or ACK|PSH on the last segment; sequence numbers
 //! contiguous; every segment but the last of the head's payload size;
-//! IPv4 without options or fragmentation, IPv6 without extension headers.
+//! IPv4 without options or fragmentation, and with DF or IDs that count up
+//! by one (the kernel's segmentation gives them so); IPv6 without extension
+//! headers.
 
 use std::ops::Range;
 
@@ -213,6 +220,7 @@ fn group_len(pkts: &[&[u8]], first: usize, h: &Seg) -> usize {
         }
         let Some(p) = segment(pkt) else { break };
         if p.seq != next_seq
+            || !ids_follow(head, pkt, &p, count)
             || p.payload > h.payload
             || total + p.payload > MAX_SUPER_BYTES
             || !same_flow(head, h, pkt, &p)
@@ -225,6 +233,14 @@ fn group_len(pkts: &[&[u8]], first: usize, h: &Seg) -> usize {
         count += 1;
     }
     count
+}
+
+/// For IPv4 without DF, whether `pkt`'s ID is the head's plus `k`.
+fn ids_follow(head: &[u8], pkt: &[u8], p: &Seg, k: usize) -> bool {
+    if p.v6 || pkt[6] & 0x40 != 0 {
+        return true;
+    }
+    be16(pkt, 4) == (be16(head, 4) + k) & 0xffff
 }
 
 /// One's-complement sum of `data` as big-endian 16-bit words, added to `sum`.

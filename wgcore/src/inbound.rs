@@ -245,8 +245,17 @@ impl Core {
                 }
                 (None, !cookie)
             }
-            TunnResult::WriteToTunnelV4(pkt, src) => (Some((pkt.len(), IpAddr::V4(src))), true),
-            TunnResult::WriteToTunnelV6(pkt, src) => (Some((pkt.len(), IpAddr::V6(src))), true),
+            TunnResult::WriteToTunnelV4(pkt, src) if pkt.len() >= crate::IPV4_MIN => {
+                (Some((pkt.len(), IpAddr::V4(src))), true)
+            }
+            TunnResult::WriteToTunnelV6(pkt, src) if pkt.len() >= crate::IPV6_MIN => {
+                (Some((pkt.len(), IpAddr::V6(src))), true)
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                // Authentic but shorter than its own IP header.
+                DropCounters::count(&self.drops.invalid);
+                (None, true)
+            }
             TunnResult::Done => (None, true),
             TunnResult::Err(e) => {
                 DropCounters::count(&self.drops.invalid);

@@ -61,6 +61,10 @@ use state::State;
 pub const SEAL_OVERHEAD: usize = 64;
 /// Smallest output buffer `seal` accepts.
 pub const SEAL_MIN: usize = 256;
+/// Smallest opened packet that is one: an IPv4 header.
+const IPV4_MIN: usize = 20;
+/// Smallest opened packet that is one: an IPv6 header.
+const IPV6_MIN: usize = 40;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

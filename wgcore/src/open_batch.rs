@@ -30,9 +30,9 @@ use crate::{Core, DropCounters};
 const DATA_MIN: usize = 32;
 /// Where a data packet's IP packet starts once opened in place.
 pub const DATA_HEADER: usize = boringtun::noise::DATA_HEADER_SZ;
-/// Scratch for the one-datagram path of an in-place batch: room for a
-/// handshake response.
-const SCRATCH_MIN: usize = 256;
+/// Scratch for the one-datagram path of an in-place batch: room for any
+/// packet a handshake releases, sealed.
+const SCRATCH: usize = 65_536 + 64;
 
 /// What a job found.
 #[derive(Clone, Copy)]
@@ -147,17 +147,24 @@ impl Core {
         let mut sessions: Vec<Session> = Vec::new();
         // Per datagram: the session it is for (None: done already).
         let mut plan: Vec<Option<usize>> = Vec::with_capacity(datagrams.len());
+        let mut scratch: Option<Vec<u8>> = None;
         for (k, &(d, from)) in datagrams.iter().enumerate() {
             if d.first() != Some(&4) {
                 let r = match outs.as_deref_mut() {
                     Some(outs) => self.open(d, from, outs[k], cache, now),
-                    None => {
-                        // Handshake messages: nothing for the TUN.
-                        let mut scratch = vec![0u8; d.len().max(SCRATCH_MIN)];
-                        match self.open(d, from, &mut scratch, cache, now) {
+                    None if crate::is_handshake(d) => {
+                        // Nothing for the TUN; the scratch takes what the
+                        // handshake releases (packets queued while it was
+                        // pending, sealed, up to a jumbo super-packet).
+                        let scratch = scratch.get_or_insert_with(|| vec![0u8; SCRATCH]);
+                        match self.open(d, from, scratch, cache, now) {
                             Opened::Packet(_) => Opened::Nothing,
                             nothing => nothing,
                         }
+                    }
+                    None => {
+                        DropCounters::count(&self.drops.invalid);
+                        Opened::Nothing
                     }
                 };
                 opened.push(r);
@@ -271,6 +278,10 @@ fn run_jobs<W: Workers>(workers: &W, mut jobs: Vec<(usize, Job<'_>)>) -> Vec<(us
             Buf::InPlace(d) => j.receiver.open_unmarked_in_place(d),
         };
         j.outcome = match r {
+            // Shorter than its own header (an IPv4 total length of 0, say):
+            // not a packet; the TUN path would refuse it, and its batch.
+            TunnResult::WriteToTunnelV4(p, _) if p.len() < crate::IPV4_MIN => Outcome::Bad,
+            TunnResult::WriteToTunnelV6(p, _) if p.len() < crate::IPV6_MIN => Outcome::Bad,
             TunnResult::WriteToTunnelV4(p, src) => Outcome::Packet(p.len(), IpAddr::V4(src)),
             TunnResult::WriteToTunnelV6(p, src) => Outcome::Packet(p.len(), IpAddr::V6(src)),
             TunnResult::Done => Outcome::Keepalive,

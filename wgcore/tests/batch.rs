@@ -139,6 +139,35 @@ fn opening_in_place_and_into_other_buffers_give_the_same_packets() {
 }
 
 #[test]
+fn an_opened_packet_shorter_than_its_header_is_dropped_alone() {
+    // An IPv4 header saying "total length 0": authentic, but no packet.
+    // It once reached the TUN as an empty write, which tun-rs refused
+    // together with every packet written with it.
+    let mut net = handshaken();
+    let from = net.nodes[0].addr;
+    let mut bad = ip_packet(pod(0, 2), pod(1, 2), &payload(1));
+    bad[2..4].fill(0);
+    let pkts = vec![
+        ip_packet(pod(0, 2), pod(1, 2), &payload(0)),
+        bad,
+        ip_packet(pod(0, 2), pod(1, 2), &payload(2)),
+    ];
+    let sealed: Vec<(SocketAddr, Vec<u8>)> = seal(&net, 0, &pkts, &Inline)
+        .into_iter()
+        .map(|(_, d)| (from, d))
+        .collect();
+    assert_eq!(sealed.len(), 3);
+    let opened = open(&mut net, 1, &sealed, &Inline);
+    assert!(matches!(
+        opened[..],
+        [Opened::Packet(_), Opened::Nothing, Opened::Packet(_)]
+    ));
+    assert_eq!(net.got(1, &payload(0)), 1);
+    assert_eq!(net.got(1, &payload(2)), 1);
+    assert!(net.nodes[1].delivered.iter().all(|p| p.len() >= 20));
+}
+
+#[test]
 fn replays_forgeries_and_bad_sources_inside_a_batch_are_dropped() {
     let mut net = handshaken();
     let from = net.nodes[0].addr;

@@ -332,6 +332,103 @@ fn truncated_or_lying_packets_are_not_segments() {
     assert!(segment(&long_tcp[..80]).is_none());
 }
 
+#[test]
+fn every_field_of_the_flow_must_match() {
+    // The second segment differs in one field only; sequence and ACK
+    // numbers follow on, so only that field can keep them apart.
+    type Edit = fn(&mut Vec<u8>, usize);
+    let edits: Vec<(&str, bool, Edit)> = vec![
+        ("source address", false, |p, _| p[15] ^= 1),
+        ("destination address", false, |p, _| p[19] ^= 1),
+        ("source port", false, |p, t| p[t + 1] ^= 1),
+        ("destination port", false, |p, t| p[t + 3] ^= 1),
+        ("TOS", false, |p, _| p[1] = 0x10),
+        ("TTL", false, |p, _| p[8] = 63),
+        ("DF", false, |p, _| p[6] = 0),
+        ("option bytes", false, |p, t| p[t + 23] ^= 1),
+        ("window", false, |p, t| p[t + 15] ^= 1),
+        ("traffic class", true, |p, _| p[1] |= 0x80),
+        ("flow label", true, |p, _| p[3] ^= 1),
+        ("hop limit", true, |p, _| p[7] = 63),
+        ("IPv6 source", true, |p, _| p[23] ^= 1),
+    ];
+    for (what, v6, edit) in edits {
+        let mut ts = stream(0, 0, &[1000, 1000]);
+        for t in &mut ts {
+            t.v6 = v6;
+            t.options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+        }
+        let mut pkts = bytes(&ts);
+        edit(&mut pkts[1], if v6 { 40 } else { 20 });
+        assert_eq!(
+            assert_delivered(&pkts),
+            [Write::Other(0..2)],
+            "{what} differs"
+        );
+    }
+}
+
+#[test]
+fn without_df_ipv4_ids_must_count_up() {
+    let mut ts = stream(0, 0, &[700, 700, 700, 700]);
+    for (k, t) in ts.iter_mut().enumerate() {
+        t.id = 9 + k as u16;
+    }
+    let mut pkts = bytes(&ts);
+    for p in &mut pkts {
+        p[6] = 0;
+    }
+    let w = assert_delivered(&pkts);
+    assert!(matches!(w[..], [Write::Super { count: 4, .. }]), "{w:?}");
+    pkts[2][4..6].copy_from_slice(&100u16.to_be_bytes());
+    pkts[3][4..6].copy_from_slice(&101u16.to_be_bytes());
+    let w = assert_delivered(&pkts);
+    assert!(
+        matches!(
+            w[..],
+            [Write::Super { count: 2, .. }, Write::Super { count: 2, .. }]
+        ),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn at_most_64_segments() {
+    let pkts = bytes(&stream(0, 0, &[100; 70]));
+    let w = assert_delivered(&pkts);
+    assert!(
+        matches!(
+            w[..],
+            [
+                Write::Super { count: 64, .. },
+                Write::Super { count: 6, .. }
+            ]
+        ),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn empty_and_short_packets_pass_through_in_place() {
+    let mut pkts = bytes(&stream(0, 0, &[500, 500]));
+    pkts.push(Vec::new());
+    pkts.push(vec![0x45; 19]);
+    pkts.extend(bytes(&stream(0, 1000, &[500, 500])));
+    let mut w = Vec::new();
+    plan(&pkts.iter().map(|p| &p[..]).collect::<Vec<_>>(), &mut w);
+    assert!(
+        matches!(
+            w[..],
+            [
+                Write::Super { first: 0, count: 2, .. },
+                Write::Other(ref r),
+                Write::Super { first: 4, count: 2, .. }
+            ] if *r == (2..4)
+        ),
+        "{w:?}"
+    );
+}
+
 fn arb_packets() -> impl Strategy<Value = Vec<Vec<u8>>> {
     // Runs of segments of up to three flows, interleaved run by run,
     // with occasional pushes, short segments, ACK changes and gaps.
