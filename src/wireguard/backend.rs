@@ -88,6 +88,13 @@ pub fn peer_config(p: &mesh::Peer) -> WgPeer {
     peer
 }
 
+/// A peer's last completed handshake (the kernel reports "never" as the
+/// epoch).
+fn last_handshake(p: &WgPeer) -> Option<std::time::SystemTime> {
+    p.last_handshake
+        .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH)
+}
+
 /// The public half of the device's private key (if it has one) and each
 /// peer's last completed handshake, from one read of the device.
 pub fn key_and_handshakes_of(host: &Host) -> (Option<PublicKey>, keys::kernel_ack::Handshakes) {
@@ -99,10 +106,10 @@ pub fn key_and_handshakes_of(host: &Host) -> (Option<PublicKey>, keys::kernel_ac
         .peers
         .values()
         .map(|p| {
-            let last = p
-                .last_handshake
-                .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
-            (PublicKey::from_bytes(p.public_key.as_array()), last)
+            (
+                PublicKey::from_bytes(p.public_key.as_array()),
+                last_handshake(p),
+            )
         })
         .collect();
     (key, handshakes)
@@ -214,9 +221,7 @@ impl WgClient {
             .peers
             .values()
             .map(|p| {
-                let last = p
-                    .last_handshake
-                    .filter(|t| *t > std::time::SystemTime::UNIX_EPOCH);
+                let last = last_handshake(p);
                 let keepalive = p.persistent_keepalive_interval.is_some_and(|k| k > 0);
                 (
                     PublicKey::from_bytes(p.public_key.as_array()),

@@ -170,34 +170,20 @@ pub fn plan(pkts: &[&[u8]], out: &mut Vec<Write>) {
     let mut other: Option<usize> = None;
     let mut i = 0;
     while i < pkts.len() {
-        let count = match segment(pkts[i]) {
-            Some(h) => group_len(pkts, i, &h),
-            None => 1,
-        };
-        if count < 2 {
+        let group = segment(pkts[i]).map(|h| group(pkts, i, &h));
+        let Some((count, head)) = group.filter(|(count, _)| *count >= 2) else {
             other.get_or_insert(i);
             i += 1;
             continue;
-        }
+        };
         if let Some(start) = other.take() {
             out.push(Write::Other(start..i));
         }
-        let h = segment(pkts[i]).expect("a group's head is a segment");
-        let last = segment(pkts[i + count - 1]).expect("a group's packets are segments");
-        let total =
-            pkts[i..i + count].iter().map(|p| p.len()).sum::<usize>() - (count - 1) * h.hdr_len;
         out.push(Write::Super {
             first: i,
             count,
-            hdr_len: h.hdr_len,
-            head: Head {
-                v6: h.v6,
-                ip_len: h.ip_len,
-                hdr_len: h.hdr_len,
-                total,
-                gso_size: h.payload,
-                psh: last.psh,
-            },
+            hdr_len: head.hdr_len,
+            head,
         });
         i += count;
     }
@@ -206,8 +192,9 @@ pub fn plan(pkts: &[&[u8]], out: &mut Vec<Write>) {
     }
 }
 
-/// How many packets from `first` (whose segment is `h`) form one group.
-fn group_len(pkts: &[&[u8]], first: usize, h: &Seg) -> usize {
+/// How many packets from `first` (whose segment is `h`) form one group,
+/// and the group's head rewrite.
+fn group(pkts: &[&[u8]], first: usize, h: &Seg) -> (usize, Head) {
     let head = pkts[first];
     let mut total = head.len();
     let mut next_seq = h.seq.wrapping_add(h.payload as u32);
@@ -232,7 +219,15 @@ fn group_len(pkts: &[&[u8]], first: usize, h: &Seg) -> usize {
         prev = p;
         count += 1;
     }
-    count
+    let rewrite = Head {
+        v6: h.v6,
+        ip_len: h.ip_len,
+        hdr_len: h.hdr_len,
+        total,
+        gso_size: h.payload,
+        psh: prev.psh,
+    };
+    (count, rewrite)
 }
 
 /// For IPv4 without DF, whether `pkt`'s ID is the head's plus `k`.
