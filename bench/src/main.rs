@@ -80,6 +80,14 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
+    /// Build one contender's topology and keep it until Ctrl-C, for
+    /// probing by hand (`ip netns exec pgbench-pa iperf3 -c ...`,
+    /// `nstat`, `perf`); prints the namespaces and pod addresses.
+    Up {
+        /// The contender (an id as for `throughput`).
+        #[arg(long, default_value = "podguard")]
+        contender: String,
+    },
     /// Remove namespaces and processes left by an interrupted run.
     Clean,
 }
@@ -141,6 +149,17 @@ fn prepare(ids: &[String]) -> anyhow::Result<(PathBuf, Vec<Contender>)> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Up { contender } => {
+            let (bins, chosen) = prepare(std::slice::from_ref(&contender))?;
+            let t = topo::build(chosen[0], &bins)?;
+            println!(
+                "up: nodes {} and {}, pods {} ({}) and {} ({}); Ctrl-C removes it",
+                t.nodes[0], t.nodes[1], t.pods[0], t.pod_ips[0], t.pods[1], t.pod_ips[1]
+            );
+            loop {
+                std::thread::park();
+            }
+        }
         Cmd::Clean => {
             topo::clean();
             Ok(())

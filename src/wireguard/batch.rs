@@ -137,21 +137,23 @@ enum Target {
     V6(SockaddrIn6),
 }
 
-/// Send `buf` (segments of `seg` bytes, the last one possibly shorter) to
-/// `to` in one `sendmsg` with `UDP_SEGMENT`.
+/// Send the bytes of `iov` joined (segments of `seg` bytes, the last one
+/// possibly shorter) to `to` in one `sendmsg` with `UDP_SEGMENT`: one
+/// iovec for a run laid out back to back, or one per datagram for
+/// datagrams sealed where they lie (the kernel joins them and cuts them
+/// at `seg` again, so the iovecs need not be segment-aligned).
 pub fn send_gso(
     sock: &UdpSocket,
-    buf: &[u8],
+    iov: &[IoSlice<'_>],
     seg: u16,
     to: SocketAddr,
     v6_socket: bool,
 ) -> io::Result<()> {
-    let iov = [IoSlice::new(buf)];
     let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
     let fd = sock.as_raw_fd();
     let r = match target(to, v6_socket) {
-        Target::V4(a) => sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&a)),
-        Target::V6(a) => sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&a)),
+        Target::V4(a) => sendmsg(fd, iov, &cmsg, MsgFlags::empty(), Some(&a)),
+        Target::V6(a) => sendmsg(fd, iov, &cmsg, MsgFlags::empty(), Some(&a)),
     };
     r.map(|_| ()).map_err(io::Error::from)
 }
@@ -257,38 +259,44 @@ mod tests {
 
     #[test]
     fn gso_send_and_batch_receive_on_loopback() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        // 5 segments of 100 bytes and a short last one of 40.
+        // 5 segments of 100 bytes and a short last one of 40, sent as one
+        // iovec, as one iovec per datagram (datagrams sealed where they
+        // lie) and as iovecs cut anywhere: the kernel joins them.
         let mut buf = Vec::new();
         for i in 0..5u8 {
             buf.extend(std::iter::repeat_n(i, 100));
         }
         buf.extend(std::iter::repeat_n(9u8, 40));
-        match send_gso(&tx, &buf, 100, to, false) {
-            Ok(()) => {}
-            // A kernel without UDP GSO: the datapath falls back; nothing to test.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
-            Err(e) => panic!("{e}"),
-        }
-        let mut rb = RecvBatch::new(16, 2048);
-        let mut out = Vec::new();
-        let mut got = Vec::new();
-        while got.len() < 6 {
-            recv_batch(&rx, &mut rb, &mut out).unwrap();
-            for (i, r) in out.iter().enumerate() {
-                assert_eq!(r.from, tx.local_addr().unwrap());
-                assert_eq!(r.seg, None, "no GRO asked for");
-                got.push(rb.bufs[i][..r.len].to_vec());
+        let per_datagram: Vec<IoSlice> = buf.chunks(100).map(IoSlice::new).collect();
+        let anywhere: Vec<IoSlice> = buf.chunks(77).map(IoSlice::new).collect();
+        for iov in [&[IoSlice::new(&buf)][..], &per_datagram, &anywhere] {
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = rx.local_addr().unwrap();
+            match send_gso(&tx, iov, 100, to, false) {
+                Ok(()) => {}
+                // A kernel without UDP GSO: the datapath falls back; nothing to test.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                Err(e) => panic!("{e}"),
             }
+            let mut rb = RecvBatch::new(16, 2048);
+            let mut out = Vec::new();
+            let mut got = Vec::new();
+            while got.len() < 6 {
+                recv_batch(&rx, &mut rb, &mut out).unwrap();
+                for (i, r) in out.iter().enumerate() {
+                    assert_eq!(r.from, tx.local_addr().unwrap());
+                    assert_eq!(r.seg, None, "no GRO asked for");
+                    got.push(rb.bufs[i][..r.len].to_vec());
+                }
+            }
+            assert_eq!(got.len(), 6, "{} iovecs", iov.len());
+            for (i, d) in got.iter().take(5).enumerate() {
+                assert_eq!(d.len(), 100);
+                assert!(d.iter().all(|b| *b == i as u8));
+            }
+            assert_eq!(got[5], vec![9u8; 40]);
         }
-        assert_eq!(got.len(), 6);
-        for (i, d) in got.iter().take(5).enumerate() {
-            assert_eq!(d.len(), 100);
-            assert!(d.iter().all(|b| *b == i as u8));
-        }
-        assert_eq!(got[5], vec![9u8; 40]);
     }
 
     #[test]
@@ -419,7 +427,7 @@ mod tests {
         for i in 0..10u8 {
             buf.extend(std::iter::repeat_n(i, 200));
         }
-        if send_gso(&tx, &buf, 200, to, false).is_err() {
+        if send_gso(&tx, &[IoSlice::new(&buf)], 200, to, false).is_err() {
             return;
         }
         let mut rb = RecvBatch::new(4, 65_536);
@@ -439,7 +447,7 @@ mod tests {
         }
         // Again: the segment size must survive a second call (nix leaves a
         // shrunken control length in reused headers).
-        send_gso(&tx, &buf, 200, to, false).unwrap();
+        send_gso(&tx, &[IoSlice::new(&buf)], 200, to, false).unwrap();
         let mut n = 0;
         while n < 10 {
             recv_batch(&rx, &mut rb, &mut out).unwrap();

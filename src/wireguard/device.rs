@@ -12,7 +12,7 @@
 //! replies, keepalives) are sent by whichever thread made them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -231,27 +231,29 @@ impl Device {
         }
         runs.extend(batch.finish());
         for f in runs {
-            self.send_run(&buf[f.range], f.seg, f.to);
+            let dgrams: Vec<IoSlice> = buf[f.range].chunks(f.seg).map(IoSlice::new).collect();
+            self.send_run(&dgrams, f.seg, f.to);
         }
     }
 
-    /// Send one encrypted datagram, or a GSO run of them.
-    pub(super) fn send_run(&self, buf: &[u8], seg: usize, to: SocketAddr) {
-        if buf.len() <= seg || !self.gso.load(Ordering::Relaxed) {
-            for chunk in buf.chunks(seg.max(1)) {
-                self.send_to(chunk, to);
+    /// Send a GSO run: `dgrams` (all of `seg` bytes but a possibly shorter
+    /// last one) to `to`, in one `sendmsg` while UDP GSO works.
+    pub(super) fn send_run(&self, dgrams: &[IoSlice<'_>], seg: usize, to: SocketAddr) {
+        if dgrams.len() <= 1 || !self.gso.load(Ordering::Relaxed) {
+            for d in dgrams {
+                self.send_to(d, to);
             }
             return;
         }
-        if let Err(e) = batch::send_gso(&self.udp, buf, seg as u16, to, self.udp_v6) {
+        if let Err(e) = batch::send_gso(&self.udp, dgrams, seg as u16, to, self.udp_v6) {
             if matches!(
                 e.raw_os_error(),
                 Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
             ) {
                 tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
                 self.gso.store(false, Ordering::Relaxed);
-                for chunk in buf.chunks(seg) {
-                    self.send_to(chunk, to);
+                for d in dgrams {
+                    self.send_to(d, to);
                 }
             } else {
                 tracing::debug!(error = %e, %to, "udp gso send failed");

@@ -1,21 +1,23 @@
 //! TUN → UDP. With TUN offloads the kernel hands over TCP super-packets
-//! (up to 64 KB); tun-rs splits them into MTU-sized packets, the core
-//! seals them back to back into one buffer (the crypto on the device's
-//! workers), and says which runs go out with one UDP GSO send: one TUN
+//! (up to 64 KB); tun-rs splits them into MTU-sized packets, each into
+//! its own slot of one buffer, the core seals each where it lies (the
+//! crypto on the device's workers) and says which runs of slots go out
+//! with one UDP GSO send (one iovec per datagram): one TUN
 //! read and one UDP send per super-packet instead of ~45 each. When more
 //! super-packets are already waiting (many flows, or a flow whose TCP
 //! sends less than 64 KB at a time), they join the batch: their
 //! datagrams to one peer can share GSO runs (a run still ends at a
 //! shorter datagram or at 64 KB), so a peer receives fewer sends.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
-use wgcore::gso;
+use wgcore::{SLOT_HEADROOM, SlotRun, gso};
 
 use super::device::Device;
 
@@ -31,25 +33,60 @@ const SLOTS: usize = 3 * IDEAL_BATCH_SIZE;
 /// than 64).
 const ROOM_FOR_ONE: usize = IDEAL_BATCH_SIZE;
 
+/// A packet's slot in the batch buffer: tun-rs writes the packet at
+/// [`SLOT_HEADROOM`] and the core seals it there (header before, tag
+/// after), so no packet is copied between the TUN read and the UDP send.
+const STRIDE: usize = wgcore::slot_len(PKT_MAX);
+
 /// Whether the TUN has a packet waiting now (never blocks).
 fn ready(tun: &tun_rs::SyncDevice) -> bool {
     let mut fds = [PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
 }
 
+/// Read a batch into the slots of `buf` (packet `k` at `k * STRIDE +
+/// SLOT_HEADROOM`, at most [`PKT_MAX`] bytes, its length in `sizes[k]`):
+/// one blocking read, then, when `drain`, whatever is already waiting
+/// while room is left. Returns how many packets were read.
+fn read_batch(
+    tun: &tun_rs::SyncDevice,
+    orig: &mut [u8],
+    buf: &mut [u8],
+    sizes: &mut [usize],
+    drain: bool,
+) -> io::Result<usize> {
+    let mut slots: Vec<&mut [u8]> = buf
+        .chunks_mut(STRIDE)
+        .map(|s| &mut s[..SLOT_HEADROOM + PKT_MAX])
+        .collect();
+    let mut n = tun.recv_multiple(orig, &mut slots, sizes, SLOT_HEADROOM)?;
+    // What is already waiting joins the batch.
+    while drain && n + ROOM_FOR_ONE <= SLOTS && ready(tun) {
+        match tun.recv_multiple(orig, &mut slots[n..], &mut sizes[n..], SLOT_HEADROOM) {
+            Ok(more) => n += more,
+            Err(e) => {
+                // As for the first read: that packet is lost, the batch so
+                // far goes out.
+                tracing::debug!(error = %e, "TUN read");
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
 pub fn run(dev: &Device) {
     let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; PKT_MAX]; SLOTS];
+    let mut buf = vec![0u8; SLOTS * STRIDE];
     let mut sizes = vec![0usize; SLOTS];
-    // Room for a whole batch: its crypto runs before any of it is sent.
-    let mut out = vec![0u8; wgcore::batch_buffer_len([PKT_MAX; SLOTS])];
     let drain = std::env::var_os("PODGUARD_TUN_ONE_READ").is_none();
-    let mut runs: Vec<gso::Flush> = Vec::new();
+    let mut dgrams: Vec<Range<usize>> = Vec::new();
+    let mut runs: Vec<SlotRun> = Vec::new();
     let mut gone_logged = false;
     let crypto = dev.crypto_pool();
     loop {
         let tun = dev.tun.read().clone();
-        let mut n = match tun.recv_multiple(&mut orig, &mut bufs, &mut sizes, 0) {
+        let n = match read_batch(&tun, &mut orig, &mut buf, &mut sizes, drain) {
             Ok(n) => {
                 gone_logged = false;
                 n
@@ -69,28 +106,26 @@ pub fn run(dev: &Device) {
                 continue;
             }
         };
-        // What is already waiting joins the batch.
-        while drain && n + ROOM_FOR_ONE <= SLOTS && ready(&tun) {
-            match tun.recv_multiple(&mut orig, &mut bufs[n..], &mut sizes[n..], 0) {
-                Ok(more) => n += more,
-                Err(e) => {
-                    // As for the first read: that packet is lost, the
-                    // batch so far goes out.
-                    tracing::debug!(error = %e, "TUN read");
-                    break;
-                }
-            }
-        }
-        let pkts: Vec<&[u8]> = bufs[..n]
-            .iter()
-            .zip(&sizes[..n])
-            .map(|(b, &len)| &b[..len])
-            .collect();
+        dgrams.clear();
         runs.clear();
-        dev.core
-            .seal_batch(&pkts, &mut out, &crypto, &mut runs, Instant::now());
-        for f in runs.drain(..) {
-            dev.send_run(&out[f.range], f.seg, f.to);
+        dev.core.seal_batch_in_place(
+            &mut buf,
+            STRIDE,
+            &sizes[..n],
+            &crypto,
+            &mut dgrams,
+            &mut runs,
+            Instant::now(),
+        );
+        let mut iov: Vec<IoSlice> = Vec::with_capacity(gso::MAX_GSO_SEGMENTS);
+        for r in &runs {
+            iov.clear();
+            iov.extend(
+                dgrams[r.range.clone()]
+                    .iter()
+                    .map(|d| IoSlice::new(&buf[d.clone()])),
+            );
+            dev.send_run(&iov, r.seg, r.to);
         }
         dev.flush();
     }

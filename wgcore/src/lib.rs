@@ -15,7 +15,7 @@
 //!
 //! The core is `Sync`: several driver threads may use one core at once
 //! (one per direction, one for handshakes). Batches (`seal_batch`,
-//! `open_batch`) split their crypto into independent jobs for the
+//! `seal_batch_in_place`, `open_batch`, `open_batch_in_place`) split their crypto into independent jobs for the
 //! driver's [`Workers`], on as many cores as it has, one peer's packets
 //! kept in order.
 
@@ -29,6 +29,7 @@ mod outbound;
 mod peer;
 mod ratelimit;
 mod seal_batch;
+mod seal_slots;
 pub mod select;
 mod state;
 mod status;
@@ -48,6 +49,7 @@ pub use open_batch::DATA_HEADER;
 pub use outbound::{Route, Sealed, dst_address};
 pub use peer::{PENDING_MAX, REKEY_TIMEOUT};
 pub use seal_batch::batch_buffer_len;
+pub use seal_slots::{SLOT_HEADROOM, SlotRun, slot_len};
 pub use state::HANDSHAKE_RATE_LIMIT;
 pub use timers::TICK;
 pub use workers::{Inline, Workers};

@@ -11,6 +11,7 @@
 //! A link without a session takes the one-packet path ([`Core::seal`]):
 //! the packet is held, or an initiation takes its place in the output.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use boringtun::noise::DataSender;
@@ -21,7 +22,7 @@ use crate::workers::Workers;
 use crate::{Core, SEAL_MIN, SEAL_OVERHEAD};
 
 /// A data packet's overhead on the wire (header, counter, tag).
-const DATA_OVERHEAD: usize = 32;
+pub(crate) const DATA_OVERHEAD: usize = 32;
 
 /// One packet's sealing: independent of every other.
 struct Job<'a> {
@@ -43,6 +44,17 @@ pub fn batch_buffer_len<I: IntoIterator<Item = usize>>(sizes: I) -> usize {
 /// offset).
 type Place = (usize, usize, u64, usize);
 
+/// Where the datagrams of a batch go, decided packet by packet while the
+/// batch is planned: back to back in one buffer ([`Core::seal_batch`]) or
+/// each in its packet's own slot ([`Core::seal_batch_in_place`]).
+pub(crate) trait Layout {
+    /// Packet `k` is sealed with counter `i` of sender `s` into a datagram
+    /// of `len` bytes for `to`.
+    fn data(&mut self, k: usize, s: usize, i: u64, to: std::net::SocketAddr, len: usize);
+    /// Packet `k`'s link has no session: the one-packet path, now.
+    fn one(&mut self, core: &Core, route: &Route, k: usize, now: Instant);
+}
+
 impl Core {
     /// Seal `pkts` (IP packets read from the TUN, in order) into `out`
     /// (at least [`batch_buffer_len`] of their sizes) and append to `runs`
@@ -58,53 +70,23 @@ impl Core {
         now: Instant,
     ) {
         self.clock.advance(now);
-        let mut batch = GsoBatch::contiguous();
-        let mut senders: Vec<DataSender> = Vec::new();
-        let mut places: Vec<Place> = Vec::with_capacity(pkts.len());
-        // Each packet's destination, parsed once.
-        let dsts: Vec<Option<std::net::IpAddr>> =
-            pkts.iter().map(|p| crate::dst_address(p)).collect();
-        let mut i = 0;
-        while i < pkts.len() {
-            let Some(dst) = dsts[i] else {
-                i += 1;
-                continue;
-            };
-            // A run of packets to one destination shares a route.
-            let mut j = i + 1;
-            while j < pkts.len() && dsts[j] == Some(dst) {
-                j += 1;
-            }
-            let Some(route) = self.route(dst) else {
-                i = j;
-                continue;
-            };
-            let run = &pkts[i..j];
-            let bytes: usize = run.iter().map(|p| p.len()).sum();
-            let sender = {
-                let mut t = route.link.tunn(&self.clock);
-                t.data_sender(run.len() as u64, bytes)
-            };
-            match sender {
-                Some(s) => {
-                    let wire = bytes + DATA_OVERHEAD * run.len();
-                    route.peer.sent_n(wire, run.len() as u64);
-                    for (k, p) in run.iter().enumerate() {
-                        let (off, f) = batch.next(route.endpoint());
-                        runs.extend(f);
-                        places.push((i + k, senders.len(), k as u64, off));
-                        runs.extend(batch.commit(p.len() + DATA_OVERHEAD));
-                    }
-                    senders.push(s);
-                }
-                None => {
-                    for p in run {
-                        self.seal_one(&route, p, out, &mut batch, runs, now);
-                    }
-                }
-            }
-            i = j;
-        }
+        let dsts: Vec<Option<IpAddr>> = pkts.iter().map(|p| crate::dst_address(p)).collect();
+        let lens: Vec<usize> = pkts.iter().map(|p| p.len()).collect();
+        let mut layout = Contiguous {
+            batch: GsoBatch::contiguous(),
+            places: Vec::with_capacity(pkts.len()),
+            runs,
+            out,
+            pkts,
+        };
+        let senders = self.plan_seal(&dsts, &lens, &mut layout, now);
+        let Contiguous {
+            mut batch,
+            places,
+            runs,
+            out,
+            ..
+        } = layout;
         runs.extend(batch.finish());
         let mut jobs = split_jobs(pkts, &senders, &places, out);
         workers.each(&mut jobs, &|j| {
@@ -116,25 +98,90 @@ impl Core {
         });
     }
 
-    /// The one-packet path inside a batch: written in place if it yields a
-    /// datagram.
-    fn seal_one(
+    /// The first step of a batch, in input order under the links' locks:
+    /// route each packet (`dsts`, `lens`: each packet's destination and
+    /// length), reserve sending counters for runs of packets to one
+    /// destination and give each packet its place through `layout`.
+    /// Returns the senders the places refer to.
+    pub(crate) fn plan_seal<L: Layout>(
         &self,
-        route: &Route,
-        pkt: &[u8],
-        out: &mut [u8],
-        batch: &mut GsoBatch,
-        runs: &mut Vec<Flush>,
+        dsts: &[Option<IpAddr>],
+        lens: &[usize],
+        layout: &mut L,
         now: Instant,
-    ) {
-        let (off, f) = batch.next(route.endpoint());
-        runs.extend(f);
+    ) -> Vec<DataSender> {
+        let mut senders: Vec<DataSender> = Vec::new();
+        let mut i = 0;
+        while i < dsts.len() {
+            let Some(dst) = dsts[i] else {
+                i += 1;
+                continue;
+            };
+            // A run of packets to one destination shares a route.
+            let mut j = i + 1;
+            while j < dsts.len() && dsts[j] == Some(dst) {
+                j += 1;
+            }
+            let Some(route) = self.route(dst) else {
+                i = j;
+                continue;
+            };
+            let run = &lens[i..j];
+            let bytes: usize = run.iter().sum();
+            let sender = {
+                let mut t = route.link.tunn(&self.clock);
+                t.data_sender(run.len() as u64, bytes)
+            };
+            match sender {
+                Some(s) => {
+                    let wire = bytes + DATA_OVERHEAD * run.len();
+                    route.peer.sent_n(wire, run.len() as u64);
+                    let to = route.endpoint();
+                    for (k, len) in run.iter().enumerate() {
+                        layout.data(i + k, senders.len(), k as u64, to, len + DATA_OVERHEAD);
+                    }
+                    senders.push(s);
+                }
+                None => {
+                    for k in i..j {
+                        layout.one(self, &route, k, now);
+                    }
+                }
+            }
+            i = j;
+        }
+        senders
+    }
+}
+
+/// [`Core::seal_batch`]'s layout: datagrams back to back in `out`.
+struct Contiguous<'a, 'p> {
+    batch: GsoBatch,
+    places: Vec<Place>,
+    runs: &'a mut Vec<Flush>,
+    out: &'a mut [u8],
+    pkts: &'a [&'p [u8]],
+}
+
+impl Layout for Contiguous<'_, '_> {
+    fn data(&mut self, k: usize, s: usize, i: u64, to: std::net::SocketAddr, len: usize) {
+        let (off, f) = self.batch.next(to);
+        self.runs.extend(f);
+        self.places.push((k, s, i, off));
+        self.runs.extend(self.batch.commit(len));
+    }
+
+    /// Written in place if it yields a datagram.
+    fn one(&mut self, core: &Core, route: &Route, k: usize, now: Instant) {
+        let pkt = self.pkts[k];
+        let (off, f) = self.batch.next(route.endpoint());
+        self.runs.extend(f);
         let room = (pkt.len() + SEAL_OVERHEAD).max(SEAL_MIN);
-        let Some(space) = out.get_mut(off..off + room) else {
+        let Some(space) = self.out.get_mut(off..off + room) else {
             return;
         };
-        if let Sealed::Datagram(len) = self.seal(route, pkt, space, now) {
-            runs.extend(batch.commit(len));
+        if let Sealed::Datagram(len) = core.seal(route, pkt, space, now) {
+            self.runs.extend(self.batch.commit(len));
         }
     }
 }

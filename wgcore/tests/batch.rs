@@ -280,3 +280,97 @@ fn a_later_copy_from_elsewhere_never_wins_however_the_threads_race() {
         }
     }
 }
+
+#[test]
+fn sealing_in_place_and_by_copy_give_the_same_datagrams_in_the_same_order() {
+    // Two peers, full-size and short packets mixed: runs end at a shorter
+    // datagram and at a change of peer.
+    let mut net = Net::mesh(3);
+    for j in [1, 2] {
+        assert_eq!(net.send_pod(0, j, b"hello"), Sealed::Datagram(148));
+        net.drive();
+    }
+    let size = |k: usize| if k % 7 == 6 { 300 } else { 1392 };
+    let peer = |k: usize| if (10..25).contains(&k) { 2 } else { 1 };
+    let pkts: Vec<Vec<u8>> = (0..40)
+        .map(|k| {
+            let mut p = payload(k);
+            p.truncate(size(k));
+            ip_packet(pod(0, 2), pod(peer(k), 2), &p)
+        })
+        .collect();
+    let refs: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
+    let in_place = net.seal_batch(0, &refs, &Threads(2));
+    let copied = net.seal_batch_copying(0, &refs, &Threads(2));
+    let shape = |d: &[(SocketAddr, Vec<u8>)]| -> Vec<(SocketAddr, usize, u8)> {
+        d.iter().map(|(to, b)| (*to, b.len(), b[0])).collect()
+    };
+    assert_eq!(in_place.len(), 40);
+    assert_eq!(shape(&in_place), shape(&copied));
+    // Both open, in order, at the right peer.
+    let from = net.nodes[0].addr;
+    for sealed in [in_place, copied] {
+        for j in [1, 2] {
+            let mine: Vec<(SocketAddr, Vec<u8>)> = sealed
+                .iter()
+                .filter(|(to, _)| *to == net.nodes[j].addr)
+                .map(|(_, d)| (from, d.clone()))
+                .collect();
+            let opened = open(&mut net, j, &mine, &Threads(2));
+            assert!(opened.iter().all(|o| matches!(o, Opened::Packet(_))));
+        }
+    }
+    for j in [1, 2] {
+        let want: Vec<&Vec<u8>> = pkts
+            .iter()
+            .filter(|p| p[16..20] == pod(j, 2).octets())
+            .collect();
+        let got = &net.nodes[j].delivered[1..];
+        assert_eq!(got.len(), 2 * want.len());
+        let (a, b) = got.split_at(want.len());
+        assert!(a.iter().zip(&want).all(|(g, w)| g == *w));
+        assert!(b.iter().zip(&want).all(|(g, w)| g == *w));
+    }
+}
+
+#[test]
+fn a_packet_too_long_for_its_slot_is_dropped_alone() {
+    let mut net = handshaken();
+    let short = ip_packet(pod(0, 2), pod(1, 2), b"short");
+    let stride = wgcore::slot_len(short.len());
+    let mut buf = vec![0u8; 3 * stride];
+    for k in 0..3 {
+        buf[k * stride + wgcore::SLOT_HEADROOM..][..short.len()].copy_from_slice(&short);
+    }
+    // Slot 1 claims more than its slot holds; a fourth packet has no slot.
+    let lens = [short.len(), stride, short.len(), short.len()];
+    let invalid = net.drop_count(0, "invalid");
+    let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
+    net.nodes[0].core.seal_batch_in_place(
+        &mut buf,
+        stride,
+        &lens,
+        &Inline,
+        &mut dgrams,
+        &mut runs,
+        net.now,
+    );
+    assert_eq!(net.drop_count(0, "invalid") - invalid, 2);
+    assert_eq!(
+        dgrams,
+        vec![
+            0..short.len() + 32,
+            2 * stride..2 * stride + short.len() + 32
+        ]
+    );
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].range, 0..2);
+    let from = net.nodes[0].addr;
+    let sealed: Vec<(SocketAddr, Vec<u8>)> = dgrams
+        .iter()
+        .map(|d| (from, buf[d.clone()].to_vec()))
+        .collect();
+    let opened = open(&mut net, 1, &sealed, &Inline);
+    assert_eq!(opened.len(), 2);
+    assert_eq!(net.got(1, b"short"), 2);
+}

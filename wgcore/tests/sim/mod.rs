@@ -47,7 +47,7 @@ pub struct Net {
     pub unclaimed: Vec<Wire>,
     /// When false, datagrams are dropped instead of delivered.
     pub link_up: bool,
-    /// When set, `send` seals through `seal_batch` and `drive` opens what
+    /// When set, `send` seals through `seal_batch_in_place` and `drive` opens what
     /// each node receives through `open_batch`, on this many threads: the
     /// device's parallel path instead of the one-by-one one.
     pub batch_threads: Option<usize>,
@@ -250,10 +250,56 @@ impl Net {
         }
     }
 
-    /// Node `i` seals `pkts` as one batch on `w`: the datagrams, split out
-    /// of the GSO runs (which never overlap), with where they go. Nothing
-    /// is put on the wire.
+    /// Node `i` seals `pkts` as one batch on `w` the device's way
+    /// (`seal_batch_in_place`, each packet in its own slot): the
+    /// datagrams, in the order the GSO runs send them, with where they go.
+    /// Every run is checked against the kernel's `UDP_SEGMENT` rules.
+    /// Nothing is put on the wire.
     pub fn seal_batch<W: wgcore::Workers>(
+        &self,
+        i: usize,
+        pkts: &[&[u8]],
+        w: &W,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let max = pkts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let stride = wgcore::slot_len(max);
+        let mut buf = vec![0u8; stride * pkts.len()];
+        for (k, p) in pkts.iter().enumerate() {
+            buf[k * stride + wgcore::SLOT_HEADROOM..][..p.len()].copy_from_slice(p);
+        }
+        let lens: Vec<usize> = pkts.iter().map(|p| p.len()).collect();
+        let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
+        self.nodes[i].core.seal_batch_in_place(
+            &mut buf,
+            stride,
+            &lens,
+            w,
+            &mut dgrams,
+            &mut runs,
+            self.now,
+        );
+        let mut next = 0;
+        let mut out = Vec::new();
+        for r in runs {
+            assert_eq!(r.range.start, next, "runs cover the datagrams in order");
+            next = r.range.end;
+            let run = &dgrams[r.range.clone()];
+            assert!(!run.is_empty() && run.len() <= wgcore::gso::MAX_GSO_SEGMENTS);
+            assert!(run.iter().map(|d| d.len()).sum::<usize>() <= wgcore::gso::MAX_GSO_BYTES);
+            let (last, full) = run.split_last().expect("not empty");
+            assert!(full.iter().all(|d| d.len() == r.seg) && last.len() <= r.seg);
+            for d in run {
+                assert_eq!(d.start % stride, 0, "a datagram starts its slot");
+                out.push((r.to, buf[d.clone()].to_vec()));
+            }
+        }
+        assert_eq!(next, dgrams.len(), "every datagram is in a run");
+        out
+    }
+
+    /// The same through the copying `seal_batch`: the datagrams, split out
+    /// of the GSO runs (which never overlap), with where they go.
+    pub fn seal_batch_copying<W: wgcore::Workers>(
         &self,
         i: usize,
         pkts: &[&[u8]],

@@ -48,6 +48,20 @@ impl DataSender {
         }
         Some(self.session.format_packet_data_at(self.first + i, src, dst))
     }
+
+    /// Seal packet `i` of the batch where it lies: the `len`-byte IP packet
+    /// at `buf[16..]` becomes the datagram `buf[..len + 32]` (the header
+    /// written before it, the tag after it), without the copy [`seal`]
+    /// makes. Returns the datagram's length; `None` when `i` is outside the
+    /// reservation or `buf` is shorter than `len + 32`.
+    ///
+    /// [`seal`]: DataSender::seal
+    pub fn seal_in_place(&self, i: u64, buf: &mut [u8], len: usize) -> Option<usize> {
+        if i >= self.n || buf.len() < len.checked_add(DATA_OVERHEAD_SZ)? {
+            return None;
+        }
+        Some(self.session.seal_in_place_at(self.first + i, buf, len))
+    }
 }
 
 /// The session a data packet was sent to: opens data packets from any

@@ -214,8 +214,21 @@ impl Session {
         if dst.len() < src.len() + super::DATA_OVERHEAD_SZ {
             panic!("The destination buffer is too small");
         }
+        dst[DATA_OFFSET..DATA_OFFSET + src.len()].copy_from_slice(src);
+        let n = self.seal_in_place_at(sending_key_counter, dst, src.len());
+        &mut dst[..n]
+    }
 
-        let (message_type, rest) = dst.split_at_mut(4);
+    /// Seal the `len`-byte packet at `buf[16..]` where it lies: the header
+    /// goes before it and the tag after it (`buf` holds at least `len + 32`
+    /// bytes). Returns the datagram's length. (podguard's patch: the copying
+    /// path above is this after one copy.)
+    pub(super) fn seal_in_place_at(&self, sending_key_counter: u64, buf: &mut [u8], len: usize) -> usize {
+        if buf.len() < len + super::DATA_OVERHEAD_SZ {
+            panic!("The destination buffer is too small");
+        }
+
+        let (message_type, rest) = buf.split_at_mut(4);
         let (receiver_index, rest) = rest.split_at_mut(4);
         let (counter, data) = rest.split_at_mut(8);
 
@@ -227,21 +240,20 @@ impl Session {
         let n = {
             let mut nonce = [0u8; 12];
             nonce[4..12].copy_from_slice(&sending_key_counter.to_le_bytes());
-            data[..src.len()].copy_from_slice(src);
             self.sender
                 .seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(&[]),
-                    &mut data[..src.len()],
+                    &mut data[..len],
                 )
                 .map(|tag| {
-                    data[src.len()..src.len() + AEAD_SIZE].copy_from_slice(tag.as_ref());
-                    src.len() + AEAD_SIZE
+                    data[len..len + AEAD_SIZE].copy_from_slice(tag.as_ref());
+                    len + AEAD_SIZE
                 })
                 .unwrap()
         };
 
-        &mut dst[..DATA_OFFSET + n]
+        DATA_OFFSET + n
     }
 
     /// packet - a data packet we received from the network
