@@ -124,3 +124,43 @@ fn the_mesh_uses_the_smallest_underlay_and_the_flag_overrides() {
     assert_eq!(c.link_mtu(0, "podguard0"), 1440);
     assert_eq!(c.state(0)["underlayMtu"], 1500);
 }
+
+#[test]
+fn a_tunnel_mtu_raised_while_traffic_runs_carries_the_larger_packets() {
+    if !require_root("a_tunnel_mtu_raised_while_traffic_runs_carries_the_larger_packets") {
+        return;
+    }
+    // Jumbo underlays, but until the peers publish it the mesh counts
+    // 1500. The send path sizes its packet slots by the TUN's MTU; when
+    // the MTU grows under it, larger packets must flow within moments.
+    let c = TwoNode::up_on("mr", [9000, 9000], [&[], &[]], |_, _| {});
+    assert_eq!(c.link_mtu(0, "podguard0"), 1440);
+    assert!(ping_df(&c, 0, 1, 1412), "a full 1440-byte packet A -> B");
+    c.write_nodes(|_, v| v["underlayMTU"] = 9000.into());
+    for i in 0..2 {
+        wait_for("podguard0 at 8940", Duration::from_secs(30), || {
+            c.link_mtu(i, "podguard0") == 8940
+        });
+        // A pod keeps the MTU it was created with (the CNI sets it at
+        // ADD); this one is raised by hand.
+        let node = &c.nodes[i];
+        ok(&["ip", "-n", &node.ns, "link", "set", "vpod", "mtu", "8940"]);
+        ok(&[
+            "ip",
+            "-n",
+            &node.pod_ns,
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            "8940",
+        ]);
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        wait_for(
+            "a full 8940-byte packet across",
+            Duration::from_secs(10),
+            || ping_df(&c, from, to, 8912),
+        );
+    }
+}

@@ -236,9 +236,14 @@ impl Device {
         }
     }
 
-    /// Send a GSO run: `dgrams` (all of `seg` bytes but a possibly shorter
-    /// last one) to `to`, in one `sendmsg` while UDP GSO works.
+    /// Send a GSO run: `dgrams`, one iovec per datagram (all of `seg`
+    /// bytes but a possibly shorter last one), to `to`, in one `sendmsg`
+    /// while UDP GSO works, else one by one.
     pub(super) fn send_run(&self, dgrams: &[IoSlice<'_>], seg: usize, to: SocketAddr) {
+        debug_assert!(
+            dgrams.iter().all(|d| d.len() <= seg),
+            "one iovec per datagram"
+        );
         if dgrams.len() <= 1 || !self.gso.load(Ordering::Relaxed) {
             for d in dgrams {
                 self.send_to(d, to);

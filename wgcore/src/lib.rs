@@ -15,9 +15,9 @@
 //!
 //! The core is `Sync`: several driver threads may use one core at once
 //! (one per direction, one for handshakes). Batches (`seal_batch`,
-//! `seal_batch_in_place`, `open_batch`, `open_batch_in_place`) split their crypto into independent jobs for the
-//! driver's [`Workers`], on as many cores as it has, one peer's packets
-//! kept in order.
+//! `seal_batch_in_place`, `open_batch`, `open_batch_in_place`) split
+//! their crypto into independent jobs for the driver's [`Workers`], on as
+//! many cores as it has, one peer's packets kept in order.
 
 mod clock;
 mod config;

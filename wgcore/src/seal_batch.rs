@@ -1,4 +1,8 @@
-//! TUN → UDP for a whole batch, with the crypto on the driver's workers.
+//! TUN → UDP for a whole batch, with the crypto on the driver's workers:
+//! the copying layout, packets sealed back to back into one buffer (the
+//! device seals in place instead, [`Core::seal_batch_in_place`], which
+//! shares this file's planning, [`Core::plan_seal`]; the criterion bench
+//! and some tests use this one).
 //! Three steps: under the links' locks, in input order, route each packet,
 //! reserve its sending counter and place its datagram in the output (GSO
 //! runs laid out contiguously; a sealed data packet is exactly 32 bytes

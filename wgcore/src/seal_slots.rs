@@ -1,4 +1,4 @@
-//! TUN → UDP for a whole batch without copying a packet: the driver reads
+//! TUN → UDP for a whole batch without copying a data packet: the driver reads
 //! each packet into its own slot of one buffer (at [`SLOT_HEADROOM`], the
 //! room for the data header), and each is sealed where it lies, header
 //! before it and tag after it. [`Core::seal_batch`] instead seals copies
@@ -8,7 +8,8 @@
 //! size again). The planning (routes, counters, GSO runs, the one-packet
 //! path for links without a session) is [`Core::plan_seal`], shared with
 //! the copying path, so both keep a peer's packets in order with
-//! increasing counters.
+//! increasing counters. Only a packet whose link has no session yet (the
+//! rare one-packet path, held or replaced by an initiation) is copied.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -30,7 +31,7 @@ pub const SLOT_HEADROOM: usize = DATA_HEADER;
 /// header, the packet and its tag, or for a handshake initiation (written
 /// instead of a packet whose link has no session).
 pub const fn slot_len(max_packet: usize) -> usize {
-    let n = max_packet + SEAL_OVERHEAD;
+    let n = max_packet.saturating_add(SEAL_OVERHEAD);
     if n > SEAL_MIN { n } else { SEAL_MIN }
 }
 
@@ -134,6 +135,13 @@ impl Core {
         now: Instant,
     ) {
         self.clock.advance(now);
+        if stride == 0 {
+            // No slot holds anything: every packet is dropped.
+            for _ in lens {
+                DropCounters::count(&self.drops.invalid);
+            }
+            return;
+        }
         let fits = |k: usize, len: usize| {
             slot_len(len) <= stride && (k + 1).saturating_mul(stride) <= buf.len()
         };

@@ -282,34 +282,68 @@ fn a_later_copy_from_elsewhere_never_wins_however_the_threads_race() {
 }
 
 #[test]
-fn sealing_in_place_and_by_copy_give_the_same_datagrams_in_the_same_order() {
-    // Two peers, full-size and short packets mixed: runs end at a shorter
-    // datagram and at a change of peer.
+fn sealing_in_place_and_by_copy_give_the_same_runs() {
+    // Two peers; runs end at a shorter datagram, at a change of peer, at
+    // 64 datagrams; a longer datagram after a shorter one starts a run.
     let mut net = Net::mesh(3);
     for j in [1, 2] {
         assert_eq!(net.send_pod(0, j, b"hello"), Sealed::Datagram(148));
         net.drive();
     }
-    let size = |k: usize| if k % 7 == 6 { 300 } else { 1392 };
-    let peer = |k: usize| if (10..25).contains(&k) { 2 } else { 1 };
-    let pkts: Vec<Vec<u8>> = (0..40)
-        .map(|k| {
+    let (full, short, small) = (1392, 300, 100);
+    let mut plan: Vec<(usize, usize)> = Vec::new();
+    plan.extend([(1, full); 10]);
+    plan.push((1, short));
+    plan.extend([(1, full); 2]);
+    plan.extend([(2, full); 7]);
+    plan.push((2, short));
+    plan.extend([(2, full); 7]);
+    plan.extend([(1, small); 70]);
+    plan.extend([(1, full); 2]);
+    let pkts: Vec<Vec<u8>> = plan
+        .iter()
+        .enumerate()
+        .map(|(k, &(j, size))| {
             let mut p = payload(k);
-            p.truncate(size(k));
-            ip_packet(pod(0, 2), pod(peer(k), 2), &p)
+            p.truncate(size);
+            ip_packet(pod(0, 2), pod(j, 2), &p)
         })
         .collect();
     let refs: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
-    let in_place = net.seal_batch(0, &refs, &Threads(2));
-    let copied = net.seal_batch_copying(0, &refs, &Threads(2));
-    let shape = |d: &[(SocketAddr, Vec<u8>)]| -> Vec<(SocketAddr, usize, u8)> {
-        d.iter().map(|(to, b)| (*to, b.len(), b[0])).collect()
+    let in_place = net.seal_runs(0, &refs, &Threads(2), true);
+    let copied = net.seal_runs(0, &refs, &Threads(2), false);
+    let shape = |runs: &[sim::Run]| -> Vec<(SocketAddr, usize, Vec<usize>)> {
+        runs.iter()
+            .map(|r| (r.to, r.seg, r.dgrams.iter().map(|d| d.len()).collect()))
+            .collect()
     };
-    assert_eq!(in_place.len(), 40);
     assert_eq!(shape(&in_place), shape(&copied));
+    let (a1, a2) = (net.nodes[1].addr, net.nodes[2].addr);
+    let lens = |n: usize, len: usize| vec![len + 32; n];
+    assert_eq!(
+        shape(&in_place),
+        vec![
+            (
+                a1,
+                full + 28 + 32,
+                [lens(10, full + 28), lens(1, short + 28)].concat()
+            ),
+            (a1, full + 28 + 32, lens(2, full + 28)),
+            (
+                a2,
+                full + 28 + 32,
+                [lens(7, full + 28), lens(1, short + 28)].concat()
+            ),
+            (a2, full + 28 + 32, lens(7, full + 28)),
+            (a1, small + 28 + 32, lens(64, small + 28)),
+            (a1, small + 28 + 32, lens(6, small + 28)),
+            (a1, full + 28 + 32, lens(2, full + 28)),
+        ]
+    );
     // Both open, in order, at the right peer.
     let from = net.nodes[0].addr;
-    for sealed in [in_place, copied] {
+    for runs in [in_place, copied] {
+        let sealed = sim::flatten(runs);
         for j in [1, 2] {
             let mine: Vec<(SocketAddr, Vec<u8>)> = sealed
                 .iter()
@@ -331,6 +365,41 @@ fn sealing_in_place_and_by_copy_give_the_same_datagrams_in_the_same_order() {
         assert!(a.iter().zip(&want).all(|(g, w)| g == *w));
         assert!(b.iter().zip(&want).all(|(g, w)| g == *w));
     }
+}
+
+#[test]
+fn a_packet_that_exactly_fills_its_slot_is_sealed_one_byte_more_is_dropped() {
+    let mut net = handshaken();
+    let stride = wgcore::slot_len(0);
+    let fits = stride - wgcore::SEAL_OVERHEAD;
+    let pkts = [
+        ip_packet(pod(0, 2), pod(1, 2), &vec![b'f'; fits - 28]),
+        ip_packet(pod(0, 2), pod(1, 2), &vec![b'g'; fits + 1 - 28]),
+    ];
+    let mut buf = vec![0u8; 2 * stride];
+    for (k, p) in pkts.iter().enumerate() {
+        let room = &mut buf[k * stride + wgcore::SLOT_HEADROOM..(k + 1) * stride];
+        let n = p.len().min(room.len());
+        room[..n].copy_from_slice(&p[..n]);
+    }
+    let lens = [pkts[0].len(), pkts[1].len()];
+    let invalid = net.drop_count(0, "invalid");
+    let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
+    net.nodes[0].core.seal_batch_in_place(
+        &mut buf,
+        stride,
+        &lens,
+        &Inline,
+        &mut dgrams,
+        &mut runs,
+        net.now,
+    );
+    assert_eq!(net.drop_count(0, "invalid") - invalid, 1);
+    assert_eq!(dgrams, vec![0..fits + 32]);
+    let from = net.nodes[0].addr;
+    let sealed = vec![(from, buf[dgrams[0].clone()].to_vec())];
+    open(&mut net, 1, &sealed, &Inline);
+    assert_eq!(net.nodes[1].delivered.last(), Some(&pkts[0]));
 }
 
 #[test]

@@ -53,6 +53,24 @@ pub struct Net {
     pub batch_threads: Option<usize>,
 }
 
+/// One GSO run of a sealed batch: one `sendmsg` of the device.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Where to.
+    pub to: SocketAddr,
+    /// Segment size.
+    pub seg: usize,
+    /// The datagrams.
+    pub dgrams: Vec<Vec<u8>>,
+}
+
+/// The datagrams of `runs` in sending order, with where each goes.
+pub fn flatten(runs: Vec<Run>) -> Vec<(SocketAddr, Vec<u8>)> {
+    runs.into_iter()
+        .flat_map(|r| r.dgrams.into_iter().map(move |d| (r.to, d)))
+        .collect()
+}
+
 /// Jobs split over scoped threads (the device's pool does the same on
 /// persistent ones).
 pub struct Threads(pub usize);
@@ -253,7 +271,6 @@ impl Net {
     /// Node `i` seals `pkts` as one batch on `w` the device's way
     /// (`seal_batch_in_place`, each packet in its own slot): the
     /// datagrams, in the order the GSO runs send them, with where they go.
-    /// Every run is checked against the kernel's `UDP_SEGMENT` rules.
     /// Nothing is put on the wire.
     pub fn seal_batch<W: wgcore::Workers>(
         &self,
@@ -261,6 +278,46 @@ impl Net {
         pkts: &[&[u8]],
         w: &W,
     ) -> Vec<(SocketAddr, Vec<u8>)> {
+        flatten(self.seal_runs(i, pkts, w, true))
+    }
+
+    /// The same through the copying `seal_batch`.
+    pub fn seal_batch_copying<W: wgcore::Workers>(
+        &self,
+        i: usize,
+        pkts: &[&[u8]],
+        w: &W,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        flatten(self.seal_runs(i, pkts, w, false))
+    }
+
+    /// Node `i` seals `pkts` as one batch on `w`, in place or by copy: the
+    /// GSO runs in sending order, each checked against the kernel's
+    /// `UDP_SEGMENT` rules (one destination; all datagrams of the segment
+    /// size but a shorter last one; at most 64 of them and 65,000 bytes).
+    pub fn seal_runs<W: wgcore::Workers>(
+        &self,
+        i: usize,
+        pkts: &[&[u8]],
+        w: &W,
+        in_place: bool,
+    ) -> Vec<Run> {
+        let runs = if in_place {
+            self.seal_in_place(i, pkts, w)
+        } else {
+            self.seal_copying(i, pkts, w)
+        };
+        for r in &runs {
+            assert!(!r.dgrams.is_empty() && r.dgrams.len() <= wgcore::gso::MAX_GSO_SEGMENTS);
+            let bytes: usize = r.dgrams.iter().map(|d| d.len()).sum();
+            assert!(bytes <= wgcore::gso::MAX_GSO_BYTES);
+            let (last, full) = r.dgrams.split_last().expect("not empty");
+            assert!(full.iter().all(|d| d.len() == r.seg) && last.len() <= r.seg);
+        }
+        runs
+    }
+
+    fn seal_in_place<W: wgcore::Workers>(&self, i: usize, pkts: &[&[u8]], w: &W) -> Vec<Run> {
         let max = pkts.iter().map(|p| p.len()).max().unwrap_or(0);
         let stride = wgcore::slot_len(max);
         let mut buf = vec![0u8; stride * pkts.len()];
@@ -284,42 +341,38 @@ impl Net {
             assert_eq!(r.range.start, next, "runs cover the datagrams in order");
             next = r.range.end;
             let run = &dgrams[r.range.clone()];
-            assert!(!run.is_empty() && run.len() <= wgcore::gso::MAX_GSO_SEGMENTS);
-            assert!(run.iter().map(|d| d.len()).sum::<usize>() <= wgcore::gso::MAX_GSO_BYTES);
-            let (last, full) = run.split_last().expect("not empty");
-            assert!(full.iter().all(|d| d.len() == r.seg) && last.len() <= r.seg);
-            for d in run {
-                assert_eq!(d.start % stride, 0, "a datagram starts its slot");
-                out.push((r.to, buf[d.clone()].to_vec()));
-            }
+            assert!(
+                run.iter().all(|d| d.start % stride == 0),
+                "a datagram starts its slot"
+            );
+            out.push(Run {
+                to: r.to,
+                seg: r.seg,
+                dgrams: run.iter().map(|d| buf[d.clone()].to_vec()).collect(),
+            });
         }
         assert_eq!(next, dgrams.len(), "every datagram is in a run");
         out
     }
 
-    /// The same through the copying `seal_batch`: the datagrams, split out
-    /// of the GSO runs (which never overlap), with where they go.
-    pub fn seal_batch_copying<W: wgcore::Workers>(
-        &self,
-        i: usize,
-        pkts: &[&[u8]],
-        w: &W,
-    ) -> Vec<(SocketAddr, Vec<u8>)> {
+    fn seal_copying<W: wgcore::Workers>(&self, i: usize, pkts: &[&[u8]], w: &W) -> Vec<Run> {
         let mut out = vec![0u8; wgcore::batch_buffer_len(pkts.iter().map(|p| p.len()))];
         let mut runs = Vec::new();
         self.nodes[i]
             .core
             .seal_batch(pkts, &mut out, w, &mut runs, self.now);
         let mut end = 0;
-        let mut dgrams = Vec::new();
+        let mut sent = Vec::new();
         for f in runs {
             assert!(f.range.start >= end, "runs overlap");
             end = f.range.end;
-            for d in out[f.range].chunks(f.seg) {
-                dgrams.push((f.to, d.to_vec()));
-            }
+            sent.push(Run {
+                to: f.to,
+                seg: f.seg,
+                dgrams: out[f.range].chunks(f.seg).map(|d| d.to_vec()).collect(),
+            });
         }
-        dgrams
+        sent
     }
 
     /// Node `j` opens `input` (datagrams with where each came from) as one

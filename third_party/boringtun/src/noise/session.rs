@@ -223,7 +223,12 @@ impl Session {
     /// goes before it and the tag after it (`buf` holds at least `len + 32`
     /// bytes). Returns the datagram's length. (podguard's patch: the copying
     /// path above is this after one copy.)
-    pub(super) fn seal_in_place_at(&self, sending_key_counter: u64, buf: &mut [u8], len: usize) -> usize {
+    pub(super) fn seal_in_place_at(
+        &self,
+        sending_key_counter: u64,
+        buf: &mut [u8],
+        len: usize,
+    ) -> usize {
         if buf.len() < len + super::DATA_OVERHEAD_SZ {
             panic!("The destination buffer is too small");
         }
