@@ -443,3 +443,90 @@ fn a_packet_too_long_for_its_slot_is_dropped_alone() {
     assert_eq!(opened.len(), 2);
     assert_eq!(net.got(1, b"short"), 2);
 }
+
+mod in_place_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A packet of the batch: to peer 1, to peer 2, to nobody, or bytes
+    /// that are no IP packet; with a payload length.
+    fn packet() -> impl Strategy<Value = (u8, usize)> {
+        (0u8..4, 0usize..1500)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the batch (sizes, destinations, garbage, slots too
+        /// small for some packets): no panic, the runs keep UDP_SEGMENT's
+        /// rules (checked in `seal_runs`), and every packet that fits and
+        /// has a route arrives at its peer once, in order.
+        #[test]
+        fn any_batch_sealed_in_place_arrives_whole_and_in_order(
+            plan in proptest::collection::vec(packet(), 1..120),
+            small_slots in any::<bool>(),
+        ) {
+            let mut net = Net::mesh(3);
+            for j in [1, 2] {
+                prop_assert_eq!(net.send_pod(0, j, b"hello"), Sealed::Datagram(148));
+                net.drive();
+            }
+            let pkts: Vec<Vec<u8>> = plan
+                .iter()
+                .enumerate()
+                .map(|(k, &(to, len))| {
+                    let mut p = payload(k);
+                    p.resize(len.max(12), b'y');
+                    match to {
+                        0 | 1 => ip_packet(pod(0, 2), pod(to as usize + 1, 2), &p),
+                        2 => ip_packet(pod(0, 2), std::net::Ipv4Addr::new(203, 0, 113, 9), &p),
+                        _ => p,
+                    }
+                })
+                .collect();
+            // Slots for the largest packet, or for 700 bytes only.
+            let max = pkts.iter().map(|p| p.len()).max().unwrap_or(0);
+            let stride = wgcore::slot_len(if small_slots { 700 } else { max });
+            let mut buf = vec![0u8; stride * pkts.len()];
+            for (k, p) in pkts.iter().enumerate() {
+                let room = &mut buf[k * stride + wgcore::SLOT_HEADROOM..(k + 1) * stride];
+                let n = p.len().min(room.len());
+                room[..n].copy_from_slice(&p[..n]);
+            }
+            let lens: Vec<usize> = pkts.iter().map(|p| p.len()).collect();
+            let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
+            net.nodes[0].core.seal_batch_in_place(
+                &mut buf, stride, &lens, &Threads(2), &mut dgrams, &mut runs, net.now,
+            );
+            let mut next = 0;
+            let from = net.nodes[0].addr;
+            let mut to_peer: [Vec<(SocketAddr, Vec<u8>)>; 3] = Default::default();
+            for r in &runs {
+                prop_assert_eq!(r.range.start, next);
+                next = r.range.end;
+                let run = &dgrams[r.range.clone()];
+                prop_assert!(!run.is_empty() && run.len() <= wgcore::gso::MAX_GSO_SEGMENTS);
+                let (last, full) = run.split_last().expect("not empty");
+                prop_assert!(full.iter().all(|d| d.len() == r.seg) && last.len() <= r.seg);
+                prop_assert!(run.iter().map(|d| d.len()).sum::<usize>() <= wgcore::gso::MAX_GSO_BYTES);
+                let j = (1..3).find(|&j| net.nodes[j].addr == r.to).expect("a peer");
+                to_peer[j].extend(run.iter().map(|d| (from, buf[d.clone()].to_vec())));
+            }
+            prop_assert_eq!(next, dgrams.len());
+            for j in [1, 2] {
+                let want: Vec<&Vec<u8>> = pkts
+                    .iter()
+                    .filter(|p| {
+                        wgcore::slot_len(p.len()) <= stride
+                            && p.len() >= 20
+                            && p[0] == 0x45
+                            && p[16..20] == pod(j, 2).octets()
+                    })
+                    .collect();
+                let opened = open(&mut net, j, &to_peer[j], &Inline);
+                prop_assert!(opened.iter().all(|o| matches!(o, Opened::Packet(_))));
+                prop_assert_eq!(&net.nodes[j].delivered[1..], &want.into_iter().cloned().collect::<Vec<_>>()[..]);
+            }
+        }
+    }
+}
