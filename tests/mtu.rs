@@ -126,21 +126,27 @@ fn the_mesh_uses_the_smallest_underlay_and_the_flag_overrides() {
 }
 
 #[test]
-fn a_tunnel_mtu_raised_while_traffic_runs_carries_the_larger_packets() {
-    if !require_root("a_tunnel_mtu_raised_while_traffic_runs_carries_the_larger_packets") {
+fn a_tunnel_mtu_raised_at_runtime_carries_the_larger_packets() {
+    if !require_root("a_tunnel_mtu_raised_at_runtime_carries_the_larger_packets") {
         return;
     }
     // Jumbo underlays, but until the peers publish it the mesh counts
-    // 1500. The send path sizes its packet slots by the TUN's MTU; when
-    // the MTU grows under it, larger packets must flow within moments.
-    let c = TwoNode::up_on("mr", [9000, 9000], [&[], &[]], |_, _| {});
+    // 1500. The userspace device's send path reads packets into slots;
+    // when the MTU grows under it, the larger packets must pass.
+    let userspace: &[&str] = &["--backend", "userspace"];
+    let c = TwoNode::up_on("mr", [9000, 9000], [userspace, userspace], |_, _| {});
+    for i in 0..2 {
+        assert_eq!(c.link_kind(i), "tun", "node {i} runs the userspace device");
+    }
     assert_eq!(c.link_mtu(0, "podguard0"), 1440);
     assert!(ping_df(&c, 0, 1, 1412), "a full 1440-byte packet A -> B");
     c.write_nodes(|_, v| v["underlayMTU"] = 9000.into());
     for i in 0..2 {
-        wait_for("podguard0 at 8940", Duration::from_secs(30), || {
-            c.link_mtu(i, "podguard0") == 8940
-        });
+        wait_for(
+            "podguard0 and cbr0 at 8940",
+            Duration::from_secs(30),
+            || c.link_mtu(i, "podguard0") == 8940 && c.link_mtu(i, "cbr0") == 8940,
+        );
         // A pod keeps the MTU it was created with (the CNI sets it at
         // ADD); this one is raised by hand.
         let node = &c.nodes[i];

@@ -33,24 +33,19 @@ const SLOTS: usize = 3 * IDEAL_BATCH_SIZE;
 /// than 64).
 const ROOM_FOR_ONE: usize = IDEAL_BATCH_SIZE;
 
-/// The stride for the largest packet.
-const STRIDE_MAX: usize = wgcore::slot_len(PKT_MAX).next_multiple_of(64);
+/// A packet's slot in the batch buffer: tun-rs writes the packet at
+/// [`SLOT_HEADROOM`] and the core seals it there (header before, tag
+/// after), so no packet is copied between the TUN read and the UDP send.
+/// Every slot holds the largest packet, whatever the TUN's MTU now: a
+/// stride that followed the MTU (tried in session 15) lost the first
+/// larger super-packet after the MTU was raised, because tun-rs takes a
+/// packet off the TUN before it finds it too long for its slot, and it
+/// measured no faster (bench/README.md, "Session 15").
+const STRIDE: usize = wgcore::slot_len(PKT_MAX).next_multiple_of(64);
 
-/// How often the slot stride follows the TUN's MTU (and at once after a
-/// failed read: a packet longer than its slot fails the read).
-const MTU_CHECK: Duration = Duration::from_millis(100);
-
-/// A packet's slot in the batch buffer for a TUN of this MTU: tun-rs
-/// writes the packet at [`SLOT_HEADROOM`] and the core seals it there
-/// (header before, tag after), so no packet is copied between the TUN
-/// read and the UDP send. Slots as small as the MTU allows keep a batch
-/// within the caches (a batch of 45 full-size packets in 9 KB slots
-/// spans 420 KB; in 1.5 KB slots, 68 KB).
-fn stride_for(mtu: io::Result<u16>) -> usize {
-    // Unknown: room for the largest packet.
-    let max = mtu.map_or(PKT_MAX, usize::from).clamp(1280, PKT_MAX);
-    wgcore::slot_len(max).next_multiple_of(64)
-}
+/// Room in a slot for tun-rs' view of it, and for what the core seals
+/// there (it drops a packet whose `slot_len` exceeds the stride).
+const _: () = assert!(SLOT_HEADROOM + PKT_MAX <= STRIDE && wgcore::slot_len(PKT_MAX) <= STRIDE);
 
 /// Whether the TUN has a packet waiting now (never blocks).
 fn ready(tun: &tun_rs::SyncDevice) -> bool {
@@ -58,23 +53,20 @@ fn ready(tun: &tun_rs::SyncDevice) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
 }
 
-/// Read a batch into the slots of `buf` (packet `k` at `k * stride +
-/// SLOT_HEADROOM`, its length in `sizes[k]`; packets up to what the slot
-/// can seal): one blocking read, then, when `drain`, whatever is already
-/// waiting while room is left. Returns how many packets were read.
+/// Read a batch into the slots of `buf` (packet `k` at `k * STRIDE +
+/// SLOT_HEADROOM`, at most [`PKT_MAX`] bytes, its length in `sizes[k]`):
+/// one blocking read, then, when `drain`, whatever is already waiting
+/// while room is left. Returns how many packets were read.
 fn read_batch(
     tun: &tun_rs::SyncDevice,
     orig: &mut [u8],
     buf: &mut [u8],
-    stride: usize,
     sizes: &mut [usize],
     drain: bool,
 ) -> io::Result<usize> {
-    let max = stride - wgcore::SEAL_OVERHEAD;
     let mut slots: Vec<&mut [u8]> = buf
-        .chunks_exact_mut(stride)
-        .take(SLOTS)
-        .map(|s| &mut s[..SLOT_HEADROOM + max])
+        .chunks_exact_mut(STRIDE)
+        .map(|s| &mut s[..SLOT_HEADROOM + PKT_MAX])
         .collect();
     let mut n = tun.recv_multiple(orig, &mut slots, sizes, SLOT_HEADROOM)?;
     // What is already waiting joins the batch.
@@ -94,9 +86,7 @@ fn read_batch(
 
 pub fn run(dev: &Device) {
     let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut buf = vec![0u8; SLOTS * STRIDE_MAX];
-    let mut stride = STRIDE_MAX;
-    let mut next_check = Instant::now();
+    let mut buf = vec![0u8; SLOTS * STRIDE];
     let mut sizes = vec![0usize; SLOTS];
     let drain = std::env::var_os("PODGUARD_TUN_ONE_READ").is_none();
     let mut dgrams: Vec<Range<usize>> = Vec::new();
@@ -105,11 +95,7 @@ pub fn run(dev: &Device) {
     let crypto = dev.crypto_pool();
     loop {
         let tun = dev.tun.read().clone();
-        if Instant::now() >= next_check {
-            stride = stride_for(tun.mtu());
-            next_check = Instant::now() + MTU_CHECK;
-        }
-        let n = match read_batch(&tun, &mut orig, &mut buf, stride, &mut sizes, drain) {
+        let n = match read_batch(&tun, &mut orig, &mut buf, &mut sizes, drain) {
             Ok(n) => {
                 gone_logged = false;
                 n
@@ -122,13 +108,10 @@ pub fn run(dev: &Device) {
                     tracing::error!(error = %e, "TUN interface gone; outbound waits for it to be recreated");
                 }
                 std::thread::sleep(Duration::from_millis(20));
-                next_check = Instant::now();
                 continue;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "TUN read");
-                // The MTU may have grown past the slots.
-                next_check = Instant::now();
                 continue;
             }
         };
@@ -136,7 +119,7 @@ pub fn run(dev: &Device) {
         runs.clear();
         dev.core.seal_batch_in_place(
             &mut buf,
-            stride,
+            STRIDE,
             &sizes[..n],
             &crypto,
             &mut dgrams,
