@@ -376,24 +376,10 @@ fn a_packet_that_exactly_fills_its_slot_is_sealed_one_byte_more_is_dropped() {
         ip_packet(pod(0, 2), pod(1, 2), &vec![b'f'; fits - 28]),
         ip_packet(pod(0, 2), pod(1, 2), &vec![b'g'; fits + 1 - 28]),
     ];
-    let mut buf = vec![0u8; 2 * stride];
-    for (k, p) in pkts.iter().enumerate() {
-        let room = &mut buf[k * stride + wgcore::SLOT_HEADROOM..(k + 1) * stride];
-        let n = p.len().min(room.len());
-        room[..n].copy_from_slice(&p[..n]);
-    }
+    let mut buf = sim::slotted(&pkts, stride);
     let lens = [pkts[0].len(), pkts[1].len()];
     let invalid = net.drop_count(0, "invalid");
-    let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
-    net.nodes[0].core.seal_batch_in_place(
-        &mut buf,
-        stride,
-        &lens,
-        &Inline,
-        &mut dgrams,
-        &mut runs,
-        net.now,
-    );
+    let (dgrams, _) = net.seal_slots(0, &mut buf, stride, &lens, &Inline);
     assert_eq!(net.drop_count(0, "invalid") - invalid, 1);
     assert_eq!(dgrams, vec![0..fits + 32]);
     let from = net.nodes[0].addr;
@@ -407,23 +393,11 @@ fn a_packet_too_long_for_its_slot_is_dropped_alone() {
     let mut net = handshaken();
     let short = ip_packet(pod(0, 2), pod(1, 2), b"short");
     let stride = wgcore::slot_len(short.len());
-    let mut buf = vec![0u8; 3 * stride];
-    for k in 0..3 {
-        buf[k * stride + wgcore::SLOT_HEADROOM..][..short.len()].copy_from_slice(&short);
-    }
+    let mut buf = sim::slotted(&[&short, &short, &short], stride);
     // Slot 1 claims more than its slot holds; a fourth packet has no slot.
     let lens = [short.len(), stride, short.len(), short.len()];
     let invalid = net.drop_count(0, "invalid");
-    let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
-    net.nodes[0].core.seal_batch_in_place(
-        &mut buf,
-        stride,
-        &lens,
-        &Inline,
-        &mut dgrams,
-        &mut runs,
-        net.now,
-    );
+    let (dgrams, runs) = net.seal_slots(0, &mut buf, stride, &lens, &Inline);
     assert_eq!(net.drop_count(0, "invalid") - invalid, 2);
     assert_eq!(
         dgrams,
@@ -487,17 +461,9 @@ mod in_place_props {
             // Slots for the largest packet, or for 700 bytes only.
             let max = pkts.iter().map(|p| p.len()).max().unwrap_or(0);
             let stride = wgcore::slot_len(if small_slots { 700 } else { max });
-            let mut buf = vec![0u8; stride * pkts.len()];
-            for (k, p) in pkts.iter().enumerate() {
-                let room = &mut buf[k * stride + wgcore::SLOT_HEADROOM..(k + 1) * stride];
-                let n = p.len().min(room.len());
-                room[..n].copy_from_slice(&p[..n]);
-            }
+            let mut buf = sim::slotted(&pkts, stride);
             let lens: Vec<usize> = pkts.iter().map(|p| p.len()).collect();
-            let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
-            net.nodes[0].core.seal_batch_in_place(
-                &mut buf, stride, &lens, &Threads(2), &mut dgrams, &mut runs, net.now,
-            );
+            let (dgrams, runs) = net.seal_slots(0, &mut buf, stride, &lens, &Threads(2));
             let mut next = 0;
             let from = net.nodes[0].addr;
             let mut to_peer: [Vec<(SocketAddr, Vec<u8>)>; 3] = Default::default();

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -62,6 +63,20 @@ pub struct Run {
     pub seg: usize,
     /// The datagrams.
     pub dgrams: Vec<Vec<u8>>,
+}
+
+/// A buffer of `stride`-byte slots holding packet `k` at `k * stride +
+/// SLOT_HEADROOM`, as the device reads them; a packet longer than its
+/// slot is cut at the slot's end (its length still says more).
+pub fn slotted<P: AsRef<[u8]>>(pkts: &[P], stride: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; stride * pkts.len()];
+    for (k, p) in pkts.iter().enumerate() {
+        let p = p.as_ref();
+        let room = &mut buf[k * stride + wgcore::SLOT_HEADROOM..(k + 1) * stride];
+        let n = p.len().min(room.len());
+        room[..n].copy_from_slice(&p[..n]);
+    }
+    buf
 }
 
 /// The datagrams of `runs` in sending order, with where each goes.
@@ -317,24 +332,36 @@ impl Net {
         runs
     }
 
-    fn seal_in_place<W: wgcore::Workers>(&self, i: usize, pkts: &[&[u8]], w: &W) -> Vec<Run> {
-        let max = pkts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let stride = wgcore::slot_len(max);
-        let mut buf = vec![0u8; stride * pkts.len()];
-        for (k, p) in pkts.iter().enumerate() {
-            buf[k * stride + wgcore::SLOT_HEADROOM..][..p.len()].copy_from_slice(p);
-        }
-        let lens: Vec<usize> = pkts.iter().map(|p| p.len()).collect();
+    /// Node `i` seals the packets of `lens` lying in `buf`'s slots (as
+    /// [`slotted`] lays them out) with `seal_batch_in_place`: each
+    /// datagram's range in `buf`, and the runs over them.
+    pub fn seal_slots<W: wgcore::Workers>(
+        &self,
+        i: usize,
+        buf: &mut [u8],
+        stride: usize,
+        lens: &[usize],
+        w: &W,
+    ) -> (Vec<Range<usize>>, Vec<wgcore::SlotRun>) {
         let (mut dgrams, mut runs) = (Vec::new(), Vec::new());
         self.nodes[i].core.seal_batch_in_place(
-            &mut buf,
+            buf,
             stride,
-            &lens,
+            lens,
             w,
             &mut dgrams,
             &mut runs,
             self.now,
         );
+        (dgrams, runs)
+    }
+
+    fn seal_in_place<W: wgcore::Workers>(&self, i: usize, pkts: &[&[u8]], w: &W) -> Vec<Run> {
+        let max = pkts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let stride = wgcore::slot_len(max);
+        let mut buf = slotted(pkts, stride);
+        let lens: Vec<usize> = pkts.iter().map(|p| p.len()).collect();
+        let (dgrams, runs) = self.seal_slots(i, &mut buf, stride, &lens, w);
         let mut next = 0;
         let mut out = Vec::new();
         for r in runs {
