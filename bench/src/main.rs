@@ -13,6 +13,7 @@ mod contender;
 mod flood;
 mod parse;
 mod report;
+mod sink;
 mod throughput;
 mod topo;
 
@@ -57,8 +58,10 @@ enum Cmd {
     /// Throughput under attack: one stream A→B clean, then while an
     /// attacker namespace on the underlay floods node B's WireGuard port
     /// with random type-1 datagrams and with type-1 datagrams carrying a
-    /// valid mac1 (each costs a DH unless the target demands a cookie).
-    /// Writes flood.json and flood.md.
+    /// valid mac1 (each costs a DH unless the target demands a cookie);
+    /// as a control, the random flood aimed at a socket on node B that
+    /// only reads and discards (what the flood costs this machine whoever
+    /// receives it). Writes flood.json and flood.md.
     Flood {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
