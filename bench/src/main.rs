@@ -12,6 +12,7 @@ mod attack;
 mod contender;
 mod flood;
 mod parse;
+mod processes;
 mod report;
 mod sink;
 mod throughput;
@@ -77,6 +78,32 @@ enum Cmd {
             long,
             value_delimiter = ',',
             default_value = "podguard,wireguard-go-sid"
+        )]
+        contenders: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// One iperf3 client process against N at once (one stream each),
+    /// over one pod pair and one peer, per contender (plain veth too):
+    /// what the processes cost by themselves, next to
+    /// `bench/mesh-load.sh`'s 8 pod pairs. Writes processes.json and
+    /// processes.md.
+    Processes {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        duration: u32,
+        /// Alternations of one process and N.
+        #[arg(long, default_value_t = 5)]
+        reps: u32,
+        /// Client processes at once (N).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(2..=64))]
+        n: u16,
+        /// Contenders (ids as for `throughput`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "plain,podguard,wireguard-go-sid"
         )]
         contenders: Vec<String>,
         /// Output directory.
@@ -190,6 +217,34 @@ fn main() -> anyhow::Result<()> {
             }
             let files = attack::write(&out, &rows, duration, reps, rate)?;
             println!("{}", attack::markdown(&rows, duration, reps, rate));
+            for f in files {
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Cmd::Processes {
+            duration,
+            reps,
+            n,
+            contenders,
+            out,
+        } => {
+            let (bins, chosen) = prepare(&contenders)?;
+            let mut rows = Vec::new();
+            for c in chosen {
+                eprintln!("  · {} (1 vs {n} processes)", c.name());
+                let row = match c.missing(&bins) {
+                    Some(why) => processes::ProcRow::skipped(c, why),
+                    None => processes::measure(c, &bins, duration, reps, n).unwrap_or_else(|e| {
+                        eprintln!("    failed: {e:#}");
+                        processes::ProcRow::skipped(c, format!("failed: {e:#}"))
+                    }),
+                };
+                topo::clean();
+                rows.push(row);
+            }
+            let files = processes::write(&out, &rows, duration, reps, n)?;
+            println!("{}", processes::markdown(&rows, duration, reps, n));
             for f in files {
                 eprintln!("wrote {}", f.display());
             }

@@ -66,9 +66,23 @@ pub fn proc_cpu_seconds(stat: &str, ticks_per_second: f64) -> Option<f64> {
     Some((utime + stime) / ticks_per_second)
 }
 
+/// The command name in /proc/PID/stat (a thread's name in
+/// /proc/PID/task/TID/stat), which may itself hold spaces and brackets.
+pub fn proc_comm(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comm_and_cpu_of_a_thread_named_with_spaces_and_brackets() {
+        let stat = "4242 (pg (tun) rx) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(proc_comm(stat), Some("pg (tun) rx"));
+        assert_eq!(proc_cpu_seconds(stat, 100.0), Some(3.0));
+        assert_eq!(proc_comm("garbage"), None);
+    }
 
     #[test]
     fn iperf3_json() {

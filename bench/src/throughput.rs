@@ -49,7 +49,9 @@ pub struct Row {
     pub cpu_per_gbit: Option<parse::Spread>,
 }
 
-fn cpu_of(nodes: &[String]) -> f64 {
+/// CPU seconds so far of every process in the namespaces `nodes` (the
+/// tunnel processes).
+pub fn cpu_of(nodes: &[String]) -> f64 {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -69,6 +71,38 @@ fn cpu_of(nodes: &[String]) -> f64 {
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .filter_map(|s| parse::proc_cpu_seconds(&s, ticks))
         .sum()
+}
+
+/// CPU seconds so far of each thread in the namespaces `nodes`, summed by
+/// namespace and thread name ("pgbench-a pg-tun-rx").
+pub fn cpu_by_thread(nodes: &[String]) -> std::collections::BTreeMap<String, f64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut out = std::collections::BTreeMap::new();
+    for n in nodes {
+        let pids = sys::output(&["ip", "netns", "pids", n])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                    continue;
+                };
+                if let (Some(comm), Some(cpu)) = (
+                    parse::proc_comm(&stat),
+                    parse::proc_cpu_seconds(&stat, ticks),
+                ) {
+                    *out.entry(format!("{n} {comm}")).or_insert(0.0) += cpu;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One iperf3 run: (Gbit/s, CPU seconds of the tunnel processes).
