@@ -69,7 +69,7 @@ pub fn proc_cpu_seconds(stat: &str, ticks_per_second: f64) -> Option<f64> {
 /// The command name in /proc/PID/stat (a thread's name in
 /// /proc/PID/task/TID/stat), which may itself hold spaces and brackets.
 pub fn proc_comm(stat: &str) -> Option<&str> {
-    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
 }
 
 #[cfg(test)]
@@ -82,6 +82,7 @@ mod tests {
         assert_eq!(proc_comm(stat), Some("pg (tun) rx"));
         assert_eq!(proc_cpu_seconds(stat, 100.0), Some(3.0));
         assert_eq!(proc_comm("garbage"), None);
+        assert_eq!(proc_comm("1 )x( S"), None);
     }
 
     #[test]

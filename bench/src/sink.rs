@@ -11,15 +11,18 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use podguard::wireguard::batch::{RecvBatch, recv_batch};
 
 /// A discarding reader running on its own thread in a node's namespace.
+/// Dropped without [`Sink::stop`] (an error on the way), its thread still
+/// ends.
 #[derive(Debug)]
 pub struct Sink {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<anyhow::Result<u64>>,
+    thread: Option<JoinHandle<anyhow::Result<u64>>>,
+    started: Instant,
 }
 
 impl Sink {
@@ -40,28 +43,54 @@ impl Sink {
             let mut rb = RecvBatch::new(64, 2048);
             let mut got = Vec::new();
             let mut total = 0u64;
-            while !flag.load(Ordering::Relaxed) {
+            // After the stop flag, what is still queued is read too (the
+            // first empty read ends it).
+            let mut stopping = false;
+            loop {
                 match recv_batch(&sock, &mut rb, &mut got) {
                     Ok(n) => total += n as u64,
                     Err(e)
                         if matches!(
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                        ) =>
+                    {
+                        if stopping {
+                            return Ok(total);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e.into()),
                 }
+                if !stopping && flag.load(Ordering::Relaxed) {
+                    stopping = true;
+                    sock.set_nonblocking(true)?;
+                }
             }
-            Ok(total)
         });
-        Ok(Sink { stop, thread })
+        Ok(Sink {
+            stop,
+            thread: Some(thread),
+            started: Instant::now(),
+        })
     }
 
-    /// Stop; returns how many datagrams it read.
-    pub fn stop(self) -> anyhow::Result<u64> {
+    /// Stop; returns how many datagrams it read, and in how long.
+    pub fn stop(mut self) -> anyhow::Result<(u64, Duration)> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the sink thread panicked"))?
+        let took = self.started.elapsed();
+        let read = self
+            .thread
+            .take()
+            .map_or(Ok(Ok(0)), |t| t.join())
+            .map_err(|_| anyhow::anyhow!("the sink thread panicked"))??;
+        Ok((read, took))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -70,7 +99,8 @@ mod tests {
     use super::*;
 
     /// On the host's loopback (no namespace needed): every datagram sent
-    /// to the sink is read and counted, and stopping it ends its thread.
+    /// to the sink is read and counted, those still queued when it is
+    /// stopped included, and stopping it ends its thread.
     #[test]
     fn the_sink_reads_and_counts_what_arrives() {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -80,7 +110,6 @@ mod tests {
         for i in 0..100u8 {
             tx.send_to(&[i; 148], to).expect("send");
         }
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(sink.stop().expect("stop"), 100);
+        assert_eq!(sink.stop().expect("stop").0, 100);
     }
 }

@@ -74,7 +74,12 @@ pub fn cpu_of(nodes: &[String]) -> f64 {
 }
 
 /// CPU seconds so far of each thread in the namespaces `nodes`, summed by
-/// namespace and thread name ("pgbench-a pg-tun-rx").
+/// namespace and thread name ("pgbench-a pg-tun-rx"). Names are the
+/// kernel's, cut to 15 characters, and threads sharing a name are summed:
+/// every thread of a Go program (wireguard-go) has the program's name, so
+/// its row is the whole process; podguard's crypto helpers
+/// (`pg-crypto-N`, more than one worker per direction) of both directions
+/// merge by index.
 pub fn cpu_by_thread(nodes: &[String]) -> std::collections::BTreeMap<String, f64> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()

@@ -1,5 +1,8 @@
-//! UDP → TUN: datagrams arrive in batches (`recvmmsg`, with UDP GRO a
-//! slot holds a peer's whole GSO send); data packets are opened where they
+//! UDP → TUN: datagrams arrive in batches (`recvmmsg`; with UDP GRO a
+//! slot holds up to 64 datagrams of one sender, coalesced by the kernel,
+//! which need not line up with the peer's GSO sends); the whole batch is
+//! opened and planned at once, so a flow's segments in two slots still
+//! join one TUN write. Data packets are opened where they
 //! lie in the receive buffer (the crypto on the device's workers) and the
 //! decrypted ones coalesced into few TUN writes: consecutive segments of a
 //! TCP flow by the core's plan (`wgcore::gro`) with one `writev` each and
@@ -12,7 +15,7 @@ use std::time::Instant;
 
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use wgcore::gro::{self, Write};
-use wgcore::{DATA_HEADER, Opened, SourceCache};
+use wgcore::{DATA_HEADER, Opened, SourceCache, gso};
 
 use super::batch;
 use super::device::Device;
@@ -51,7 +54,7 @@ pub fn run(dev: &Device) {
         copy_all: std::env::var_os("PODGUARD_TUN_RS_GRO").is_some(),
     };
     let crypto = dev.crypto_pool();
-    let mut opened: Vec<Opened> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    let mut opened: Vec<Opened> = Vec::with_capacity(slots * gso::MAX_GSO_SEGMENTS);
     let mut handshakes = handshakes::Batch::default();
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
@@ -79,12 +82,11 @@ pub fn run(dev: &Device) {
             }
         }
         dev.handshakes.send(&mut handshakes);
-        // The whole batch at once, in arrival order: a flow's segments
-        // that a peer's GSO sends split across two receive buffers then
-        // still join one super-packet. Cutting the batch into slices of
-        // 128 (as before) split every third 44-segment super-packet of a
-        // single stream in two TUN writes, and each extra write costs the
-        // pod's TCP an extra ACK to send back through both tunnels.
+        // The whole batch at once, in arrival order: a flow's segments in
+        // two receive slots still join one super-packet. Any cut of the
+        // batch that falls inside a super-packet costs a second TUN
+        // write, and the pod's TCP answers each write with an ACK that
+        // crosses both tunnels back (bench/README.md, "Session 16").
         dev.core
             .open_batch_in_place(&mut input, &crypto, &mut cache, &mut opened, now);
         let mut pkts: Vec<&mut [u8]> = input
