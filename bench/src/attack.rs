@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::flood::{Flood, Kind};
-use crate::parse::{Spread, spread};
+use crate::parse::{Spread, cell, spread};
 use crate::sink::Sink;
 use crate::topo::{self, Contender};
 
@@ -161,11 +161,6 @@ pub fn measure(
     })
 }
 
-fn cell(s: &Option<Spread>) -> String {
-    s.map(|s| format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max))
-        .unwrap_or_else(|| "–".into())
-}
-
 /// The Markdown table: per contender, clean and flooded throughput, the
 /// share kept, and podguard's throughput over each contender's under the
 /// same flood.
@@ -246,17 +241,10 @@ pub fn write(
     reps: u32,
     rate: u64,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
-    let json = dir.join("flood.json");
-    std::fs::write(
-        &json,
-        serde_json::to_vec_pretty(&serde_json::json!({
-            "secondsPerRun": secs, "reps": reps, "rate": rate, "rows": rows,
-        }))?,
-    )?;
-    let md = dir.join("flood.md");
-    std::fs::write(&md, markdown(rows, secs, reps, rate))?;
-    Ok(vec![json, md])
+    let json = serde_json::json!({
+        "secondsPerRun": secs, "reps": reps, "rate": rate, "rows": rows,
+    });
+    crate::report::write_json_md(dir, "flood", &json, &markdown(rows, secs, reps, rate))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod topo;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use podguard::lab::sys;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 pub use throughput::{Row, iperf, iperf_server};
 use topo::Contender;
 
@@ -176,6 +176,32 @@ fn prepare(ids: &[String]) -> anyhow::Result<(PathBuf, Vec<Contender>)> {
     Ok((bins, chosen))
 }
 
+/// Measure each contender in turn on a fresh topology (removed after
+/// each): a contender whose binaries are missing, or whose measurement
+/// fails, gets a skipped row saying why, and the others still run.
+fn each_contender<R>(
+    chosen: Vec<Contender>,
+    bins: &Path,
+    what: &str,
+    skipped: fn(Contender, String) -> R,
+    measure: impl Fn(Contender) -> anyhow::Result<R>,
+) -> Vec<R> {
+    let mut rows = Vec::new();
+    for c in chosen {
+        eprintln!("  · {} ({what})", c.name());
+        let row = match c.missing(bins) {
+            Some(why) => skipped(c, why),
+            None => measure(c).unwrap_or_else(|e| {
+                eprintln!("    failed: {e:#}");
+                skipped(c, format!("failed: {e:#}"))
+            }),
+        };
+        topo::clean();
+        rows.push(row);
+    }
+    rows
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -202,19 +228,13 @@ fn main() -> anyhow::Result<()> {
             out,
         } => {
             let (bins, chosen) = prepare(&contenders)?;
-            let mut rows = Vec::new();
-            for c in chosen {
-                eprintln!("  · {} (flood {rate}/s)", c.name());
-                let row = match c.missing(&bins) {
-                    Some(why) => attack::FloodRow::skipped(c, why),
-                    None => attack::measure(c, &bins, duration, reps, rate).unwrap_or_else(|e| {
-                        eprintln!("    failed: {e:#}");
-                        attack::FloodRow::skipped(c, format!("failed: {e:#}"))
-                    }),
-                };
-                topo::clean();
-                rows.push(row);
-            }
+            let rows = each_contender(
+                chosen,
+                &bins,
+                &format!("flood {rate}/s"),
+                attack::FloodRow::skipped,
+                |c| attack::measure(c, &bins, duration, reps, rate),
+            );
             let files = attack::write(&out, &rows, duration, reps, rate)?;
             println!("{}", attack::markdown(&rows, duration, reps, rate));
             for f in files {
@@ -230,19 +250,13 @@ fn main() -> anyhow::Result<()> {
             out,
         } => {
             let (bins, chosen) = prepare(&contenders)?;
-            let mut rows = Vec::new();
-            for c in chosen {
-                eprintln!("  · {} (1 vs {n} processes)", c.name());
-                let row = match c.missing(&bins) {
-                    Some(why) => processes::ProcRow::skipped(c, why),
-                    None => processes::measure(c, &bins, duration, reps, n).unwrap_or_else(|e| {
-                        eprintln!("    failed: {e:#}");
-                        processes::ProcRow::skipped(c, format!("failed: {e:#}"))
-                    }),
-                };
-                topo::clean();
-                rows.push(row);
-            }
+            let rows = each_contender(
+                chosen,
+                &bins,
+                &format!("1 vs {n} processes"),
+                processes::ProcRow::skipped,
+                |c| processes::measure(c, &bins, duration, reps, n),
+            );
             let files = processes::write(&out, &rows, duration, reps, n)?;
             println!("{}", processes::markdown(&rows, duration, reps, n));
             for f in files {

@@ -55,6 +55,13 @@ pub fn spread(xs: &[f64]) -> Option<Spread> {
     })
 }
 
+/// A spread as a table cell: "median (min–max)", two decimals; "–" for
+/// none.
+pub fn cell(s: &Option<Spread>) -> String {
+    s.map(|s| format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max))
+        .unwrap_or_else(|| "–".into())
+}
+
 /// CPU time (user + system, in seconds) of a process from /proc/PID/stat.
 pub fn proc_cpu_seconds(stat: &str, ticks_per_second: f64) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are

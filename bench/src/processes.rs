@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use podguard::lab::sys;
 
-use crate::parse::{self, Spread, spread};
+use crate::parse::{self, Spread, cell, spread};
 use crate::throughput::{cpu_by_thread, cpu_of};
 use crate::topo::{self, Contender, Topo};
 
@@ -208,10 +208,6 @@ pub fn markdown(rows: &[ProcRow], secs: u32, reps: u32, n: u16) -> String {
         "| contender | 1 process | {n} processes | {n} vs 1 | each alternation | CPU per Gbit, 1 | CPU per Gbit, {n} |"
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | --- | ---: | ---: |");
-    let cell = |s: &Option<Spread>| {
-        s.map(|s| format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max))
-            .unwrap_or_else(|| "–".into())
-    };
     for r in rows {
         if let Some(why) = &r.skipped {
             let _ = writeln!(out, "| {} | skipped: {why} | | | | | |", r.name);
@@ -256,17 +252,10 @@ pub fn write(
     reps: u32,
     n: u16,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
-    let json = dir.join("processes.json");
-    std::fs::write(
-        &json,
-        serde_json::to_vec_pretty(&serde_json::json!({
-            "secondsPerRun": secs, "reps": reps, "processes": n, "rows": rows,
-        }))?,
-    )?;
-    let md = dir.join("processes.md");
-    std::fs::write(&md, markdown(rows, secs, reps, n))?;
-    Ok(vec![json, md])
+    let json = serde_json::json!({
+        "secondsPerRun": secs, "reps": reps, "processes": n, "rows": rows,
+    });
+    crate::report::write_json_md(dir, "processes", &json, &markdown(rows, secs, reps, n))
 }
 
 #[cfg(test)]

@@ -136,6 +136,24 @@ pub fn svg(rows: &[Row]) -> String {
 }
 
 /// Write JSON, Markdown and SVG; returns the files.
+/// Write `<stem>.json` (pretty) and `<stem>.md` into `dir` (created if
+/// missing); returns their paths.
+pub fn write_json_md(
+    dir: &Path,
+    stem: &str,
+    json: &serde_json::Value,
+    md: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let files = vec![
+        dir.join(format!("{stem}.json")),
+        dir.join(format!("{stem}.md")),
+    ];
+    std::fs::write(&files[0], serde_json::to_vec_pretty(json)?)?;
+    std::fs::write(&files[1], md)?;
+    Ok(files)
+}
+
 pub fn write(dir: &Path, rows: &[Row], duration: u32, reps: u32) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let files = vec![
