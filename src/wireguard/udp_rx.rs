@@ -1,21 +1,19 @@
-//! UDP → TUN: datagrams arrive in batches (`recvmmsg`; with UDP GRO a
+//! UDP → TUN, the driver: `recvmmsg` into receive slots (with UDP GRO a
 //! slot holds up to 64 datagrams of one sender, coalesced by the kernel,
-//! which need not line up with the peer's GSO sends); the whole batch is
-//! opened and planned at once, so a flow's segments in two slots still
-//! join one TUN write. Data packets are opened where they
-//! lie in the receive buffer (the crypto on the device's workers) and the
-//! decrypted ones coalesced into few TUN writes: consecutive segments of a
-//! TCP flow by the core's plan (`wgcore::gro`) with one `writev` each and
-//! no copy, the rest copied out to tun-rs' GRO; handshake messages go to
-//! the handshake thread's queue.
+//! which need not line up with the peer's GSO sends), handshake messages
+//! to the handshake thread's queue, and the TUN writes the core plans.
+//! The core (`wgcore::receive`) opens the whole batch where it lies (the
+//! crypto on the device's workers) and plans it at once, so a flow's
+//! segments in two slots still join one write: consecutive segments of a
+//! TCP flow go out with one `writev` each and no copy, the rest are
+//! copied out to tun-rs' GRO.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use wgcore::gro::{self, Write};
-use wgcore::{DATA_HEADER, Opened, SourceCache, gso};
+use wgcore::{RxBatch, Slot};
 
 use super::batch;
 use super::device::Device;
@@ -30,7 +28,6 @@ const _: () = assert!(VIRTIO_NET_HDR_LEN == gro::VNET_HDR_LEN);
 /// How opened packets reach the TUN.
 struct TunWriter {
     gro: GROTable,
-    plan: Vec<Write>,
     /// Copies for tun-rs' GRO, with room for the virtio header.
     copies: Vec<batch::PktBuf>,
     /// `PODGUARD_TUN_RS_GRO=1`: every packet copied to tun-rs' GRO (the
@@ -49,12 +46,11 @@ pub fn run(dev: &Device) {
     let mut got: Vec<batch::Received> = Vec::with_capacity(slots);
     let mut tun_w = TunWriter {
         gro: GROTable::default(),
-        plan: Vec::new(),
         copies: batch::tun_write_bufs(IDEAL_BATCH_SIZE, PKT_MAX + 64),
         copy_all: std::env::var_os("PODGUARD_TUN_RS_GRO").is_some(),
     };
     let crypto = dev.crypto_pool();
-    let mut opened: Vec<Opened> = Vec::with_capacity(slots * gso::MAX_GSO_SEGMENTS);
+    let mut rx = RxBatch::default();
     let mut handshakes = handshakes::Batch::default();
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
@@ -65,59 +61,39 @@ pub fn run(dev: &Device) {
             return;
         }
         let now = Instant::now();
-        let mut cache = SourceCache::default();
-        let mut input: Vec<(&mut [u8], SocketAddr)> = Vec::new();
-        for (buf, r) in rb.bufs.iter_mut().zip(&got) {
-            let seg = r.seg.unwrap_or(r.len).max(1);
-            for datagram in buf[..r.len].chunks_mut(seg) {
-                if wgcore::is_handshake(datagram) {
-                    if !wgcore::handshake_size_ok(datagram) {
-                        dev.core.drops.count_invalid();
-                    } else if !dev.handshakes.offer(&mut handshakes, datagram, r.from) {
-                        dev.core.drops.count_queue_full();
-                    }
-                    continue;
-                }
-                input.push((datagram, r.from));
+        let slots = rb.bufs.iter_mut().zip(&got).map(|(buf, r)| Slot {
+            bytes: &mut buf[..r.len],
+            seg: r.seg,
+            from: r.from,
+        });
+        let (mut data, mut hs) = (Vec::new(), Vec::new());
+        wgcore::split_received(&dev.core, slots, &mut data, &mut hs);
+        for (datagram, from) in hs {
+            if !dev.handshakes.offer(&mut handshakes, datagram, from) {
+                dev.core.drops.count_queue_full();
             }
         }
         dev.handshakes.send(&mut handshakes);
-        // The whole batch at once, in arrival order: a flow's segments in
-        // two receive slots still join one super-packet. Any cut of the
-        // batch that falls inside a super-packet costs a second TUN
-        // write, and the pod's TCP answers each write with an ACK that
-        // crosses both tunnels back (bench/README.md, "Session 16").
-        dev.core
-            .open_batch_in_place(&mut input, &crypto, &mut cache, &mut opened, now);
-        let mut pkts: Vec<&mut [u8]> = input
-            .iter_mut()
-            .zip(&opened)
-            .filter_map(|((d, _), o)| match *o {
-                Opened::Packet(len) => Some(&mut d[DATA_HEADER..DATA_HEADER + len]),
-                Opened::Nothing => None,
-            })
-            .collect();
+        // The whole batch at once (`wgcore::RxBatch`): a flow's segments
+        // in two receive slots still join one super-packet.
+        let mut pkts = rx.open(&dev.core, &mut data, &crypto, now);
         if !pkts.is_empty() {
-            tun_w.write(dev, &mut pkts);
+            tun_w.write(dev, &mut pkts, rx.writes());
         }
         dev.flush();
     }
 }
 
 impl TunWriter {
-    /// Write `pkts` (opened IP packets) to the TUN, in order.
-    fn write(&mut self, dev: &Device, pkts: &mut [&mut [u8]]) {
+    /// Write `pkts` (opened IP packets) to the TUN, in order, as `plan`
+    /// (the core's) says.
+    fn write(&mut self, dev: &Device, pkts: &mut [&mut [u8]], plan: &[Write]) {
         let tun = dev.tun.read();
         if self.copy_all {
             self.copy_out(&tun, pkts);
             return;
         }
-        {
-            let views: Vec<&[u8]> = pkts.iter().map(|p| &**p).collect();
-            gro::plan(&views, &mut self.plan);
-        }
-        let plan = std::mem::take(&mut self.plan);
-        for w in &plan {
+        for w in plan {
             match w {
                 Write::Super {
                     first,
@@ -140,7 +116,6 @@ impl TunWriter {
                 Write::Other(range) => self.copy_out(&tun, &pkts[range.clone()]),
             }
         }
-        self.plan = plan;
     }
 
     /// The general path: copies behind a virtio header, through tun-rs'

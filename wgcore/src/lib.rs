@@ -8,10 +8,11 @@
 //! ways (`outbound`, `inbound`), the handshake path in WireGuard's order
 //! (mac1 before any DH, cookies only under load, a per-source limit under
 //! load, the endpoint roams only on authenticated packets, initiations
-//! paced at REKEY_TIMEOUT per link), timers on `handle_timeout(now)`, and
-//! the UDP GSO batch assembly as a value (`gso`). The same core runs in
-//! the agent's device and, on simulated time, in the tests' in-memory
-//! pair.
+//! paced at REKEY_TIMEOUT per link), timers on `handle_timeout(now)`,
+//! the UDP GSO batch assembly as a value (`gso`), and each UDP receive
+//! batch opened whole and planned into TUN writes (`receive`, `gro`).
+//! The same core runs in the agent's device and, on simulated time, in
+//! the tests' in-memory pair.
 //!
 //! The core is `Sync`: several driver threads may use one core at once
 //! (one per direction, one for handshakes). Batches (`seal_batch`,
@@ -28,6 +29,7 @@ mod open_batch;
 mod outbound;
 mod peer;
 mod ratelimit;
+mod receive;
 mod seal_batch;
 mod seal_slots;
 pub mod select;
@@ -48,6 +50,7 @@ pub use inbound::{Opened, SourceCache, handshake_size_ok, is_handshake};
 pub use open_batch::DATA_HEADER;
 pub use outbound::{Route, Sealed, dst_address};
 pub use peer::{PENDING_MAX, REKEY_TIMEOUT};
+pub use receive::{Datagram, RxBatch, Slot, split_received};
 pub use seal_batch::batch_buffer_len;
 pub use seal_slots::{SLOT_HEADROOM, SlotRun, slot_len};
 pub use state::HANDSHAKE_RATE_LIMIT;
