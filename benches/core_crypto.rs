@@ -26,6 +26,8 @@ use wgcore::{Core, Inline, Opened, Sealed, SourceCache, Transmit};
 
 const PACKETS: usize = 45;
 const PACKET: usize = 1420;
+/// The larger batch of the paired run.
+const PAIRED_LARGE: usize = 256;
 
 struct Node {
     core: Core,
@@ -201,10 +203,7 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The larger batch of the paired run.
-const PAIRED_LARGE: usize = 256;
-
-/// Median time per batch of `f` over `rounds` rounds of `per` batches.
+/// The median of `v`.
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use wgcore::gro::{self, Write};
-use wgcore::{RxBatch, Slot};
+use wgcore::{RxBatch, Slot, gso};
 
 use super::batch;
 use super::device::Device;
@@ -50,7 +50,7 @@ pub fn run(dev: &Device) {
         copy_all: std::env::var_os("PODGUARD_TUN_RS_GRO").is_some(),
     };
     let crypto = dev.crypto_pool();
-    let mut rx = RxBatch::default();
+    let mut rx = RxBatch::new(slots * gso::MAX_GSO_SEGMENTS, !tun_w.copy_all);
     let mut handshakes = handshakes::Batch::default();
     loop {
         if let Err(e) = batch::recv_batch(&dev.udp, &mut rb, &mut got) {
@@ -67,7 +67,7 @@ pub fn run(dev: &Device) {
             from: r.from,
         });
         let (mut data, mut hs) = (Vec::new(), Vec::new());
-        wgcore::split_received(&dev.core, slots, &mut data, &mut hs);
+        dev.core.split_received(slots, &mut data, &mut hs);
         for (datagram, from) in hs {
             if !dev.handshakes.offer(&mut handshakes, datagram, from) {
                 dev.core.drops.count_queue_full();

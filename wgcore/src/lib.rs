@@ -50,7 +50,7 @@ pub use inbound::{Opened, SourceCache, handshake_size_ok, is_handshake};
 pub use open_batch::DATA_HEADER;
 pub use outbound::{Route, Sealed, dst_address};
 pub use peer::{PENDING_MAX, REKEY_TIMEOUT};
-pub use receive::{Datagram, RxBatch, Slot, split_received};
+pub use receive::{RxBatch, Slot};
 pub use seal_batch::batch_buffer_len;
 pub use seal_slots::{SLOT_HEADROOM, SlotRun, slot_len};
 pub use state::HANDSHAKE_RATE_LIMIT;

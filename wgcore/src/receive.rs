@@ -10,9 +10,10 @@
 //! opened and planned at once, and the tests hold that without a socket.
 //!
 //! Two steps, so the driver can queue handshakes before the data's crypto
-//! starts: [`split_received`] cuts each receive slot (with UDP GRO, several
-//! datagrams of one sender back to back, each `seg` bytes but the last)
-//! into datagrams and sorts them into handshake messages and the rest;
+//! starts: [`Core::split_received`] cuts each receive slot (with UDP GRO,
+//! several datagrams of one sender back to back, each `seg` bytes but the
+//! last) into datagrams and sorts them into handshake messages and the
+//! rest;
 //! [`RxBatch::open`] opens the rest in place and plans the writes
 //! (`gro::plan`) over every packet that opened, in arrival order.
 
@@ -37,50 +38,63 @@ pub struct Slot<'a> {
     pub from: SocketAddr,
 }
 
-/// A datagram with its sender.
-pub type Datagram<'a> = (&'a mut [u8], SocketAddr);
-
-/// Cut `slots` into datagrams, in arrival order: handshake messages of
-/// their type's size into `handshakes`, data (and anything else the core
-/// sorts out) into `data`. A handshake message of the wrong size is
-/// counted (`invalid`) and dropped here, before any copy.
-pub fn split_received<'a>(
-    core: &Core,
-    slots: impl IntoIterator<Item = Slot<'a>>,
-    data: &mut Vec<Datagram<'a>>,
-    handshakes: &mut Vec<Datagram<'a>>,
-) {
-    for slot in slots {
-        let seg = slot.seg.unwrap_or(slot.bytes.len()).max(1);
-        for datagram in slot.bytes.chunks_mut(seg) {
-            if !is_handshake(datagram) {
-                data.push((datagram, slot.from));
-            } else if handshake_size_ok(datagram) {
-                handshakes.push((datagram, slot.from));
-            } else {
-                core.drops.count_invalid();
+impl Core {
+    /// Cut `slots` into datagrams, in arrival order: handshake messages of
+    /// their type's size into `handshakes`, data (and anything else the
+    /// core sorts out) into `data`, each with its sender. A handshake
+    /// message of the wrong size is counted (`invalid`) and dropped here,
+    /// before any copy.
+    pub fn split_received<'a>(
+        &self,
+        slots: impl IntoIterator<Item = Slot<'a>>,
+        data: &mut Vec<(&'a mut [u8], SocketAddr)>,
+        handshakes: &mut Vec<(&'a mut [u8], SocketAddr)>,
+    ) {
+        for slot in slots {
+            let seg = slot.seg.unwrap_or(slot.bytes.len()).max(1);
+            for datagram in slot.bytes.chunks_mut(seg) {
+                if !is_handshake(datagram) {
+                    data.push((datagram, slot.from));
+                } else if handshake_size_ok(datagram) {
+                    handshakes.push((datagram, slot.from));
+                } else {
+                    self.drops.count_invalid();
+                }
             }
         }
     }
 }
 
-/// What the driver keeps from one receive batch to the next (so no
-/// batch allocates them again), and the writes of the last batch.
-#[derive(Debug, Default)]
+/// What the driver keeps from one receive batch to the next, and the
+/// writes of the last batch.
+#[derive(Debug)]
 pub struct RxBatch {
     opened: Vec<Opened>,
     writes: Vec<Write>,
+    plan: bool,
 }
 
 impl RxBatch {
+    /// Room for `datagrams` per batch from the start. With `plan` false
+    /// nothing is planned and [`RxBatch::writes`] stays empty (the
+    /// driver's mode that copies every packet to tun-rs' GRO, kept for
+    /// comparing the two).
+    pub fn new(datagrams: usize, plan: bool) -> Self {
+        Self {
+            opened: Vec::with_capacity(datagrams),
+            writes: Vec::new(),
+            plan,
+        }
+    }
+
     /// Open every datagram of `data` in place (the crypto on `workers`)
-    /// and plan the TUN writes of what opened. Returns the opened IP
-    /// packets, in arrival order, where they lie in the receive buffers;
-    /// [`RxBatch::writes`] indexes into them.
+    /// and plan the TUN writes of what opened, all at once. Returns the
+    /// opened IP packets, in arrival order, where they lie in the receive
+    /// buffers; [`RxBatch::writes`] indexes into them.
     pub fn open<'b, W: Workers>(
         &mut self,
         core: &Core,
-        data: &'b mut [Datagram<'_>],
+        data: &'b mut [(&mut [u8], SocketAddr)],
         workers: &W,
         now: Instant,
     ) -> Vec<&'b mut [u8]> {
@@ -94,12 +108,16 @@ impl RxBatch {
                 Opened::Nothing => None,
             })
             .collect();
-        let views: Vec<&[u8]> = pkts.iter().map(|p| &**p).collect();
-        gro::plan(&views, &mut self.writes);
+        self.writes.clear();
+        if self.plan && !pkts.is_empty() {
+            let views: Vec<&[u8]> = pkts.iter().map(|p| &**p).collect();
+            gro::plan(&views, &mut self.writes);
+        }
         pkts
     }
 
-    /// The TUN writes of the last [`RxBatch::open`], in order.
+    /// The TUN writes of the packets the last [`RxBatch::open`] returned,
+    /// in order.
     pub fn writes(&self) -> &[Write] {
         &self.writes
     }

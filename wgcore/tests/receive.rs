@@ -1,5 +1,5 @@
 //! One UDP receive batch through the core, the way the device's inbound
-//! driver hands it over (`split_received`, then `RxBatch::open`): the
+//! driver hands it over (`Core::split_received`, then `RxBatch::open`): the
 //! receive slots as UDP GRO fills them (up to 64 equal datagrams of one
 //! sender, with no regard for where the peer's GSO sends began), the TUN
 //! writes planned over the whole batch.
@@ -13,12 +13,11 @@
 mod sim;
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use proptest::prelude::*;
 use sim::{Net, Threads, pod};
-use wgcore::gro::Write;
-use wgcore::{Inline, RxBatch, Sealed, Slot, Workers, split_received};
+use wgcore::gro::{self, Write};
+use wgcore::{Inline, RxBatch, Sealed, Slot, Workers};
 
 /// Segments in one of the sending kernel's 64 KB super-packets at MSS 1388
 /// (the pods' MSS at tunnel MTU 1440).
@@ -75,21 +74,22 @@ fn sealed(net: &Net, pkts: &[Vec<u8>]) -> (Vec<Vec<u8>>, SocketAddr) {
     (out.into_iter().map(|(_, d)| d).collect(), from)
 }
 
-/// The datagrams cut into receive slots at `cuts` (datagram indices), as
-/// UDP GRO delivers them: each slot its datagrams back to back, with the
-/// segment size.
+/// Most datagrams UDP GRO puts in one receive slot.
+const GRO_SLOT: usize = 64;
+
+/// The datagrams cut into receive slots at `cuts` (datagram indices) and
+/// wherever a slot would pass [`GRO_SLOT`] datagrams, as UDP GRO delivers
+/// them: each slot its datagrams back to back, with the segment size.
 fn slots_at(dgrams: &[Vec<u8>], cuts: &[usize]) -> Vec<(Vec<u8>, Option<usize>)> {
-    let mut bounds: Vec<usize> = cuts.to_vec();
-    bounds.push(0);
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|c| *c < dgrams.len()).collect();
+    bounds.extend((0..=dgrams.len()).step_by(GRO_SLOT));
     bounds.push(dgrams.len());
     bounds.sort_unstable();
     bounds.dedup();
     bounds
         .windows(2)
-        .map(|w| {
-            let part = &dgrams[w[0]..w[1]];
-            (part.concat(), (part.len() > 1).then(|| part[0].len()))
-        })
+        .flat_map(|w| dgrams[w[0]..w[1]].chunks(GRO_SLOT))
+        .map(|part| (part.concat(), (part.len() > 1).then(|| part[0].len())))
         .collect()
 }
 
@@ -108,12 +108,20 @@ fn receive<W: Workers>(
         seg: *seg,
         from,
     });
-    split_received(core, slots, &mut data, &mut hs);
+    core.split_received(slots, &mut data, &mut hs);
     assert!(hs.is_empty(), "no handshake messages");
-    let mut rx = RxBatch::default();
-    let pkts = rx.open(core, &mut data, w, Instant::now());
+    let mut rx = RxBatch::new(0, true);
+    let pkts = rx.open(core, &mut data, w, net.now);
     let pkts = pkts.into_iter().map(|p| p.to_vec()).collect();
     (rx.writes().to_vec(), pkts)
+}
+
+/// The writes of `pkts` planned as one list, with nothing in between.
+fn planned_at_once(pkts: &[Vec<u8>]) -> Vec<Write> {
+    let views: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
+    let mut out = Vec::new();
+    gro::plan(&views, &mut out);
+    out
 }
 
 /// Each write as (first packet, packet count, coalesced?).
@@ -144,48 +152,87 @@ fn three_super_packets_in_udp_gro_slots_are_three_tun_writes() {
         vec![(0, 44, true), (44, 44, true), (88, 44, true)],
         "one TUN write per super-packet"
     );
+    assert_eq!(writes, planned_at_once(&pkts), "headers as for one list");
 }
 
 #[test]
-fn handshake_messages_in_a_slot_are_sorted_out_and_odd_sizes_counted() {
+fn a_full_receive_batch_of_1012_datagrams_is_one_write_per_super_packet() {
+    // The driver's largest batch: 16 slots of up to 64 datagrams. 23
+    // super-packets fill 1,012 of them: any cut of the batch into slices
+    // (of 128, 256, 512 datagrams) falls inside one.
+    let net = handshaken();
+    let pkts = stream(23);
+    let (dgrams, from) = sealed(&net, &pkts);
+    let mut slots = slots_at(&dgrams, &[]);
+    assert_eq!(slots.len(), 16);
+    let (writes, opened) = receive(&net, &mut slots, from, &Threads(2));
+    assert_eq!(opened.len(), pkts.len());
+    assert!(opened == pkts, "every segment opened, in order");
+    let want: Vec<(usize, usize, bool)> = (0..23).map(|k| (k * SEGMENTS, SEGMENTS, true)).collect();
+    assert_eq!(shape(&writes), want);
+    assert_eq!(writes, planned_at_once(&pkts));
+}
+
+#[test]
+fn handshake_messages_are_sorted_out_in_order_and_odd_sizes_counted() {
     let net = handshaken();
     let core = &net.nodes[1].core;
-    let from = net.nodes[0].addr;
-    let mut init = vec![1u8; 148];
+    let (a, b) = (net.nodes[0].addr, sim::underlay(7));
+    // Two initiations coalesced by UDP GRO (a flood looks like this), a
+    // response, a cookie reply, an initiation one byte long, data, and a
+    // GRO slot of data with a short last datagram.
+    let mut inits = [vec![1u8; 148], vec![1u8; 148]].concat();
+    let mut resp = vec![2u8; 92];
+    let mut cookie = vec![3u8; 64];
     let mut long_init = vec![1u8; 149];
     let mut data = vec![4u8; 100];
-    let mut twice = [vec![4u8; 64], vec![4u8; 64], vec![4u8; 10]].concat();
+    let mut gro = [vec![4u8; 64], vec![4u8; 64], vec![4u8; 10]].concat();
     let slots = [
         Slot {
-            bytes: &mut init,
-            seg: None,
-            from,
-        },
-        Slot {
-            bytes: &mut long_init,
-            seg: None,
-            from,
+            bytes: &mut inits,
+            seg: Some(148),
+            from: a,
         },
         Slot {
             bytes: &mut data,
             seg: None,
-            from,
+            from: b,
         },
         Slot {
-            bytes: &mut twice,
+            bytes: &mut resp,
+            seg: None,
+            from: b,
+        },
+        Slot {
+            bytes: &mut long_init,
+            seg: None,
+            from: a,
+        },
+        Slot {
+            bytes: &mut cookie,
+            seg: None,
+            from: a,
+        },
+        Slot {
+            bytes: &mut gro,
             seg: Some(64),
-            from,
+            from: a,
         },
     ];
     let before = net.drop_count(1, "invalid");
     let (mut d, mut hs) = (Vec::new(), Vec::new());
-    split_received(core, slots, &mut d, &mut hs);
-    assert_eq!(hs.len(), 1);
-    assert_eq!(hs[0].0.len(), 148);
-    let lens: Vec<usize> = d.iter().map(|(b, _)| b.len()).collect();
+    core.split_received(slots, &mut d, &mut hs);
+    let got = |v: &[(&mut [u8], SocketAddr)]| -> Vec<(u8, usize, SocketAddr)> {
+        v.iter().map(|(x, f)| (x[0], x.len(), *f)).collect()
+    };
     assert_eq!(
-        lens,
-        vec![100, 64, 64, 10],
+        got(&hs),
+        vec![(1, 148, a), (1, 148, a), (2, 92, b), (3, 64, a)],
+        "each handshake message with its sender, in arrival order"
+    );
+    assert_eq!(
+        got(&d),
+        vec![(4, 100, b), (4, 64, a), (4, 64, a), (4, 10, a)],
         "a GRO slot cut at its segment size"
     );
     assert_eq!(net.drop_count(1, "invalid"), before + 1, "the 149-byte one");
@@ -194,23 +241,25 @@ fn handshake_messages_in_a_slot_are_sorted_out_and_odd_sizes_counted() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// However the kernel cuts the datagrams into slots, the batch goes to
-    /// the TUN as the same writes as the whole stream planned at once.
+    /// However the kernel cuts the datagrams into receive slots (of at
+    /// most 64), the batch goes to the TUN as the writes of the whole
+    /// stream planned at once: one per super-packet.
     #[test]
     fn the_writes_do_not_depend_on_where_the_slots_end(
-        n in 1usize..4,
-        cuts in prop::collection::vec(1usize..132, 0..6),
+        (n, cuts) in (1usize..=23).prop_flat_map(|n| {
+            (Just(n), prop::collection::vec(1..n * SEGMENTS, 0..8))
+        }),
         threads in 1usize..4,
     ) {
         let net = handshaken();
         let pkts = stream(n);
         let (dgrams, from) = sealed(&net, &pkts);
-        let cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < dgrams.len()).collect();
         let mut slots = slots_at(&dgrams, &cuts);
         let (writes, opened) = receive(&net, &mut slots, from, &Threads(threads));
-        prop_assert_eq!(&opened, &pkts);
+        prop_assert!(opened == pkts, "every segment opened, in order");
         let want: Vec<(usize, usize, bool)> =
             (0..n).map(|k| (k * SEGMENTS, SEGMENTS, true)).collect();
         prop_assert_eq!(shape(&writes), want);
+        prop_assert_eq!(writes, planned_at_once(&pkts));
     }
 }
