@@ -8,16 +8,8 @@ mod sim;
 
 use std::net::SocketAddr;
 
-use sim::{Net, Threads, Wire, ip_packet, pod};
+use sim::{Net, Threads, Wire, handshaken, ip_packet, pod};
 use wgcore::{Inline, Opened, Sealed, Workers};
-
-fn handshaken() -> Net {
-    let mut net = Net::mesh(2);
-    assert_eq!(net.send_pod(0, 1, b"hello"), Sealed::Datagram(148));
-    net.drive();
-    assert_eq!(net.got(1, b"hello"), 1);
-    net
-}
 
 fn payload(k: usize) -> Vec<u8> {
     let mut p = format!("packet {k:05} ").into_bytes();

@@ -15,22 +15,14 @@ mod sim;
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
-use sim::{Net, Threads, pod};
+use sim::{Net, Threads, handshaken, pod};
 use wgcore::gro::{self, Write};
-use wgcore::{Inline, RxBatch, Sealed, Slot, Workers};
+use wgcore::{Inline, RxBatch, Slot, Workers};
 
 /// Segments in one of the sending kernel's 64 KB super-packets at MSS 1388
 /// (the pods' MSS at tunnel MTU 1440).
 const SEGMENTS: usize = 44;
 const MSS: usize = 1388;
-
-fn handshaken() -> Net {
-    let mut net = Net::mesh(2);
-    assert_eq!(net.send_pod(0, 1, b"hello"), Sealed::Datagram(148));
-    net.drive();
-    assert_eq!(net.got(1, b"hello"), 1);
-    net
-}
 
 /// A TCP segment of one flow from pod 0.2 to pod 1.2 (IPv4 with DF, flags
 /// ACK, or ACK|PSH): what a TSO super-packet is cut into.

@@ -143,6 +143,15 @@ pub fn peer_update(pk: PublicKey, endpoint: SocketAddr, pods: IpNet) -> PeerUpda
     }
 }
 
+/// Two nodes with a session: node 0's first packet handshakes and arrives.
+pub fn handshaken() -> Net {
+    let mut net = Net::mesh(2);
+    assert_eq!(net.send_pod(0, 1, b"hello"), Sealed::Datagram(148));
+    net.drive();
+    assert_eq!(net.got(1, b"hello"), 1);
+    net
+}
+
 impl Net {
     /// `n` nodes in a full mesh, no handshakes yet.
     pub fn mesh(n: usize) -> Self {
