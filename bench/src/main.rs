@@ -202,6 +202,14 @@ fn each_contender<R>(
     rows
 }
 
+/// Print a subcommand's table, and on stderr the files it wrote.
+fn show(markdown: &str, files: &[std::path::PathBuf]) {
+    println!("{markdown}");
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -236,10 +244,7 @@ fn main() -> anyhow::Result<()> {
                 |c| attack::measure(c, &bins, duration, reps, rate),
             );
             let files = attack::write(&out, &rows, duration, reps, rate)?;
-            println!("{}", attack::markdown(&rows, duration, reps, rate));
-            for f in files {
-                eprintln!("wrote {}", f.display());
-            }
+            show(&attack::markdown(&rows, duration, reps, rate), &files);
             Ok(())
         }
         Cmd::Processes {
@@ -258,10 +263,7 @@ fn main() -> anyhow::Result<()> {
                 |c| processes::measure(c, &bins, duration, reps, n),
             );
             let files = processes::write(&out, &rows, duration, reps, n)?;
-            println!("{}", processes::markdown(&rows, duration, reps, n));
-            for f in files {
-                eprintln!("wrote {}", f.display());
-            }
+            show(&processes::markdown(&rows, duration, reps, n), &files);
             Ok(())
         }
         Cmd::Throughput {
@@ -275,10 +277,7 @@ fn main() -> anyhow::Result<()> {
             let (bins, chosen) = prepare(&contenders)?;
             let rows = throughput::run(&chosen, &bins, duration, reps);
             let files = report::write(&out, &rows, duration, reps)?;
-            println!("{}", report::markdown(&rows, duration, reps));
-            for f in files {
-                eprintln!("wrote {}", f.display());
-            }
+            show(&report::markdown(&rows, duration, reps), &files);
             Ok(())
         }
     }

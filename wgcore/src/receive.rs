@@ -13,8 +13,7 @@
 //! starts: [`Core::split_received`] cuts each receive slot (with UDP GRO,
 //! several datagrams of one sender back to back, each `seg` bytes but the
 //! last) into datagrams and sorts them into handshake messages and the
-//! rest;
-//! [`RxBatch::open`] opens the rest in place and plans the writes
+//! rest; [`RxBatch::open`] opens the rest in place and plans the writes
 //! (`gro::plan`) over every packet that opened, in arrival order.
 
 use std::net::SocketAddr;
