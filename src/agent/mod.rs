@@ -16,17 +16,22 @@ pub mod rotation;
 pub mod underlay;
 pub mod uninstall;
 
+mod device;
+
+pub use device::start_device;
+pub use nodes_file::run_nodes_file;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use keys::PrivateKey;
 use mesh::{Action, Local, MeshConfig, NodeInfo, Observed, Plan, Rejection};
 
 use crate::netlink::{Netlink, NetlinkError};
+use crate::wireguard::Backend;
 use crate::wireguard::backend::{WgClient, WgError};
 use crate::wireguard::device::Device;
-use crate::wireguard::{Backend, uapi_server};
 
 /// Settings of a running agent.
 #[derive(Debug, Clone)]
@@ -125,75 +130,6 @@ pub struct Agent {
     kernel_acks: std::collections::BTreeSet<keys::PublicKey>,
     /// A rotation's companion interface exists: poll handshakes often.
     companions_active: bool,
-}
-
-/// Bring up the WireGuard device for `backend` (userspace: our device,
-/// persistent TUN, UAPI socket) and return a client for it.
-/// `crypto_workers` per direction (userspace only; 0: half the CPUs) run the datapath's
-/// encryption and decryption.
-pub fn start_device(
-    backend: Backend,
-    key: &PrivateKey,
-    listen_port: u16,
-    crypto_workers: usize,
-) -> anyhow::Result<(WgClient, Option<std::sync::Arc<Device>>)> {
-    let mut device = None;
-    match backend {
-        Backend::Userspace => {
-            let dev = Device::new(
-                mesh::WG_IFNAME,
-                listen_port,
-                Some(key),
-                true,
-                crypto_workers,
-            )?;
-            dev.spawn()?;
-            let sock = uapi_server::serve(dev.clone())?;
-            tracing::info!(socket = %sock.display(), crypto_workers = dev.crypto_workers(), "userspace WireGuard device up");
-            device = Some(dev);
-        }
-        Backend::Kernel => {
-            use defguard_wireguard_rs::WireguardInterfaceApi as _;
-            use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi};
-            let mut api = WGApi::<Kernel>::new(mesh::WG_IFNAME)?;
-            let config = InterfaceConfiguration {
-                name: mesh::WG_IFNAME.into(),
-                prvkey: key.to_base64().to_string(),
-                addresses: vec![],
-                port: listen_port,
-                peers: vec![],
-                mtu: None,
-                fwmark: None,
-            };
-            match api.read_interface_data() {
-                // An existing interface keeps its peers and sessions
-                // (restart adopts it) if it runs with the key file's key
-                // and the listen port asked for.
-                Ok(host) => {
-                    // Compared by public key: the kernel clamps the
-                    // private key it is given, so its bytes read back differ.
-                    let same_key = host.private_key.as_ref().is_some_and(|k| {
-                        PrivateKey::from_bytes(k.as_array()).public_key() == key.public_key()
-                    });
-                    if !same_key || host.listen_port != listen_port {
-                        tracing::warn!(
-                            key_changed = !same_key,
-                            port = host.listen_port,
-                            want_port = listen_port,
-                            "the kernel device runs with another key or port than configured; applying the key file and port (peers re-handshake)"
-                        );
-                        api.configure_interface(&config)?;
-                    }
-                }
-                Err(_) => {
-                    api.create_interface()?;
-                    api.configure_interface(&config)?;
-                }
-            }
-            tracing::info!("kernel WireGuard device up");
-        }
-    }
-    Ok((WgClient::new(backend, mesh::WG_IFNAME)?, device))
 }
 
 impl Agent {
@@ -439,79 +375,5 @@ impl Agent {
         );
         crate::netfilter::apply(&rules)?;
         Ok(())
-    }
-}
-
-/// Run from a nodes file: reconcile when the file changes and every
-/// `resync` (which repairs drift, e.g. a route removed by hand). A file
-/// that cannot be read or parsed keeps the last state: nothing is removed
-/// because of a bad read.
-pub async fn run_nodes_file(
-    mut agent: Agent,
-    path: PathBuf,
-    resync: Duration,
-    metrics: std::sync::Arc<metrics::Metrics>,
-) -> anyhow::Result<()> {
-    let mut last_mtime: Option<SystemTime> = None;
-    let mut last_sync = tokio::time::Instant::now() - resync;
-    let mut nodes: Option<Vec<NodeInfo>> = None;
-    let mut backoff = Duration::from_millis(200);
-    let mut repair_now = false;
-    loop {
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let changed = mtime != last_mtime;
-        if changed {
-            match nodes_file::load(&path) {
-                Ok(n) => {
-                    tracing::info!(path = %path.display(), nodes = n.len(), "nodes file loaded");
-                    nodes = Some(n);
-                    last_mtime = mtime;
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "nodes file unusable; keeping the current data plane");
-                    last_mtime = mtime;
-                }
-            }
-        }
-        // A rotation's companion moves routes on handshakes: poll.
-        if let Some(n) = &nodes
-            && (changed || repair_now || agent.companions_active || last_sync.elapsed() >= resync)
-        {
-            match agent.reconcile(n).await {
-                Ok(report) => {
-                    metrics.record(Ok(&report));
-                    last_sync = tokio::time::Instant::now();
-                    backoff = Duration::from_millis(200);
-                    if !report.actions.is_empty() {
-                        tracing::info!(
-                            actions = report.actions.len(),
-                            peers = report.peers,
-                            rejected = report.rejections.len(),
-                            "reconciled"
-                        );
-                    }
-                }
-                Err(e) => {
-                    metrics.record(Err(&e));
-                    tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    last_mtime = None;
-                    continue;
-                }
-            }
-        }
-        if nodes.is_some() && agent.last_plan.is_some() {
-            agent.peer_health(&metrics);
-        }
-        let repair = agent.repair_trigger();
-        repair_now = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(300)) => false,
-            _ = repair.notified() => {
-                // Coalesce the burst a single `ip route flush` makes.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                true
-            }
-        };
     }
 }

@@ -4,11 +4,15 @@
 //! Accepted shapes: a list of nodes, or `{ nodes: [...] }`. Each node is a
 //! `mesh::NodeInfo` (`name`, `podCIDRs`, `endpoint`, `publicKey`,
 //! `internalIPs`). Unknown fields are errors, so a typo is not ignored.
+//! [`run_nodes_file`] is the agent's loop over this source.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use mesh::NodeInfo;
 use serde::Deserialize;
+
+use super::{Agent, metrics};
 
 /// Why the nodes file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,80 @@ pub fn load(path: &Path) -> Result<Vec<NodeInfo>, NodesFileError> {
         source,
     })?;
     parse(&p, &text)
+}
+
+/// Run from a nodes file: reconcile when the file changes and every
+/// `resync` (which repairs drift, e.g. a route removed by hand). A file
+/// that cannot be read or parsed keeps the last state: nothing is removed
+/// because of a bad read.
+pub async fn run_nodes_file(
+    mut agent: Agent,
+    path: PathBuf,
+    resync: Duration,
+    metrics: std::sync::Arc<metrics::Metrics>,
+) -> anyhow::Result<()> {
+    let mut last_mtime: Option<SystemTime> = None;
+    let mut last_sync = tokio::time::Instant::now() - resync;
+    let mut nodes: Option<Vec<NodeInfo>> = None;
+    let mut backoff = Duration::from_millis(200);
+    let mut repair_now = false;
+    loop {
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let changed = mtime != last_mtime;
+        if changed {
+            match load(&path) {
+                Ok(n) => {
+                    tracing::info!(path = %path.display(), nodes = n.len(), "nodes file loaded");
+                    nodes = Some(n);
+                    last_mtime = mtime;
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "nodes file unusable; keeping the current data plane");
+                    last_mtime = mtime;
+                }
+            }
+        }
+        // A rotation's companion moves routes on handshakes: poll.
+        if let Some(n) = &nodes
+            && (changed || repair_now || agent.companions_active || last_sync.elapsed() >= resync)
+        {
+            match agent.reconcile(n).await {
+                Ok(report) => {
+                    metrics.record(Ok(&report));
+                    last_sync = tokio::time::Instant::now();
+                    backoff = Duration::from_millis(200);
+                    if !report.actions.is_empty() {
+                        tracing::info!(
+                            actions = report.actions.len(),
+                            peers = report.peers,
+                            rejected = report.rejections.len(),
+                            "reconciled"
+                        );
+                    }
+                }
+                Err(e) => {
+                    metrics.record(Err(&e));
+                    tracing::error!(error = %anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "), "reconcile failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    last_mtime = None;
+                    continue;
+                }
+            }
+        }
+        if nodes.is_some() && agent.last_plan.is_some() {
+            agent.peer_health(&metrics);
+        }
+        let repair = agent.repair_trigger();
+        repair_now = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => false,
+            _ = repair.notified() => {
+                // Coalesce the burst a single `ip route flush` makes.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                true
+            }
+        };
+    }
 }
 
 #[cfg(test)]

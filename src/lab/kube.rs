@@ -11,10 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use anyhow::bail;
 
-use super::sys::{self, run};
+use super::sys;
+
+mod client;
+mod credentials;
 
 /// Port of kube-apiserver.
 pub const PORT: u16 = 6443;
@@ -24,14 +26,6 @@ pub const AGENT_NAMESPACE: &str = "podguard";
 pub const AGENT_SERVICE_ACCOUNT: &str = "podguard";
 /// The Service range of the lab cluster (kept off the pod network).
 pub const SERVICE_CIDR: &str = "10.96.0.0/24";
-/// Users of the static token file: name, groups. `intruder` has no role
-/// until a test binds one: an account that may patch Nodes but is neither
-/// an agent nor an admin.
-const USERS: [(&str, &str); 3] = [
-    ("admin", "system:masters"),
-    ("ops", "podguard:admins"),
-    ("intruder", "example:others"),
-];
 
 /// Where the control plane's binaries are: `$PODGUARD_KUBE_BIN`, else the
 /// cache `tests/kube/kube.sh setup` fills.
@@ -150,123 +144,6 @@ impl ControlPlane {
         self.dir.join(name)
     }
 
-    /// The CA, the serving certificate (for `ip`), the ServiceAccount
-    /// signing key, the static tokens and the admin kubeconfig.
-    fn write_credentials(&self) -> anyhow::Result<()> {
-        let d = |n: &str| self.path(n).to_string_lossy().into_owned();
-        run(&[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=podguard-lab-ca",
-            "-keyout",
-            &d("ca.key"),
-            "-out",
-            &d("ca.crt"),
-        ])
-        .context("creating the lab CA (openssl)")?;
-        run(&[
-            "openssl",
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=kube-apiserver",
-            "-keyout",
-            &d("apiserver.key"),
-            "-out",
-            &d("apiserver.csr"),
-        ])?;
-        std::fs::write(
-            self.path("apiserver.ext"),
-            format!(
-                "subjectAltName=IP:{},IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default.svc\n",
-                self.ip
-            ),
-        )?;
-        run(&[
-            "openssl",
-            "x509",
-            "-req",
-            "-in",
-            &d("apiserver.csr"),
-            "-CA",
-            &d("ca.crt"),
-            "-CAkey",
-            &d("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            &d("apiserver.ext"),
-            "-out",
-            &d("apiserver.crt"),
-        ])?;
-        run(&["openssl", "genrsa", "-out", &d("sa.key"), "2048"])?;
-        run(&[
-            "openssl",
-            "rsa",
-            "-in",
-            &d("sa.key"),
-            "-pubout",
-            "-out",
-            &d("sa.pub"),
-        ])?;
-        let mut tokens = String::new();
-        for (i, (user, groups)) in USERS.iter().enumerate() {
-            let t = random_token()?;
-            std::fs::write(self.path(&format!("{user}.token")), &t)?;
-            tokens.push_str(&format!("{t},{user},uid-{i},\"{groups}\"\n"));
-        }
-        write_private(&self.path("tokens.csv"), &tokens)?;
-        std::fs::write(
-            self.path("audit-policy.yaml"),
-            format!(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
-                 - level: Metadata\n  users: [\"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}\"]\n\
-                 - level: None\n"
-            ),
-        )?;
-        let admin = self.token("admin")?;
-        write_private(&self.admin_kubeconfig(), &self.kubeconfig("admin", &admin))?;
-        Ok(())
-    }
-
-    /// The static token of `user` ("admin": system:masters; "ops": group
-    /// podguard:admins).
-    pub fn token(&self, user: &str) -> anyhow::Result<String> {
-        std::fs::read_to_string(self.path(&format!("{user}.token")))
-            .with_context(|| format!("no token for {user}"))
-    }
-
-    /// A kubeconfig for `user` with bearer `token`.
-    pub fn kubeconfig(&self, user: &str, token: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: podguard-lab\n  cluster:\n    server: https://{}:{PORT}\n    certificate-authority: {}\n\
-             users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: podguard-lab\n  context: {{cluster: podguard-lab, user: {user}}}\n\
-             current-context: podguard-lab\n",
-            self.ip,
-            self.path("ca.crt").display()
-        )
-    }
-
-    /// The cluster admin's kubeconfig.
-    pub fn admin_kubeconfig(&self) -> PathBuf {
-        self.path("admin.kubeconfig")
-    }
-
-    /// The API server's audit log: the agent's calls (JSON lines).
-    pub fn audit_log(&self) -> PathBuf {
-        self.path("audit.log")
-    }
-
     /// Start (or restart) kube-apiserver; returns once it is ready. After
     /// an outage the controller manager is restarted too: a running one can
     /// take over a minute to notice the new API server (client-go's watch
@@ -361,204 +238,6 @@ impl ControlPlane {
         self.controller_manager_pid = Some(pid);
         Ok(())
     }
-
-    /// One API request as `user` (from inside the namespace, over TLS):
-    /// the status code and the body. PATCH bodies are merge patches.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        user: &str,
-    ) -> anyhow::Result<(u16, String)> {
-        let token = self.token(user)?;
-        self.request_with_token(method, path, body, &token)
-    }
-
-    /// One API request with bearer `token`.
-    pub fn request_with_token(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        token: &str,
-    ) -> anyhow::Result<(u16, String)> {
-        use std::io::Write;
-        let ct = if method == "PATCH" {
-            "Content-Type: application/merge-patch+json"
-        } else {
-            "Content-Type: application/json"
-        };
-        let url = format!("https://{}:{PORT}{path}", self.ip);
-        let ca = self.path("ca.crt");
-        let auth = format!("Authorization: Bearer {}", token.trim());
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "10"])
-            .arg("--cacert")
-            .arg(&ca)
-            .args(["-X", method, "-H", ct, "-H", &auth, "-w", "\n%{http_code}"]);
-        if body.is_some() {
-            c.args(["--data-binary", "@-"]);
-        }
-        c.arg(&url)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().context("running curl (apt-get install curl)")?;
-        if let (Some(b), Some(mut stdin)) = (body, child.stdin.take()) {
-            stdin.write_all(b.as_bytes())?;
-        }
-        let o = child.wait_with_output()?;
-        if !o.status.success() {
-            bail!(
-                "{method} {url}: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        let out = String::from_utf8_lossy(&o.stdout);
-        let (text, code) = out.rsplit_once('\n').unwrap_or(("", &out));
-        Ok((
-            code.trim().parse().context("curl printed no status")?,
-            text.to_string(),
-        ))
-    }
-
-    /// A request that must succeed (2xx); its JSON.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let (code, text) = self.request(
-            method,
-            path,
-            body.map(|b| b.to_string()).as_deref(),
-            "admin",
-        )?;
-        if !(200..300).contains(&code) {
-            bail!("{method} {path}: HTTP {code}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// `kubectl` of the same release, as the admin, from inside the
-    /// namespace.
-    pub fn kubectl(&self, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.ns])
-            .arg(self.bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.admin_kubeconfig())
-            .args(args);
-        c
-    }
-
-    /// `kubectl apply -k dir` (the shipped manifests).
-    pub fn apply_kustomization(&self, dir: &Path) -> anyhow::Result<String> {
-        let mut c = self.kubectl(&["apply", "-k"]);
-        c.arg(dir);
-        sys::run_command(c).context("kubectl apply -k (the shipped manifests)")
-    }
-
-    /// Register Node `name` as a kubelet would: the object, then its
-    /// status (addresses); the controller manager gives it podCIDRs.
-    pub fn register_node(
-        &self,
-        name: &str,
-        internal_ip: &str,
-        annotations: &Value,
-    ) -> anyhow::Result<()> {
-        self.call(
-            "POST",
-            "/api/v1/nodes",
-            Some(
-                &json!({"metadata": {"name": name, "annotations": annotations,
-                "labels": {"kubernetes.io/hostname": name}}}),
-            ),
-        )?;
-        self.call(
-            "PATCH",
-            &format!("/api/v1/nodes/{name}/status"),
-            Some(&json!({"status": {"addresses": [
-                {"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}]}})),
-        )?;
-        Ok(())
-    }
-
-    /// The podCIDRs the controller manager gave Node `name` (waits up to
-    /// 30 s).
-    pub fn pod_cidrs(&self, name: &str) -> anyhow::Result<Vec<String>> {
-        let start = Instant::now();
-        loop {
-            let n = self.call("GET", &format!("/api/v1/nodes/{name}"), None)?;
-            let c: Vec<String> =
-                serde_json::from_value(n["spec"]["podCIDRs"].clone()).unwrap_or_default();
-            if !c.is_empty() {
-                return Ok(c);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("the controller manager gave Node {name} no podCIDRs in 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Credentials the shipped DaemonSet's pod on `node` would have: a
-    /// stand-in Pod of the agent's ServiceAccount bound to `node` (no
-    /// kubelet runs it) and a TokenRequest bound to that Pod, so the token
-    /// carries the node-name claim the admission policy checks. Returns a
-    /// kubeconfig file for the agent.
-    pub fn agent_kubeconfig(&self, node: &str) -> anyhow::Result<PathBuf> {
-        let pod = format!("podguard-agent-{node}");
-        let ns = AGENT_NAMESPACE;
-        let created = self.request(
-            "POST",
-            &format!("/api/v1/namespaces/{ns}/pods"),
-            Some(
-                &json!({"metadata": {"name": pod, "labels": {"app.kubernetes.io/name": "podguard"}},
-                    "spec": {"nodeName": node, "serviceAccountName": AGENT_SERVICE_ACCOUNT,
-                        "automountServiceAccountToken": false,
-                        "containers": [{"name": "agent", "image": "ghcr.io/podguard/podguard:latest"}]}})
-                .to_string(),
-            ),
-            "admin",
-        )?;
-        if created.0 != 201 && created.0 != 409 {
-            bail!(
-                "creating the stand-in agent Pod {ns}/{pod}: HTTP {}: {}",
-                created.0,
-                created.1
-            );
-        }
-        let p = self.call("GET", &format!("/api/v1/namespaces/{ns}/pods/{pod}"), None)?;
-        let uid = p["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let tr = self.call(
-            "POST",
-            &format!("/api/v1/namespaces/{ns}/serviceaccounts/{AGENT_SERVICE_ACCOUNT}/token"),
-            Some(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": 86400,
-                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}}})),
-        )?;
-        let token = tr["status"]["token"]
-            .as_str()
-            .context("TokenRequest returned no token")?;
-        write_private(&self.path(&format!("agent-{node}.token")), token)?;
-        let file = self.path(&format!("agent-{node}.kubeconfig"));
-        write_private(&file, &self.kubeconfig(&format!("agent-{node}"), token))?;
-        Ok(file)
-    }
-
-    /// The bound token [`Self::agent_kubeconfig`] made for `node`'s agent.
-    pub fn agent_token(&self, node: &str) -> anyhow::Result<String> {
-        std::fs::read_to_string(self.path(&format!("agent-{node}.token")))
-            .with_context(|| format!("no agent token for {node}: call agent_kubeconfig first"))
-    }
-
-    /// A kubeconfig file for static user `user` (see [`Self::token`]).
-    pub fn user_kubeconfig(&self, user: &str) -> anyhow::Result<PathBuf> {
-        let file = self.path(&format!("{user}.kubeconfig"));
-        write_private(&file, &self.kubeconfig(user, &self.token(user)?))?;
-        Ok(file)
-    }
 }
 
 /// The shipped manifests (deploy/, as built into this binary), written to
@@ -591,23 +270,4 @@ pub fn write_manifests(dir: &Path) -> anyhow::Result<()> {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
-}
-
-fn random_token() -> anyhow::Result<String> {
-    Ok(run(&["openssl", "rand", "-hex", "24"])?.trim().to_string())
-}
-
-/// Write a file only its owner can read (tokens, kubeconfigs).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
