@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             envs.insert(k.to_string(), v.to_string());
         }
     }
-    match podguard::cni::spec::parse(&envs, stdin) {
+    match cnispec::spec::parse(&envs, stdin) {
         Ok(_) => {}
         Err(e) => {
             let j = e.to_json("1.1.0");

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = podguard::cni::parse_node_state("fuzz", data, 11) {
+    if let Ok(s) = cnispec::node_state::parse("fuzz", data, 11) {
         assert!(!s.pod_cidrs.is_empty());
     }
 });

@@ -6,7 +6,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(nodes) = podguard::agent::nodes_file::parse("fuzz.yaml", text) {
+    if let Ok(nodes) = mesh::nodes_file::parse("fuzz.yaml", text) {
         let local = mesh::Local {
             name: nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
             public_key: keys::PrivateKey::from_bytes([9; 32]).public_key(),

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let lines: Vec<String> = text.lines().take(512).map(String::from).collect();
-    if let Err(e) = podguard::wireguard::uapi::parse_set(&lines) {
+    if let Err(e) = wgcore::uapi::parse_set(&lines) {
         // Line 1 is `set=1`; the parsed lines are 2..=len+1.
         assert!(e.line >= 2 && e.line <= lines.len() + 1);
         for l in &lines {

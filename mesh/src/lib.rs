@@ -14,6 +14,7 @@
 //! * [`mtu`]: the one MTU computation.
 //! * [`health`]: per-peer health (a dead pair, a handshake storm) from
 //!   device samples.
+//! * [`nodes_file`]: the `--nodes-file` format, parsed from text.
 
 pub mod audit;
 pub mod companion;
@@ -23,6 +24,7 @@ pub mod health;
 pub mod ipam;
 pub mod mtu;
 pub mod node;
+pub mod nodes_file;
 pub mod plan;
 pub mod policy;
 pub mod publish;

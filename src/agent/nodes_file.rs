@@ -1,16 +1,13 @@
 //! The `--nodes-file` source: the node list as JSON or YAML, for running
-//! the data plane without Kubernetes.
-//!
-//! Accepted shapes: a list of nodes, or `{ nodes: [...] }`. Each node is a
-//! `mesh::NodeInfo` (`name`, `podCIDRs`, `endpoint`, `publicKey`,
-//! `internalIPs`). Unknown fields are errors, so a typo is not ignored.
-//! [`run_nodes_file`] is the agent's loop over this source.
+//! the data plane without Kubernetes. The format and its parser are
+//! `mesh::nodes_file` (pure, fuzzed); here the file is read, and
+//! [`run_nodes_file`] is the agent's loop over it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use mesh::NodeInfo;
-use serde::Deserialize;
+use mesh::nodes_file::{ParseError, parse};
 
 use super::{Agent, metrics};
 
@@ -27,38 +24,8 @@ pub enum NodesFileError {
         source: std::io::Error,
     },
     /// The content is neither a node list nor `{nodes: [...]}`.
-    #[error("parsing nodes file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The parser's message (line and column).
-        message: String,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Shape {
-    List(Vec<NodeInfo>),
-    Wrapped { nodes: Vec<NodeInfo> },
-}
-
-/// Parse file content (YAML, which includes JSON).
-pub fn parse(path: &str, text: &str) -> Result<Vec<NodeInfo>, NodesFileError> {
-    // Try the strict shapes one by one for a precise error message.
-    match yaml_serde::from_str::<Shape>(text) {
-        Ok(Shape::List(n)) | Ok(Shape::Wrapped { nodes: n }) => Ok(n),
-        Err(_) => {
-            let message = match yaml_serde::from_str::<Vec<NodeInfo>>(text) {
-                Err(e) => e.to_string(),
-                Ok(_) => "unrecognized shape".into(),
-            };
-            Err(NodesFileError::Parse {
-                path: path.into(),
-                message,
-            })
-        }
-    }
+    #[error(transparent)]
+    Parse(#[from] ParseError),
 }
 
 /// Read and parse the file.
@@ -68,7 +35,7 @@ pub fn load(path: &Path) -> Result<Vec<NodeInfo>, NodesFileError> {
         path: p.clone(),
         source,
     })?;
-    parse(&p, &text)
+    Ok(parse(&p, &text)?)
 }
 
 /// Run from a nodes file: reconcile when the file changes and every
@@ -142,42 +109,5 @@ pub async fn run_nodes_file(
                 true
             }
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_and_yaml_and_wrapped() {
-        let json = r#"[{"name":"a","podCIDRs":["10.244.1.0/24"],"endpoint":"192.0.2.1:51820"}]"#;
-        assert_eq!(parse("f", json).unwrap()[0].name, "a");
-        let yaml = "nodes:\n  - name: b\n    podCIDRs: [10.244.2.0/24]\n    publicKey: null\n";
-        let n = parse("f", yaml).unwrap();
-        assert_eq!(n[0].pod_cidrs, vec!["10.244.2.0/24"]);
-    }
-
-    #[test]
-    fn underlay_mtu_as_a_number_or_a_string_in_either_casing() {
-        let yaml =
-            "- name: a\n  underlayMTU: 1460\n- name: b\n  underlayMtu: \"9001\"\n- name: c\n";
-        let n = parse("nodes.yaml", yaml).unwrap();
-        assert_eq!(n[0].underlay_mtu.as_deref(), Some("1460"));
-        assert_eq!(n[1].underlay_mtu.as_deref(), Some("9001"));
-        assert_eq!(n[2].underlay_mtu, None);
-        let json = r#"[{"name":"a","underlayMTU":1460.5}]"#;
-        // Kept as text; the planner refuses it (counts as 1500).
-        assert_eq!(
-            parse("f", json).unwrap()[0].underlay_mtu.as_deref(),
-            Some("1460.5")
-        );
-    }
-
-    #[test]
-    fn typo_is_an_error_naming_the_file_and_field() {
-        let e = parse("nodes.yaml", "- name: a\n  podCIDR: [10.0.0.0/24]\n").unwrap_err();
-        let s = e.to_string();
-        assert!(s.contains("nodes.yaml") && s.contains("podCIDR"), "{s}");
     }
 }

@@ -1,12 +1,12 @@
 //! The CNI plugin `podguard-cni`: ADD/DEL/CHECK/VERSION/STATUS/GC.
 //!
-//! `spec` parses the invocation and formats results; `store` is the IPAM
-//! store (addresses come from `mesh::ipam`); `pod` does the veth, addresses
-//! and routes inside the pod's namespace. ADD checks every input before it
+//! The pure `cnispec` crate parses the invocation (`spec`) and the node
+//! state file and formats results; `store` is the IPAM store (addresses
+//! come from `mesh::ipam`); `pod` does the veth, addresses and routes
+//! inside the pod's namespace. ADD checks every input before it
 //! allocates anything, and undoes its allocation if the network setup fails.
 
 pub mod pod;
-pub mod spec;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::agent::node_state::{self, NodeState};
+use cnispec::node_state::{self, NodeState};
+pub use cnispec::spec;
 use spec::{AddResult, CniError, Command, Request, ResultInterface, code};
 use store::{Owner, Store};
 
@@ -71,27 +72,7 @@ pub fn read_node_state(path: &Path, missing_code: u32) -> Result<NodeState, CniE
             .details(e.to_string()));
         }
     };
-    parse_node_state(&path.display().to_string(), &bytes, missing_code)
-}
-
-/// Parse and validate the node state file's content (`what` names it in
-/// errors).
-pub fn parse_node_state(
-    what: &str,
-    bytes: &[u8],
-    missing_code: u32,
-) -> Result<NodeState, CniError> {
-    let state: NodeState = serde_json::from_slice(bytes).map_err(|e| {
-        CniError::new(code::DECODE, format!("node state file {what} is not valid"))
-            .details(e.to_string())
-    })?;
-    if state.pod_cidrs.is_empty() {
-        return Err(CniError::new(
-            missing_code,
-            format!("node state file {what} lists no podCIDRs"),
-        ));
-    }
-    Ok(state)
+    node_state::parse(&path.display().to_string(), &bytes, missing_code)
 }
 
 fn store_err(e: store::StoreError) -> CniError {
