@@ -122,6 +122,50 @@ fn lab_up_check_down_and_crash_cleanup() {
     );
 }
 
+/// The main job as the README runs it: `podguard lab demo` (3 nodes x 2
+/// pods, dual-stack) builds its own lab, checks it end to end, prints the
+/// report (here as JSON on stdout, progress on stderr) and removes the lab.
+#[test]
+fn lab_demo_checks_its_own_lab_and_removes_it() {
+    if !require_root("lab_demo_checks_its_own_lab_and_removes_it") {
+        return;
+    }
+    let _guard = common::lab::exclusive();
+    let demo = podguard(&["lab", "demo", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&demo.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&demo.stdout).unwrap_or_else(|e| {
+        panic!(
+            "demo stdout is not the JSON report ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&demo.stdout)
+        )
+    });
+    assert!(demo.status.success(), "{report:#}\n{stderr}");
+    assert_eq!(report["ok"], true);
+    assert!(stderr.contains("[3/3] tearing down"), "{stderr}");
+    let pairs = report["pairs"].as_array().unwrap();
+    // 6 pods, both families: cross-node pairs in IPv4 and IPv6.
+    assert!(
+        pairs
+            .iter()
+            .any(|p| p["crossNode"] == true && p["toIp"].as_str().unwrap().contains(':'))
+    );
+    assert!(
+        pairs
+            .iter()
+            .all(|p| p["ping"] == true && p["tcp"] == true && p["noNat"] == true)
+    );
+    assert_eq!(report["pods"].as_array().unwrap().len(), 6);
+    assert!(report["capture"]["encryptedPackets"].as_u64().unwrap() > 0);
+    assert_eq!(report["capture"]["plaintextPackets"], 0);
+    assert_eq!(report["capture"]["markerHits"], 0);
+    assert!(
+        lab_namespaces().is_empty(),
+        "left behind: {:?}",
+        lab_namespaces()
+    );
+    assert!(!std::path::Path::new(podguard::lab::cluster::STATE_DIR).exists());
+}
+
 /// `podguard lab up --kube real`: the same lab on etcd, kube-apiserver and
 /// kube-controller-manager, the shipped manifests applied; podCIDRs from
 /// node IPAM; `lab check`, `status`, `rotate` and kubectl work on it.

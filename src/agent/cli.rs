@@ -204,7 +204,7 @@ pub struct Args {
     pub print_public_key: bool,
 
     /// With --install-cni: install, then exit (the DaemonSet's init step).
-    #[arg(long, requires = "install_cni")]
+    #[arg(long, env = "PODGUARD_INSTALL_ONLY", requires = "install_cni")]
     pub install_only: bool,
 
     /// Remove everything podguard created on this node, then exit: the

@@ -94,7 +94,7 @@ fn handle(device: &Device, stream: UnixStream) -> io::Result<()> {
                 write!(out, "errno={}\n\n", -errno)?;
             }
             other => {
-                tracing::warn!(request = other, "UAPI: unknown request");
+                tracing::warn!(request = %uapi::unknown_request(other), "UAPI: unknown request");
                 write!(out, "errno={}\n\n", -uapi::EINVAL)?;
                 return Ok(());
             }

@@ -111,6 +111,19 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
+/// How a request line the server does not know appears in its log: the
+/// operation's name (the text before `=`) when it looks like one, and
+/// never the value after it or a line that could be one (a client that
+/// sends `private_key=...` or a bare key first must not get it logged).
+pub fn unknown_request(first: &str) -> String {
+    let op = first.split_once('=').map_or(first, |(name, _)| name);
+    if !op.is_empty() && op.len() <= 24 && op.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        format!("{op:?}")
+    } else {
+        format!("<{} bytes, not shown>", first.len())
+    }
+}
+
 /// Parse the lines after `set=1` (up to, not including, the blank line).
 pub fn parse_set(lines: &[String]) -> Result<SetRequest, UapiError> {
     let mut req = SetRequest::default();
@@ -368,5 +381,19 @@ mod tests {
         let lines = vec![format!("priv{key}=x")];
         let e = parse_set(&lines).unwrap_err().to_string();
         assert!(!e.contains(&key), "{e}");
+    }
+
+    #[test]
+    fn unknown_requests_are_logged_without_their_values() {
+        let hex = "a1".repeat(32);
+        assert_eq!(unknown_request("get=2"), "\"get\"");
+        assert_eq!(
+            unknown_request(&format!("private_key={hex}")),
+            "\"private_key\""
+        );
+        for line in [hex.clone(), format!("{hex}=1"), format!("x{hex}")] {
+            let shown = unknown_request(&line);
+            assert!(!shown.contains("a1a1"), "{line} shown as {shown}");
+        }
     }
 }

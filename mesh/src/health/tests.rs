@@ -1,3 +1,6 @@
+//! Per-peer health on hand-built device samples: dead pairs, handshake
+//! storms, and what the annotation reports.
+
 use super::*;
 use keys::PrivateKey;
 

@@ -272,6 +272,9 @@ pub(crate) enum Lab {
     Demo {
         #[command(flatten)]
         up: UpArgs,
+        /// Output format of the report (progress goes to stderr).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Build a local cluster in network namespaces: an underlay, N nodes
     /// running podguard-agent against an embedded API server, and pods

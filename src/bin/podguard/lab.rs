@@ -53,7 +53,7 @@ pub(crate) fn run(cmd: Lab) -> anyhow::Result<()> {
             eprintln!("lab removed ({n} namespaces)");
             Ok(())
         }
-        Lab::Demo { up } => {
+        Lab::Demo { up, output } => {
             let start = std::time::Instant::now();
             let bins = cluster::Binaries::find()?;
             let spec = up.spec();
@@ -84,9 +84,11 @@ pub(crate) fn run(cmd: Lab) -> anyhow::Result<()> {
             eprintln!("[3/3] tearing down ({:.1}s)", start.elapsed().as_secs_f64());
             let _ = cluster::down();
             let report = result?;
-            println!();
-            print_report(&report, Output::Table)?;
-            println!("(lab demo took {:.1}s)", start.elapsed().as_secs_f64());
+            if output == Output::Table {
+                println!();
+            }
+            print_report(&report, output)?;
+            eprintln!("(lab demo took {:.1}s)", start.elapsed().as_secs_f64());
             if !report.ok {
                 std::process::exit(1);
             }
