@@ -12,4 +12,5 @@ pub mod k8s;
 pub mod lab;
 pub mod netfilter;
 pub mod netlink;
+pub mod sys;
 pub mod wireguard;

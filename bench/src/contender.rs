@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use podguard::lab::sys::{self, netns_add, run};
+use podguard::sys::{self, netns_add, run};
 
 use crate::topo::PREFIX;
 

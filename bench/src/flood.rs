@@ -118,7 +118,7 @@ impl Flood {
         let ns = ns.to_string();
         let pool: Vec<[u8; INITIATION_LEN]> = (0..POOL as u64).map(|i| datagram(kind, i)).collect();
         let thread = std::thread::spawn(move || {
-            podguard::lab::sys::in_netns(&ns, move || -> anyhow::Result<(u64, Duration, f64)> {
+            podguard::sys::in_netns(&ns, move || -> anyhow::Result<(u64, Duration, f64)> {
                 let s = UdpSocket::bind((ATTACKER_IP, 0))?;
                 let cpu0 = thread_cpu_seconds();
                 let start = Instant::now();

@@ -20,7 +20,7 @@ mod topo;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use podguard::lab::sys;
+use podguard::sys;
 use std::path::{Path, PathBuf};
 pub use throughput::{Row, iperf, iperf_server};
 use topo::Contender;

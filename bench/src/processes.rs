@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podguard::lab::sys;
+use podguard::sys;
 
 use crate::parse::{self, Spread, cell, spread};
 use crate::throughput::{cpu_by_thread, cpu_of};

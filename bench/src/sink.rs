@@ -29,9 +29,7 @@ impl Sink {
     /// Bind `addr` inside `ns` and read until stopped. Returns once the
     /// socket is bound, so a flood started after it finds a reader.
     pub fn start(ns: &str, addr: SocketAddr) -> anyhow::Result<Sink> {
-        Sink::on(podguard::lab::sys::in_netns(ns, move || {
-            UdpSocket::bind(addr)
-        })??)
+        Sink::on(podguard::sys::in_netns(ns, move || UdpSocket::bind(addr))??)
     }
 
     /// Read from `sock` until stopped.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use podguard::lab::sys;
+use podguard::sys;
 
 use crate::parse;
 use crate::report;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use podguard::lab::sys::{self, netns_add, run, spawn_in};
+use podguard::sys::{self, netns_add, run, spawn_in};
 
 pub use crate::contender::{Contender, wireguard_go_from};
 

@@ -18,7 +18,9 @@ use super::convert::node_info;
 use super::source::FIELD_MANAGER;
 
 /// Where the API is: the default kubeconfig, one named on the command
-/// line, or the local lab's.
+/// line, or one whose API server is reachable only from inside a network
+/// namespace (the local lab's, which the CLI names: this module knows
+/// nothing of the lab).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// In-cluster config or `$KUBECONFIG` / `~/.kube/config`.
@@ -30,20 +32,31 @@ pub enum Target {
         /// The context (else the file's current context).
         context: Option<String>,
     },
-    /// The `podguard lab` API server, reached from inside the lab underlay.
-    Lab,
+    /// A kubeconfig whose API server listens inside network namespace
+    /// `netns` (`/run/netns/<netns>`): the work runs on a thread there.
+    InNetns {
+        /// The kubeconfig file.
+        kubeconfig: std::path::PathBuf,
+        /// The namespace.
+        netns: String,
+        /// What to tell the operator when the namespace or the file is
+        /// missing (e.g. which command creates them).
+        missing: String,
+    },
 }
 
-/// Run `f` with a client for `target`. For the lab, the work runs on a
-/// thread inside the lab's underlay namespace (where its API server
-/// listens), with the lab's kubeconfig.
+/// Run `f` with a client for `target`. For [`Target::InNetns`] the work
+/// runs on a thread inside that namespace, with that kubeconfig.
 pub fn with_client<T, F, Fut>(target: Target, f: F) -> anyhow::Result<T>
 where
     T: Send,
     F: FnOnce(Client) -> Fut + Send,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let in_lab = target == Target::Lab;
+    let netns = match &target {
+        Target::InNetns { netns, missing, .. } => Some((netns.clone(), missing.clone())),
+        _ => None,
+    };
     let body = move || -> anyhow::Result<T> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,10 +85,13 @@ where
                         })?;
                     Client::try_from(cfg)?
                 }
-                Target::Lab => {
-                    let path = std::path::Path::new(crate::lab::cluster::STATE_DIR).join("kubeconfig");
-                    let kc = kube::config::Kubeconfig::read_from(&path).with_context(|| {
-                        format!("reading {} (is a lab up? `podguard lab up`)", path.display())
+                Target::InNetns {
+                    kubeconfig,
+                    missing,
+                    ..
+                } => {
+                    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).with_context(|| {
+                        format!("reading {} ({missing})", kubeconfig.display())
                     })?;
                     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
                     Client::try_from(cfg)?
@@ -84,14 +100,13 @@ where
             f(client).await
         })
     };
-    if !in_lab {
+    let Some((ns, missing)) = netns else {
         return body();
+    };
+    if !std::path::Path::new("/run/netns").join(&ns).exists() {
+        bail!("network namespace {ns} is missing: {missing}");
     }
-    let ul = crate::lab::plan::underlay_netns();
-    if !std::path::Path::new("/run/netns").join(&ul).exists() {
-        bail!("no lab is up (namespace {ul} is missing): run `podguard lab up` first");
-    }
-    crate::lab::sys::in_netns(&ul, body)?
+    crate::sys::in_netns(&ns, body)?
 }
 
 /// Every Node as the status logic sees it, with its agent's heartbeat

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::cluster::{self, LabState, Pod};
 use super::plan;
-use super::sys::{self, in_netns};
+use crate::sys::{self, in_netns};
 
 /// Port of the lab pods' echo servers (also their named container port `echo`).
 pub const ECHO_PORT: u16 = 7777;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{self, LabSpec, NodePlan};
-use super::sys;
+use crate::sys;
 
 mod build;
 mod client;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::sys;
+use crate::sys;
 
 mod client;
 mod credentials;

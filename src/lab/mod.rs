@@ -9,4 +9,3 @@ pub mod cluster;
 pub mod discovery;
 pub mod kube;
 pub mod plan;
-pub mod sys;

@@ -222,8 +222,7 @@ impl LabAgent {
         let dir = format!("/run/podguard-lab/node-{}", self.node);
         let wg_dir = std::path::PathBuf::from(format!("{dir}/wg"));
         let args: Vec<&str> = self.cmdline.iter().map(String::as_str).collect();
-        let mut cmd =
-            podguard::lab::sys::node_command(&format!("pglab-n{}", self.node), &wg_dir, &args);
+        let mut cmd = podguard::sys::node_command(&format!("pglab-n{}", self.node), &wg_dir, &args);
         for kv in self.environ.split('\0').filter_map(|e| e.split_once('=')) {
             cmd.env(kv.0, kv.1);
         }

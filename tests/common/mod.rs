@@ -71,7 +71,7 @@ pub fn ok(args: &[&str]) -> String {
 
 /// Run `f` on a thread that has entered network namespace `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    podguard::lab::sys::in_netns(ns, f).unwrap_or_else(|e| panic!("{e:#}"))
+    podguard::sys::in_netns(ns, f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Move the calling thread into network namespace `ns`.
@@ -499,7 +499,7 @@ pub fn sample(scrape: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-pub use podguard::lab::sys::node_command;
+pub use podguard::sys::node_command;
 
 /// A child process killed when the test ends, also on failure.
 pub struct KillOnDrop(pub std::process::Child);

@@ -328,7 +328,12 @@ impl Api {
                 .exit();
         }
         match (lab, &self.kubeconfig, &self.context) {
-            (true, _, _) => Target::Lab,
+            (true, _, _) => Target::InNetns {
+                kubeconfig: std::path::Path::new(podguard::lab::cluster::STATE_DIR)
+                    .join("kubeconfig"),
+                netns: podguard::lab::plan::underlay_netns(),
+                missing: "no lab is up: run `podguard lab up` first".into(),
+            },
             (false, None, None) => Target::Default,
             (false, path, context) => Target::Kubeconfig {
                 path: path.clone(),

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use super::super::plan::{self, KubeMode, LabSpec, NodePlan};
-use super::super::sys::{self, netns_add, run};
 use super::{Binaries, LabState, OWNER_ENV, Pod, STATE_DIR, api, dir, metric, node_dir};
+use crate::sys::{self, netns_add, run};
 
 fn progress(msg: &str) {
     eprintln!("  · {msg}");

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::super::plan;
-use super::super::sys::in_netns;
 use super::{dir, underlay};
+use crate::sys::in_netns;
 
 /// The real control plane of the running lab, if it runs one.
 pub fn real_control_plane() -> Option<crate::lab::kube::ControlPlane> {

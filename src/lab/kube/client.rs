@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::super::sys;
 use super::{ControlPlane, PORT};
+use crate::sys;
 
 impl ControlPlane {
     /// One API request as `user` (from inside the namespace, over TLS):

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::super::sys::run;
 use super::{AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT, ControlPlane, PORT};
+use crate::sys::run;
 
 /// Users of the static token file: name, groups. `intruder` has no role
 /// until a test binds one: an account that may patch Nodes but is neither

@@ -1,4 +1,7 @@
-//! Small process and namespace helpers for the lab (iproute2 and setns).
+//! Small process and network namespace helpers (iproute2 and setns): the
+//! one toolkit the lab, the operator CLI's `--lab` target, the benches
+//! and the tests share (CONVENTIONS 19: none of them reaches into the
+//! lab for it). The agent and the CNI plugin do not use it.
 
 use std::fs::File;
 use std::path::Path;
