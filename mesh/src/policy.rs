@@ -95,10 +95,11 @@ impl IpBlock {
     }
 }
 
-/// A `from` / `to` entry.
+/// A `from` / `to` entry of a rule (named for its layer: not the mesh's
+/// WireGuard [`crate::Peer`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Peer {
+pub struct PolicyPeer {
     /// Pods (in the policy's namespace unless `namespace_selector` is set).
     pub pod_selector: Option<LabelSelector>,
     /// Namespaces.
@@ -135,10 +136,10 @@ pub struct PolicyPort {
 pub struct Rule {
     /// Sources (ingress).
     #[serde(default)]
-    pub from: Option<Vec<Peer>>,
+    pub from: Option<Vec<PolicyPeer>>,
     /// Destinations (egress).
     #[serde(default)]
-    pub to: Option<Vec<Peer>>,
+    pub to: Option<Vec<PolicyPeer>>,
     /// Ports; empty or absent = all.
     #[serde(default)]
     pub ports: Option<Vec<PolicyPort>>,
@@ -385,7 +386,7 @@ impl Cluster {
     }
 
     /// Whether `peer` of a policy in namespace `policy_ns` matches pod `other`.
-    fn peer_matches(&self, peer: &Peer, policy_ns: &str, other: &Pod) -> bool {
+    fn peer_matches(&self, peer: &PolicyPeer, policy_ns: &str, other: &Pod) -> bool {
         if let Some(b) = &peer.ip_block {
             return other.ips.iter().any(|ip| b.contains(*ip));
         }
