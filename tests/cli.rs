@@ -92,6 +92,41 @@ fn agent_logs_as_json_and_checks_its_log_level() {
     );
 }
 
+/// `--install-only` reads PODGUARD_INSTALL_ONLY like every flag the
+/// DaemonSet sets; set to false it must not demand `--install-cni` (a
+/// plain `requires` did).
+#[test]
+fn install_only_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("private.key");
+    let args = [
+        "--node-name",
+        "n1",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--print-public-key",
+    ];
+    let run = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_podguard-agent"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("PODGUARD_INSTALL_ONLY", value)
+            .output()
+            .unwrap()
+    };
+    let o = run("false");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim().len(), 44, "{o:?}");
+    let o = run("true");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--install-cni"),
+        "{o:?}"
+    );
+}
+
 #[test]
 fn could_not_run_is_exit_2_and_names_the_cause_once() {
     let o = podguard(&["status", "--kubeconfig", "/nonexistent/podguard-kc"]);

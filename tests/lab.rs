@@ -122,9 +122,10 @@ fn lab_up_check_down_and_crash_cleanup() {
     );
 }
 
-/// The main job as the README runs it: `podguard lab demo` (3 nodes x 2
-/// pods, dual-stack) builds its own lab, checks it end to end, prints the
-/// report (here as JSON on stdout, progress on stderr) and removes the lab.
+/// The main job: `podguard lab demo` (3 nodes x 2 pods, dual-stack, what
+/// `scripts/demo` runs) builds its own lab, checks it end to end, prints
+/// the report (as JSON on stdout with `--output json`, else the table;
+/// progress on stderr) and removes the lab.
 #[test]
 fn lab_demo_checks_its_own_lab_and_removes_it() {
     if !require_root("lab_demo_checks_its_own_lab_and_removes_it") {
@@ -164,6 +165,24 @@ fn lab_demo_checks_its_own_lab_and_removes_it() {
         lab_namespaces()
     );
     assert!(!std::path::Path::new(podguard::lab::cluster::STATE_DIR).exists());
+
+    // And with no flags, as `scripts/demo` runs it: the table.
+    let demo = podguard(&["lab", "demo"]);
+    let table = String::from_utf8_lossy(&demo.stdout);
+    assert!(
+        demo.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    assert!(
+        table.contains("0 plaintext packets") && !table.contains("FAIL"),
+        "{table}"
+    );
+    assert!(
+        lab_namespaces().is_empty(),
+        "left behind: {:?}",
+        lab_namespaces()
+    );
 }
 
 /// `podguard lab up --kube real`: the same lab on etcd, kube-apiserver and

@@ -204,7 +204,13 @@ pub struct Args {
     pub print_public_key: bool,
 
     /// With --install-cni: install, then exit (the DaemonSet's init step).
-    #[arg(long, env = "PODGUARD_INSTALL_ONLY", requires = "install_cni")]
+    // `requires_if`, not `requires`: PODGUARD_INSTALL_ONLY=false in the
+    // environment must not demand --install-cni.
+    #[arg(
+        long,
+        env = "PODGUARD_INSTALL_ONLY",
+        requires_if("true", "install_cni")
+    )]
     pub install_only: bool,
 
     /// Remove everything podguard created on this node, then exit: the

@@ -76,16 +76,33 @@ impl std::fmt::Debug for SetRequest {
     }
 }
 
-/// A value as it appears in an error: quoted, and cut after 24 characters,
-/// so that no error can carry a whole key, whatever line it came from
-/// (found by fuzzing: a key pasted into another field was echoed).
+/// A value as it appears in an error: quoted when it is short and holds
+/// no run of [`KEY_LIKE_RUN`] or more characters a hex or base64 key is
+/// made of, else only its length. So no error carries a key or a piece of
+/// one, whatever line it came from (fuzzing found a key pasted into another
+/// field echoed whole; later, review found its first 24 characters kept).
 fn shown(value: &str) -> String {
-    if value.chars().count() <= 24 {
-        format!("{value:?}")
+    let n = value.chars().count();
+    // Judged as it would be shown: an escape (`\0` before digits) can
+    // lengthen a run (found by fuzzing).
+    let quoted = format!("{value:?}");
+    if n <= 24 && longest_key_like_run(&quoted) < KEY_LIKE_RUN {
+        quoted
     } else {
-        let head: String = value.chars().take(24).collect();
-        format!("{head:?}… ({} characters)", value.chars().count())
+        format!("<{n} characters, not shown>")
     }
+}
+
+/// Runs of key characters this long are never shown: at most 11 hex
+/// digits (44 of a key's 256 bits) can reach an error or a log.
+const KEY_LIKE_RUN: usize = 12;
+
+/// The longest run of characters of the hex or base64 alphabets in `s`.
+fn longest_key_like_run(s: &str) -> usize {
+    s.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
 }
 
 fn parse_hex_key(value: &str) -> Result<[u8; 32], String> {
@@ -117,7 +134,11 @@ fn parse_bool(value: &str) -> Result<bool, String> {
 /// sends `private_key=...` or a bare key first must not get it logged).
 pub fn unknown_request(first: &str) -> String {
     let op = first.split_once('=').map_or(first, |(name, _)| name);
-    if !op.is_empty() && op.len() <= 24 && op.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+    if !op.is_empty()
+        && op.len() <= 24
+        && op.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        && longest_key_like_run(op) < KEY_LIKE_RUN
+    {
         format!("{op:?}")
     } else {
         format!("<{} bytes, not shown>", first.len())
@@ -381,6 +402,39 @@ mod tests {
         let lines = vec![format!("priv{key}=x")];
         let e = parse_set(&lines).unwrap_err().to_string();
         assert!(!e.contains(&key), "{e}");
+    }
+
+    /// Not even a piece of a key: its first 24 characters were shown
+    /// until review found it. Every place a key can be pasted.
+    #[test]
+    fn no_piece_of_a_key_reaches_an_error() {
+        let key = "c0ffee".repeat(10) + "abcd";
+        let pk = "01".repeat(32);
+        for lines in [
+            vec![format!("listen_port={key}")],
+            vec![format!("fwmark={}", &key[..20])],
+            vec![format!("{key}=x")],
+            vec![format!("public_key={pk}"), format!("endpoint={key}")],
+            vec![format!("public_key={pk}"), format!("{}=1", &key[..16])],
+            vec![
+                format!("public_key={pk}"),
+                format!("allowed_ip={}", &key[..24]),
+            ],
+        ] {
+            let e = parse_set(&lines).unwrap_err().to_string();
+            for w in key.as_bytes().windows(KEY_LIKE_RUN) {
+                let w = std::str::from_utf8(w).unwrap();
+                assert!(!e.contains(w), "{lines:?} gave {e}");
+            }
+        }
+        // An escape must not join a shown run to a key's digits (fuzzing:
+        // "\0" before 11 digits showed 12 of a key of 0s and 1s).
+        let lines = vec!["\u{1}\u{0}10000000000\u{0} e_key=x".to_string()];
+        let e = parse_set(&lines).unwrap_err().to_string();
+        assert!(!e.contains("010000000000"), "{e}");
+        // Short values that cannot be a key are still quoted for the operator.
+        let e = parse_set(&["listen_port=51820x".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("\"51820x\""), "{e}");
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Api {
                 kubeconfig: std::path::Path::new(podguard::lab::cluster::STATE_DIR)
                     .join("kubeconfig"),
                 netns: podguard::lab::plan::underlay_netns(),
-                missing: "no lab is up: run `podguard lab up` first".into(),
+                missing: "is a lab up? `podguard lab up` builds one".into(),
             },
             (false, None, None) => Target::Default,
             (false, path, context) => Target::Kubeconfig {
