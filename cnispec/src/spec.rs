@@ -215,6 +215,16 @@ fn cut(s: &str) -> String {
     out
 }
 
+/// The `cniVersion` stdin asks for, if stdin is JSON that names one
+/// (whether or not it is supported, or the rest of the request valid).
+pub fn requested_version(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .map(String::from)
+    })
+}
+
 /// Parse the invocation. The error names the bad variable or field.
 pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, CniError> {
     let command = match env(envs, "CNI_COMMAND") {
@@ -234,14 +244,7 @@ pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, C
     };
     if command == Command::Version {
         // VERSION must answer whatever stdin holds.
-        let requested = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(Value::as_str)
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| LATEST.to_string());
+        let requested = requested_version(stdin).unwrap_or_else(|| LATEST.to_string());
         return Ok(Request {
             command,
             conf: NetConf {

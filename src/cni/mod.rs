@@ -98,13 +98,7 @@ pub fn run(
     envs: &BTreeMap<String, String>,
     stdin: &[u8],
 ) -> Result<Option<Value>, (CniError, String)> {
-    let version_hint = serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(String::from)
-        })
+    let version_hint = spec::requested_version(stdin)
         .filter(|v| spec::SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| spec::LATEST.to_string());
     let req = spec::parse(envs, stdin).map_err(|e| (e, version_hint.clone()))?;
