@@ -2,27 +2,30 @@
 //! into independent jobs (`wgcore::Workers`), and a pool runs them on `n`
 //! cores. Each datapath thread (one per direction) builds its own pool
 //! with itself as worker 0 plus `n - 1` helper threads (rayon). A batch
-//! is cut into shares that the datapath thread and the helpers claim
-//! from one counter: a helper slow to wake (on a VM a park and wake cost
-//! about as much as sealing a quarter of a 64 KB batch) finds fewer
-//! shares left, and the datapath thread never waits for one it could
-//! have done itself. Packets keep their order whatever the pool
-//! does: the drivers write a batch out in input order once every job is
-//! done. `n = 1` runs everything on the datapath thread.
+//! is split the way rayon splits a parallel iterator: the datapath thread
+//! works on one half while the other waits to be stolen, halves split
+//! again when stolen, down to [`MIN_SHARE`] jobs. A helper slow to wake
+//! (on a VM a park and wake cost about as much as sealing a quarter of a
+//! 64 KB batch) finds its half taken back by the datapath thread, which
+//! never waits for work it could have done itself; each thread works on
+//! contiguous jobs, so the two do not write to the same cache lines.
+//! Packets keep their order whatever the pool does: the drivers write a
+//! batch out in input order once every job is done. `n = 1` runs
+//! everything on the datapath thread.
 
 use std::io;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefMutIterator, ParallelIterator};
 use wgcore::Workers;
 
-/// Fewer jobs than this run on the calling thread: waking a worker costs
-/// more than sealing a few packets.
-const MIN_PARALLEL: usize = 8;
-/// Jobs per share. Claiming a share costs an atomic add and an
-/// uncontended lock (tens of ns) against ~1 µs per packet's seal: small
-/// shares keep the two threads' ends close together.
-const SHARE: usize = 2;
+/// No piece of a batch handed to another thread is shorter than this
+/// (so a batch of fewer than twice as many jobs runs on the calling
+/// thread alone): ~0.7 µs per 1420-byte packet's seal against a steal and
+/// its join. Paired runs of `benches/core_crypto.rs`, 2 workers against 1
+/// (bench/README.md, session 19): 4 and 8 came out alike; the hand-made
+/// shares of 2 this replaced were as fast in good runs and fell to
+/// 1.25-1.5x in others.
+const MIN_SHARE: usize = 4;
 
 /// `n` crypto workers.
 pub struct Pool {
@@ -84,60 +87,13 @@ impl Pool {
 
 impl Workers for Pool {
     fn each<T: Send>(&self, items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
-        let Some(pool) = &self.pool else {
-            items.iter_mut().for_each(f);
-            return;
-        };
-        if items.len() < MIN_PARALLEL {
-            items.iter_mut().for_each(f);
-            return;
-        }
-        let shares = Shares::new(items, SHARE);
-        let shares = &shares;
-        pool.in_place_scope(|s| {
-            // One job per helper, each taking shares until none are left;
-            // the calling thread takes shares meanwhile. A helper slow to
-            // wake finds few or none left: the caller never waits on it
-            // for a share it could have done itself (and if no helper ever
-            // started, the caller runs the helpers' jobs on the way out of
-            // the scope, and they find nothing to do).
-            for _ in 1..self.n {
-                s.spawn(move |_| shares.work(f));
+        match &self.pool {
+            // The calling thread is one of the pool's: `install` runs the
+            // iterator on it directly.
+            Some(pool) => {
+                pool.install(|| items.par_iter_mut().with_min_len(MIN_SHARE).for_each(f));
             }
-            shares.work(f);
-        });
-    }
-}
-
-/// A batch cut into shares that any thread may claim, each exactly once.
-struct Shares<'a, T> {
-    next: AtomicUsize,
-    shares: Vec<Mutex<Option<&'a mut [T]>>>,
-}
-
-impl<'a, T: Send> Shares<'a, T> {
-    fn new(items: &'a mut [T], chunk: usize) -> Self {
-        Self {
-            next: AtomicUsize::new(0),
-            shares: items
-                .chunks_mut(chunk)
-                .map(|c| Mutex::new(Some(c)))
-                .collect(),
-        }
-    }
-
-    /// Claim shares and run `f` on their items until none are left.
-    fn work(&self, f: &(dyn Fn(&mut T) + Sync)) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(share) = self.shares.get(i) else {
-                return;
-            };
-            // Each index is claimed once: the lock is never contended.
-            let taken = share.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(c) = taken {
-                c.iter_mut().for_each(f);
-            }
+            None => items.iter_mut().for_each(f),
         }
     }
 }
