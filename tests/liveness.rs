@@ -132,6 +132,34 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     assert_eq!(row(&v, "node-1")["digest"], "agrees", "{v:#}");
     let table = String::from_utf8_lossy(&podguard(&["status", "--lab"]).stdout).into_owned();
     assert!(table.contains("AGENT DOWN"), "{table}");
+    // The agents' namespace is where the Leases are read: asked about
+    // another one (a flag, or the environment), status finds no Leases,
+    // says so and where, and judges no agent.
+    let elsewhere = |o: std::process::Output| {
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            err.contains("no heartbeat Leases in namespace elsewhere")
+                && err.contains("--namespace"),
+            "{err}"
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_ne!(row(&v, "node-3")["digest"], "agentDown", "{v:#}");
+    };
+    elsewhere(podguard(&[
+        "status",
+        "--lab",
+        "--output",
+        "json",
+        "--namespace",
+        "elsewhere",
+    ]));
+    elsewhere(
+        common::lab::podguard_command()
+            .args(["status", "--lab", "--output", "json"])
+            .env("PODGUARD_NAMESPACE", "elsewhere")
+            .output()
+            .unwrap(),
+    );
     let (code, r) = audit();
     assert_eq!(code, 1, "{r:#}");
     assert!(

@@ -14,17 +14,10 @@ use kube::api::{Api, ListParams, PostParams};
 
 /// Lease name prefix (`podguard-<node>`).
 pub const PREFIX: &str = "podguard-";
-/// Namespace of the Leases unless `POD_NAMESPACE`/`PODGUARD_NAMESPACE` say.
+/// The agents' namespace (of their Leases) unless the agent's
+/// `POD_NAMESPACE` or the CLI's `--namespace` says otherwise: the one the
+/// shipped manifests create.
 pub const DEFAULT_NAMESPACE: &str = "podguard";
-
-/// The namespace the agent and the CLI use for Leases.
-pub fn namespace() -> String {
-    std::env::var("PODGUARD_NAMESPACE")
-        .or_else(|_| std::env::var("POD_NAMESPACE"))
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
-}
 
 fn lease(node: &str, duration_secs: i32, now: Timestamp) -> Lease {
     Lease {

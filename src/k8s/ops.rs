@@ -110,29 +110,18 @@ where
 }
 
 /// Every Node as the status logic sees it, with its agent's heartbeat
-/// (Leases that cannot be read leave the heartbeat unjudged, with a
-/// warning on stderr).
-pub async fn node_views(client: &Client) -> anyhow::Result<Vec<NodeView>> {
+/// from the Leases in `agents`, the agents' namespace (Leases that cannot
+/// be read leave the heartbeat unjudged, with a warning on stderr; `None`:
+/// not read, for commands that judge no agent).
+pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result<Vec<NodeView>> {
     let api: Api<Node> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default())
         .await
         .context("listing Nodes")?;
-    let ns = super::lease::namespace();
-    let leases = match super::lease::all(client, &ns).await {
-        Ok(l) if l.is_empty() => {
-            eprintln!(
-                "warning: no heartbeat Leases in namespace {ns} (agents older than this CLI, or another namespace: set PODGUARD_NAMESPACE); agent liveness is not judged"
-            );
-            None
-        }
-        Ok(l) => Some(l),
-        Err(e) => {
-            eprintln!(
-                "warning: cannot read the agents' heartbeat Leases in namespace {ns} ({e}); agent liveness is not judged"
-            );
-            None
-        }
+    let leases = match agents {
+        None => None,
+        Some(ns) => lease_table(client, ns).await,
     };
     let now = crate::agent::rotation::unix_now();
     Ok(list
@@ -148,6 +137,26 @@ pub async fn node_views(client: &Client) -> anyhow::Result<Vec<NodeView>> {
             }
         })
         .collect())
+}
+
+/// The agents' Leases in `ns`, or `None` (with a warning on stderr naming
+/// the namespace and the flag) when there are none or they cannot be read.
+async fn lease_table(client: &Client, ns: &str) -> Option<BTreeMap<String, (i64, u64)>> {
+    match super::lease::all(client, ns).await {
+        Ok(l) if l.is_empty() => {
+            eprintln!(
+                "warning: no heartbeat Leases in namespace {ns} (the agents run in another namespace: give it with --namespace; or they are older than this CLI); agent liveness is not judged"
+            );
+            None
+        }
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read the agents' heartbeat Leases in namespace {ns} ({e}); agent liveness is not judged"
+            );
+            None
+        }
+    }
 }
 
 /// What `podguard rotate` reports per node.
@@ -182,7 +191,7 @@ pub async fn rotate(
     progress_out: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<RotateResult>> {
     let api: Api<Node> = Api::all(client.clone());
-    let views = node_views(client).await?;
+    let views = node_views(client, None).await?;
     // Refuse up front, before any node is touched.
     for n in names {
         may_rotate(&views, n)?;
@@ -190,7 +199,7 @@ pub async fn rotate(
     let wait = wait || names.len() > 1;
     let mut results = Vec::new();
     for name in names {
-        let views = node_views(client).await?;
+        let views = node_views(client, None).await?;
         may_rotate(&views, name)?;
         let old: PublicKey = views
             .iter()
@@ -219,7 +228,7 @@ pub async fn rotate(
         if wait {
             let mut last = String::new();
             loop {
-                let views = node_views(client).await?;
+                let views = node_views(client, None).await?;
                 match progress(&views, name, &n, &old) {
                     Progress::Done { new_key } => {
                         res.new_key = Some(new_key);
@@ -336,7 +345,7 @@ pub fn render_status(rows: &[mesh::status::Row]) -> String {
 
 /// All node names, sorted (for `rotate --all`).
 pub async fn all_nodes(client: &Client) -> anyhow::Result<Vec<String>> {
-    let mut names: Vec<String> = node_views(client)
+    let mut names: Vec<String> = node_views(client, None)
         .await?
         .into_iter()
         .map(|v| v.info.name)
@@ -355,11 +364,15 @@ pub async fn annotations(client: &Client, name: &str) -> anyhow::Result<BTreeMap
     Ok(n.metadata.annotations.unwrap_or_default())
 }
 
-/// Read what `podguard audit` needs and run it.
-pub async fn audit(client: &Client) -> anyhow::Result<(mesh::audit::Report, Vec<String>)> {
+/// Read what `podguard audit` needs and run it (`agents`: the agents'
+/// namespace, for their heartbeats).
+pub async fn audit(
+    client: &Client,
+    agents: &str,
+) -> anyhow::Result<(mesh::audit::Report, Vec<String>)> {
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    let nodes = node_views(client).await?;
+    let nodes = node_views(client, Some(agents)).await?;
     let lp = ListParams::default();
     let pods = Api::<Pod>::all(client.clone())
         .list(&lp)

@@ -149,6 +149,15 @@ pub(crate) enum Command {
         /// packets (lab only: needs root and the lab's namespaces).
         #[arg(long, requires = "lab")]
         probe: bool,
+        /// The namespace the agents run in, where their heartbeat Leases
+        /// are (the DaemonSet's; a Helm release's namespace).
+        #[arg(
+            long,
+            env = "PODGUARD_NAMESPACE",
+            value_name = "NS",
+            default_value = podguard::k8s::lease::DEFAULT_NAMESPACE
+        )]
+        namespace: String,
     },
     /// The WireGuard configuration a node should have (`wg setconf`
     /// syntax, no private key), as the agents plan it from the API: diff it
@@ -196,6 +205,15 @@ pub(crate) enum Command {
         /// Talk to the local lab's API server instead of $KUBECONFIG.
         #[arg(long)]
         lab: bool,
+        /// The namespace the agents run in, where their heartbeat Leases
+        /// are (the DaemonSet's; a Helm release's namespace).
+        #[arg(
+            long,
+            env = "PODGUARD_NAMESPACE",
+            value_name = "NS",
+            default_value = podguard::k8s::lease::DEFAULT_NAMESPACE
+        )]
+        namespace: String,
     },
 }
 

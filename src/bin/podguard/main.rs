@@ -58,8 +58,13 @@ fn run() -> anyhow::Result<()> {
             output,
             lab,
             probe,
-        } => ops::audit(target(lab), fail_on, pods, output, probe),
-        Command::Status { output, lab } => ops::status(target(lab), output),
+            namespace,
+        } => ops::audit(target(lab), &namespace, fail_on, pods, output, probe),
+        Command::Status {
+            output,
+            lab,
+            namespace,
+        } => ops::status(target(lab), &namespace, output),
         Command::Lab(cmd) => lab::run(cmd),
     }
 }

@@ -55,13 +55,17 @@ pub(crate) fn rotate(
 /// the lab's underlay proves it.
 pub(crate) fn audit(
     target: Target,
+    agents: &str,
     fail_on: FailOn,
     pods: bool,
     output: Output,
     probe: bool,
 ) -> anyhow::Result<()> {
     let (report, warnings) =
-        ops::with_client(target, |client| async move { ops::audit(&client).await })?;
+        ops::with_client(
+            target,
+            |client| async move { ops::audit(&client, agents).await },
+        )?;
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -99,12 +103,12 @@ pub(crate) fn audit(
     Ok(())
 }
 
-/// Every node's mesh state, as its agent publishes it.
-pub(crate) fn status(target: Target, output: Output) -> anyhow::Result<()> {
-    let views = ops::with_client(
-        target,
-        |client| async move { ops::node_views(&client).await },
-    )?;
+/// Every node's mesh state, as its agent publishes it (`agents`: the
+/// agents' namespace, for their heartbeats).
+pub(crate) fn status(target: Target, agents: &str, output: Output) -> anyhow::Result<()> {
+    let views = ops::with_client(target, |client| async move {
+        ops::node_views(&client, Some(agents)).await
+    })?;
     let rows = mesh::status::rows(&views, podguard::agent::rotation::unix_now());
     match output {
         Output::Table => print!("{}", ops::render_status(&rows)),

@@ -8,10 +8,9 @@ use anyhow::{Context, bail};
 use podguard::k8s::ops::{self, Target};
 
 fn infos(target: Target) -> anyhow::Result<Vec<mesh::node::NodeInfo>> {
-    let views = ops::with_client(
-        target,
-        |client| async move { ops::node_views(&client).await },
-    )?;
+    let views = ops::with_client(target, |client| async move {
+        ops::node_views(&client, None).await
+    })?;
     Ok(views.into_iter().map(|v| v.info).collect())
 }
 
