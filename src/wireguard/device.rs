@@ -4,8 +4,10 @@
 //! TUN → UDP (`tun_rx`), UDP → TUN (`udp_rx`), handshakes (`handshakes`,
 //! from a bounded queue, so that a flood of initiations never holds up
 //! data), and timers; the crypto of each batch runs on the `workers`
-//! pool (one worker per CPU by default). Every decision — routing, sessions, key links,
-//! screening, roaming, pacing, GSO runs — is the core's.
+//! pool of its direction (by default half the CPUs each, so both
+//! directions together have one worker per CPU). Every decision —
+//! routing, sessions, key links, screening, roaming, pacing, GSO runs —
+//! is the core's.
 //!
 //! The agent and the UAPI socket configure the same core through the
 //! methods here; control datagrams the core queues (handshakes, cookie

@@ -2,13 +2,15 @@
 //! into independent jobs (`wgcore::Workers`), and a pool runs them on `n`
 //! cores. Each datapath thread (one per direction) builds its own pool
 //! with itself as worker 0 plus `n - 1` helper threads (rayon). A batch
-//! is split the way rayon splits a parallel iterator: the datapath thread
-//! works on one half while the other waits to be stolen, halves split
-//! again when stolen, down to [`MIN_SHARE`] jobs. A helper slow to wake
-//! (on a VM a park and wake cost about as much as sealing a quarter of a
-//! 64 KB batch) finds its half taken back by the datapath thread, which
-//! never waits for work it could have done itself; each thread works on
-//! contiguous jobs, so the two do not write to the same cache lines.
+//! is split the way rayon splits a parallel iterator: into about twice as
+//! many contiguous pieces as workers (quarters with 2), each cut again
+//! when another thread steals it, never below [`MIN_SHARE`] jobs. The
+//! datapath thread works through its pieces while the others wait to be
+//! stolen: a helper slow to wake (on a VM a park and wake cost about as
+//! much as sealing a quarter of a 64 KB batch) finds them taken back, and
+//! the datapath thread never waits for work it could have done itself.
+//! Each thread works on runs of adjacent jobs, so two threads meet only
+//! at the edges of their pieces.
 //! Packets keep their order whatever the pool does: the drivers write a
 //! batch out in input order once every job is done. `n = 1` runs
 //! everything on the datapath thread.
@@ -18,13 +20,13 @@ use std::io;
 use rayon::iter::{IndexedParallelIterator, IntoParallelRefMutIterator, ParallelIterator};
 use wgcore::Workers;
 
-/// No piece of a batch handed to another thread is shorter than this
-/// (so a batch of fewer than twice as many jobs runs on the calling
-/// thread alone): ~0.7 µs per 1420-byte packet's seal against a steal and
-/// its join. Paired runs of `benches/core_crypto.rs`, 2 workers against 1
-/// (bench/README.md, session 19): 4 and 8 came out alike; the hand-made
-/// shares of 2 this replaced were as fast in good runs and fell to
-/// 1.25-1.5x in others.
+/// No piece of a batch is cut smaller than this (so a batch of fewer than
+/// twice as many jobs runs on the calling thread alone): ~0.7 µs per
+/// 1420-byte packet's seal against a steal and its join. Paired runs of
+/// `benches/core_crypto.rs`, 2 workers against 1 (bench/README.md,
+/// session 19): the hand-made shares of 2 this replaced were as fast in
+/// good runs and fell to 1.15-1.5x in others; with rayon's split, minimum
+/// pieces of 2, 4 and 8 gave 1.67-1.74x at 45 packets in single runs.
 const MIN_SHARE: usize = 4;
 
 /// `n` crypto workers.
