@@ -152,6 +152,22 @@ fn could_not_run_is_exit_2_and_names_the_cause_once() {
     let o = podguard(&["status", "--lab", "--context", "prod"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--lab uses the lab's own kubeconfig"));
+    // An empty agents' namespace is refused before any API call, whether
+    // given as the flag or in the environment.
+    for o in [
+        podguard(&["status", "--agent-namespace", ""]),
+        Command::new(env!("CARGO_BIN_EXE_podguard"))
+            .args(["audit"])
+            .env("PODGUARD_NAMESPACE", "")
+            .output()
+            .unwrap(),
+    ] {
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--agent-namespace"),
+            "{o:?}"
+        );
+    }
     // A context the kubeconfig does not have.
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kc");

@@ -139,7 +139,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(
             err.contains("no heartbeat Leases in namespace elsewhere")
-                && err.contains("--namespace"),
+                && err.contains("--agent-namespace"),
             "{err}"
         );
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -150,7 +150,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         "--lab",
         "--output",
         "json",
-        "--namespace",
+        "--agent-namespace",
         "elsewhere",
     ]));
     elsewhere(

@@ -75,6 +75,21 @@ pub async fn all(client: &Client, ns: &str) -> kube::Result<BTreeMap<String, (i6
         .collect())
 }
 
+/// The agents' Leases in `ns` ([`all`]), or why they cannot judge any
+/// agent: none there, or unreadable (a warning for the operator, naming the
+/// namespace and the flag that changes it).
+pub async fn table(client: &Client, ns: &str) -> Result<BTreeMap<String, (i64, u64)>, String> {
+    match all(client, ns).await {
+        Ok(l) if l.is_empty() => Err(format!(
+            "no heartbeat Leases in namespace {ns} (the agents run in another namespace: give it with --agent-namespace; or they are older than this CLI); agent liveness is not judged"
+        )),
+        Ok(l) => Ok(l),
+        Err(e) => Err(format!(
+            "cannot read the agents' heartbeat Leases in namespace {ns} ({e}); agent liveness is not judged"
+        )),
+    }
+}
+
 /// The heartbeat of `node` at `now` (unix seconds), given the Leases
 /// (`None`: they could not be read).
 pub fn heartbeat(

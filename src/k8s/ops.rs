@@ -121,7 +121,13 @@ pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result
         .context("listing Nodes")?;
     let leases = match agents {
         None => None,
-        Some(ns) => lease_table(client, ns).await,
+        Some(ns) => match super::lease::table(client, ns).await {
+            Ok(l) => Some(l),
+            Err(warning) => {
+                eprintln!("warning: {warning}");
+                None
+            }
+        },
     };
     let now = crate::agent::rotation::unix_now();
     Ok(list
@@ -137,26 +143,6 @@ pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result
             }
         })
         .collect())
-}
-
-/// The agents' Leases in `ns`, or `None` (with a warning on stderr naming
-/// the namespace and the flag) when there are none or they cannot be read.
-async fn lease_table(client: &Client, ns: &str) -> Option<BTreeMap<String, (i64, u64)>> {
-    match super::lease::all(client, ns).await {
-        Ok(l) if l.is_empty() => {
-            eprintln!(
-                "warning: no heartbeat Leases in namespace {ns} (the agents run in another namespace: give it with --namespace; or they are older than this CLI); agent liveness is not judged"
-            );
-            None
-        }
-        Ok(l) => Some(l),
-        Err(e) => {
-            eprintln!(
-                "warning: cannot read the agents' heartbeat Leases in namespace {ns} ({e}); agent liveness is not judged"
-            );
-            None
-        }
-    }
 }
 
 /// What `podguard rotate` reports per node.

@@ -27,6 +27,9 @@ pub fn podguard_command() -> Command {
         podguard::lab::cluster::OWNER_ENV,
         process_id(std::process::id()).expect("this test's own /proc entry"),
     );
+    // The lab's agents run in the default namespace, whatever the caller's
+    // shell exports.
+    c.env_remove("PODGUARD_NAMESPACE");
     c
 }
 

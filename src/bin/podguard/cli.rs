@@ -149,15 +149,8 @@ pub(crate) enum Command {
         /// packets (lab only: needs root and the lab's namespaces).
         #[arg(long, requires = "lab")]
         probe: bool,
-        /// The namespace the agents run in, where their heartbeat Leases
-        /// are (the DaemonSet's; a Helm release's namespace).
-        #[arg(
-            long,
-            env = "PODGUARD_NAMESPACE",
-            value_name = "NS",
-            default_value = podguard::k8s::lease::DEFAULT_NAMESPACE
-        )]
-        namespace: String,
+        #[command(flatten)]
+        agents: Agents,
     },
     /// The WireGuard configuration a node should have (`wg setconf`
     /// syntax, no private key), as the agents plan it from the API: diff it
@@ -205,16 +198,26 @@ pub(crate) enum Command {
         /// Talk to the local lab's API server instead of $KUBECONFIG.
         #[arg(long)]
         lab: bool,
-        /// The namespace the agents run in, where their heartbeat Leases
-        /// are (the DaemonSet's; a Helm release's namespace).
-        #[arg(
-            long,
-            env = "PODGUARD_NAMESPACE",
-            value_name = "NS",
-            default_value = podguard::k8s::lease::DEFAULT_NAMESPACE
-        )]
-        namespace: String,
+        #[command(flatten)]
+        agents: Agents,
     },
+}
+
+/// Where the agents are, for the commands that judge them by their
+/// heartbeat Leases.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Agents {
+    /// The namespace the agents run in, where their heartbeat Leases are
+    /// (the DaemonSet's; a Helm release's namespace). Not a filter: every
+    /// node and pod is reported whatever it says.
+    #[arg(
+        long = "agent-namespace",
+        env = "PODGUARD_NAMESPACE",
+        value_name = "NS",
+        default_value = podguard::k8s::lease::DEFAULT_NAMESPACE,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub(crate) namespace: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -58,13 +58,13 @@ fn run() -> anyhow::Result<()> {
             output,
             lab,
             probe,
-            namespace,
-        } => ops::audit(target(lab), &namespace, fail_on, pods, output, probe),
+            agents,
+        } => ops::audit(target(lab), &agents.namespace, fail_on, pods, output, probe),
         Command::Status {
             output,
             lab,
-            namespace,
-        } => ops::status(target(lab), &namespace, output),
+            agents,
+        } => ops::status(target(lab), &agents.namespace, output),
         Command::Lab(cmd) => lab::run(cmd),
     }
 }
