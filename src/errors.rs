@@ -5,8 +5,14 @@
 /// `top: cause: cause`, leaving out every cause whose text the line
 /// already holds.
 pub fn one_line(e: &anyhow::Error) -> String {
+    chain_line(e.as_ref())
+}
+
+/// [`one_line`] for any error: it and its sources.
+pub fn chain_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
-    for cause in e.chain() {
+    let chain = std::iter::successors(Some(e), |e| e.source());
+    for cause in chain {
         let text = cause.to_string();
         if out.contains(&text) {
             continue;

@@ -1,17 +1,70 @@
 //! The shell around `keys::rotation`: read the key files, ask the machine,
 //! carry out its one step, give the device the keys it must hold.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use keys::kernel_ack::{Handshakes, Switch};
 use keys::rotation::{Ack, Decision, DeviceKeys, Inputs, Phase, Policy, Step, decide};
-use keys::store::{Loaded, RotationFiles};
+use keys::store::{Loaded, RotationFiles, StoreError};
 use keys::{PrivateKey, PublicKey};
 
-use crate::wireguard::backend::{Backend, WgClient};
+use crate::wireguard::backend::{Backend, WgClient, WgError};
 use crate::wireguard::device::Device;
+
+/// Why the node's keys could not be recovered or a rotation step not
+/// carried out. The key files are left as the last step that finished
+/// left them: the next round starts from there.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// A step on the key files failed.
+    #[error("key rotation step \"{step}\" on {path}")]
+    Step {
+        /// The step.
+        step: Step,
+        /// The node's key file.
+        path: PathBuf,
+        /// What the key store ran into.
+        #[source]
+        source: StoreError,
+    },
+    /// None of the key files holds a key the node could use.
+    #[error("no usable key at {path}: {problems}")]
+    NoUsableKey {
+        /// The node's key file.
+        path: PathBuf,
+        /// What is wrong with each file, joined.
+        problems: String,
+    },
+    /// The files kept changing under recovery (another process at work).
+    #[error(
+        "the key files under {path} do not settle: is another agent using them? (8 recovery steps did not finish)"
+    )]
+    Unsettled {
+        /// The node's key file.
+        path: PathBuf,
+    },
+    /// `wg` (wireguard-tools) could not be started for the kernel backend.
+    #[error("running wg set {ifname} private-key (wireguard-tools) for the kernel backend")]
+    WgSpawn {
+        /// The kernel interface.
+        ifname: String,
+        /// Why it did not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `wg set IF private-key FILE` failed.
+    #[error("wg set {ifname} private-key {path} failed ({status})")]
+    WgSet {
+        /// The kernel interface.
+        ifname: String,
+        /// The key file it was given.
+        path: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+    },
+}
 
 /// Now, in unix seconds.
 pub fn unix_now() -> u64 {
@@ -54,9 +107,8 @@ fn pick(loaded: &Loaded, k: &PublicKey) -> Option<PrivateKey> {
 }
 
 /// The kernel device's key and its peers' last handshakes (one read).
-fn kernel_state(ifname: &str) -> anyhow::Result<(Option<PublicKey>, Handshakes)> {
-    let wg = WgClient::new(Backend::Kernel, ifname)?;
-    Ok(wg.key_and_handshakes()?)
+fn kernel_state(ifname: &str) -> Result<(Option<PublicKey>, Handshakes), WgError> {
+    WgClient::new(Backend::Kernel, ifname)?.key_and_handshakes()
 }
 
 impl Rotator {
@@ -112,7 +164,7 @@ impl Rotator {
     /// At start-up, before the device exists: finish or roll back whatever
     /// a killed agent left on disk (creating the first key if there is
     /// none), and return the keys the device must start with.
-    pub fn recover(&mut self) -> anyhow::Result<(PrivateKey, Option<PrivateKey>)> {
+    pub fn recover(&mut self) -> Result<(PrivateKey, Option<PrivateKey>), RotationError> {
         for _ in 0..8 {
             let loaded = self.files.load();
             self.report(&loaded);
@@ -135,22 +187,20 @@ impl Rotator {
                     | Step::DropOld),
                 ) => {
                     tracing::info!(step = %step, reason = d.reason, "key files: recovering");
-                    self.files.carry_out(step)?;
+                    self.carry_out(step)?;
                 }
                 _ => {
-                    let dk = d.device.with_context(|| {
-                        format!(
-                            "no usable key at {}: {}",
-                            self.files.current.display(),
-                            loaded
-                                .problems
-                                .iter()
-                                .map(|p| p.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )
-                    })?;
-                    let primary = pick(&loaded, &dk.primary).context("current key vanished")?;
+                    let no_key = || RotationError::NoUsableKey {
+                        path: self.files.current.clone(),
+                        problems: loaded
+                            .problems
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    };
+                    let dk = d.device.ok_or_else(no_key)?;
+                    let primary = pick(&loaded, &dk.primary).ok_or_else(no_key)?;
                     let extra = dk.extra.and_then(|k| pick(&loaded, &k));
                     if d.phase != Phase::Idle {
                         tracing::info!(phase = d.phase.name(), "resuming a key rotation");
@@ -162,10 +212,19 @@ impl Rotator {
                 }
             }
         }
-        anyhow::bail!(
-            "the key files under {} do not settle",
-            self.files.current.display()
-        )
+        Err(RotationError::Unsettled {
+            path: self.files.current.clone(),
+        })
+    }
+
+    fn carry_out(&self, step: Step) -> Result<(), RotationError> {
+        self.files
+            .carry_out(step)
+            .map_err(|source| RotationError::Step {
+                step,
+                path: self.files.current.clone(),
+                source,
+            })
     }
 
     fn report(&mut self, loaded: &Loaded) {
@@ -203,7 +262,7 @@ impl Rotator {
         requested: Option<String>,
         done: Option<String>,
         peers_applied: bool,
-    ) -> anyhow::Result<(Decision, bool)> {
+    ) -> Result<(Decision, bool), RotationError> {
         let loaded = self.files.load();
         self.report(&loaded);
         // Kernel WireGuard: the companions' acks from the last reconcile
@@ -231,9 +290,7 @@ impl Rotator {
                 phase = d.phase.name(),
                 "key rotation step"
             );
-            self.files
-                .carry_out(step)
-                .with_context(|| format!("key rotation step: {step}"))?;
+            self.carry_out(step)?;
             stepped = true;
             let l = self.files.load();
             d = decide(&l.disk, &inputs, &self.policy);
@@ -266,24 +323,30 @@ impl Rotator {
                 let (held, before) = match kernel_state(ifname) {
                     Ok((held, before)) => (held, Some(before)),
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "reading handshakes before the key switch; the rotation goes by its timeouts");
+                        tracing::warn!(error = %crate::errors::chain_line(&e), "reading handshakes before the key switch; the rotation goes by its timeouts");
                         (None, None)
                     }
                 };
                 let st = if held == Some(dk.primary) {
                     None
                 } else {
-                    Some(
-                        std::process::Command::new("wg")
-                            .args(["set", ifname, "private-key"])
-                            .arg(path)
-                            .status()
-                            .context("running wg set (wireguard-tools) for the kernel backend")?,
-                    )
+                    let st = std::process::Command::new("wg")
+                        .args(["set", ifname, "private-key"])
+                        .arg(path)
+                        .status()
+                        .map_err(|source| RotationError::WgSpawn {
+                            ifname: ifname.clone(),
+                            source,
+                        })?;
+                    if !st.success() {
+                        return Err(RotationError::WgSet {
+                            ifname: ifname.clone(),
+                            path: path.clone(),
+                            status: st,
+                        });
+                    }
+                    Some(st)
                 };
-                if st.is_some_and(|st| !st.success()) {
-                    anyhow::bail!("wg set {ifname} private-key {} failed", path.display());
-                }
                 // Adopted (no switch here): the companions go by the key
                 // file's ctime instead.
                 self.kernel_switch = before.filter(|_| st.is_some()).map(|before| Switch {
@@ -299,5 +362,40 @@ impl Rotator {
             self.applied = Some(dk);
         }
         Ok((d, stepped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A key file the node cannot use stops start-up with an error that
+    /// names the file and what is wrong with it, and the file is left as
+    /// it was (never replaced by a new key).
+    #[test]
+    fn an_unusable_key_file_is_named_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("private.key");
+        let cases: [(&[u8], u32, &str); 2] = [
+            (b"not a key\n", 0o600, "does not hold a valid key"),
+            (
+                b"aGVsbG8gaGVsbG8gaGVsbG8gaGVsbG8gaGVsbG8gaGU=\n",
+                0o644,
+                "chmod 600",
+            ),
+        ];
+        for (bytes, mode, why) in cases {
+            std::fs::write(&path, bytes).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let mut r = Rotator::new(&path, Policy::default());
+            let e = r.recover().expect_err("an unusable key must stop start-up");
+            assert!(matches!(e, RotationError::NoUsableKey { .. }), "{e:?}");
+            let line = crate::errors::chain_line(&e);
+            assert!(line.contains(&path.display().to_string()), "{line}");
+            assert!(line.contains(why), "{line}");
+            assert_eq!(std::fs::read(&path).expect("read"), bytes, "{line}");
+        }
     }
 }

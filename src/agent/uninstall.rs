@@ -11,9 +11,29 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::netfilter::NetfilterError;
+use crate::netlink::{Netlink, NetlinkError};
 
-use crate::netlink::Netlink;
+/// What stopped the uninstall. What was removed before it stays removed;
+/// running it again carries on (it skips what is gone).
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallError {
+    /// Removing a link or a route failed.
+    #[error("removing podguard's links and routes")]
+    Netlink(#[from] NetlinkError),
+    /// Removing the nftables table failed.
+    #[error("removing the nftables table inet {}", crate::netfilter::TABLE)]
+    Nftables(#[from] NetfilterError),
+    /// Removing a file or directory failed.
+    #[error("removing {path}")]
+    Remove {
+        /// What could not be removed.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The files podguard keeps on a node.
 #[derive(Debug, Clone)]
@@ -30,19 +50,22 @@ pub struct Files {
     pub ipam_dir: PathBuf,
 }
 
-fn remove_file(path: &Path, removed: &mut Vec<String>) -> anyhow::Result<()> {
+fn remove_file(path: &Path, removed: &mut Vec<String>) -> Result<(), UninstallError> {
     match std::fs::remove_file(path) {
         Ok(()) => {
             removed.push(path.display().to_string());
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+        Err(source) => Err(UninstallError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// Remove it all; returns what was removed, one line each.
-pub async fn uninstall(nl: &Netlink, files: &Files) -> anyhow::Result<Vec<String>> {
+pub async fn uninstall(nl: &Netlink, files: &Files) -> Result<Vec<String>, UninstallError> {
     let mut removed = Vec::new();
     for link in [
         mesh::WG_IFNAME,
@@ -69,8 +92,10 @@ pub async fn uninstall(nl: &Netlink, files: &Files) -> anyhow::Result<Vec<String
         &mut removed,
     )?;
     if files.ipam_dir.exists() {
-        std::fs::remove_dir_all(&files.ipam_dir)
-            .with_context(|| format!("removing {}", files.ipam_dir.display()))?;
+        std::fs::remove_dir_all(&files.ipam_dir).map_err(|source| UninstallError::Remove {
+            path: files.ipam_dir.clone(),
+            source,
+        })?;
         removed.push(files.ipam_dir.display().to_string());
     }
     remove_file(&files.state_file, &mut removed)?;

@@ -127,7 +127,7 @@ pub async fn run(
                 decision = Some(d);
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "key rotation step failed; retrying");
+                tracing::error!(error = %crate::errors::chain_line(&e), "key rotation step failed; retrying");
             }
         }
         agent.set_kernel_before(rotator.kernel_before());
