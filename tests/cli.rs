@@ -13,6 +13,7 @@ fn podguard(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_podguard"))
         .args(args)
         .env("KUBECONFIG", "/nonexistent")
+        .env_remove("PODGUARD_NAMESPACE")
         .output()
         .unwrap()
 }
@@ -158,6 +159,7 @@ fn could_not_run_is_exit_2_and_names_the_cause_once() {
         podguard(&["status", "--agent-namespace", ""]),
         Command::new(env!("CARGO_BIN_EXE_podguard"))
             .args(["audit"])
+            .env("KUBECONFIG", "/nonexistent")
             .env("PODGUARD_NAMESPACE", "")
             .output()
             .unwrap(),

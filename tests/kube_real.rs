@@ -188,6 +188,7 @@ fn audit_as_ops(lab: &KubeLab) -> Value {
         .args(["netns", "exec", &lab.ul, env!("CARGO_BIN_EXE_podguard")])
         .args(["audit", "--pods", "--output", "json"])
         .env("KUBECONFIG", &kc)
+        .env_remove("PODGUARD_NAMESPACE")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -1,70 +1,19 @@
 //! The shell around `keys::rotation`: read the key files, ask the machine,
 //! carry out its one step, give the device the keys it must hold.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use keys::kernel_ack::{Handshakes, Switch};
 use keys::rotation::{Ack, Decision, DeviceKeys, Inputs, Phase, Policy, Step, decide};
-use keys::store::{Loaded, RotationFiles, StoreError};
+use keys::store::{Loaded, RotationFiles};
 use keys::{PrivateKey, PublicKey};
 
 use crate::wireguard::backend::{Backend, WgClient, WgError};
 use crate::wireguard::device::Device;
 
-/// Why the node's keys could not be recovered or a rotation step not
-/// carried out. The key files are left as the last step that finished
-/// left them: the next round starts from there.
-#[derive(Debug, thiserror::Error)]
-pub enum RotationError {
-    /// A step on the key files failed.
-    #[error("key rotation step \"{step}\" on {path}")]
-    Step {
-        /// The step.
-        step: Step,
-        /// The node's key file.
-        path: PathBuf,
-        /// What the key store ran into.
-        #[source]
-        source: StoreError,
-    },
-    /// None of the key files holds a key the node could use.
-    #[error("no usable key at {path}: {problems}")]
-    NoUsableKey {
-        /// The node's key file.
-        path: PathBuf,
-        /// What is wrong with each file, joined.
-        problems: String,
-    },
-    /// The files kept changing under recovery (another process at work).
-    #[error(
-        "the key files under {path} do not settle: is another agent using them? (8 recovery steps did not finish)"
-    )]
-    Unsettled {
-        /// The node's key file.
-        path: PathBuf,
-    },
-    /// `wg` (wireguard-tools) could not be started for the kernel backend.
-    #[error("running wg set {ifname} private-key (wireguard-tools) for the kernel backend")]
-    WgSpawn {
-        /// The kernel interface.
-        ifname: String,
-        /// Why it did not start.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `wg set IF private-key FILE` failed.
-    #[error("wg set {ifname} private-key {path} failed ({status})")]
-    WgSet {
-        /// The kernel interface.
-        ifname: String,
-        /// The key file it was given.
-        path: PathBuf,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-    },
-}
+mod error;
+pub use error::RotationError;
 
 /// Now, in unix seconds.
 pub fn unix_now() -> u64 {
@@ -190,17 +139,20 @@ impl Rotator {
                     self.carry_out(step)?;
                 }
                 _ => {
-                    let no_key = || RotationError::NoUsableKey {
+                    let dk = d.device.ok_or_else(|| RotationError::NoUsableKey {
                         path: self.files.current.clone(),
                         problems: loaded
                             .problems
                             .iter()
-                            .map(|p| p.to_string())
+                            .map(|p| crate::errors::chain_line(p))
                             .collect::<Vec<_>>()
                             .join("; "),
-                    };
-                    let dk = d.device.ok_or_else(no_key)?;
-                    let primary = pick(&loaded, &dk.primary).ok_or_else(no_key)?;
+                    })?;
+                    let primary =
+                        pick(&loaded, &dk.primary).ok_or_else(|| RotationError::Vanished {
+                            path: self.files.current.clone(),
+                            key: dk.primary.fingerprint(),
+                        })?;
                     let extra = dk.extra.and_then(|k| pick(&loaded, &k));
                     if d.phase != Phase::Idle {
                         tracing::info!(phase = d.phase.name(), "resuming a key rotation");
@@ -231,16 +183,7 @@ impl Rotator {
         let problems: Vec<String> = loaded
             .problems
             .iter()
-            .map(|p| {
-                let mut s = p.to_string();
-                let mut src = std::error::Error::source(p);
-                while let Some(e) = src {
-                    s.push_str(": ");
-                    s.push_str(&e.to_string());
-                    src = e.source();
-                }
-                s
-            })
+            .map(|p| crate::errors::chain_line(p))
             .collect();
         if problems != self.last_problems {
             for p in &problems {
@@ -336,6 +279,7 @@ impl Rotator {
                         .status()
                         .map_err(|source| RotationError::WgSpawn {
                             ifname: ifname.clone(),
+                            path: path.clone(),
                             source,
                         })?;
                     if !st.success() {

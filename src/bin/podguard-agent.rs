@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             .build()?;
         let removed = rt.block_on(async {
             let nl = Netlink::connect()?;
-            podguard::agent::uninstall::uninstall(&nl, &files).await
+            anyhow::Ok(podguard::agent::uninstall::uninstall(&nl, &files).await?)
         })?;
         for r in &removed {
             println!("removed {r}");

@@ -15,8 +15,8 @@ use kube::api::{Api, ListParams, PostParams};
 /// Lease name prefix (`podguard-<node>`).
 pub const PREFIX: &str = "podguard-";
 /// The agents' namespace (of their Leases) unless the agent's
-/// `POD_NAMESPACE` or the CLI's `--namespace` says otherwise: the one the
-/// shipped manifests create.
+/// `POD_NAMESPACE` or the CLI's `--agent-namespace` (`PODGUARD_NAMESPACE`)
+/// says otherwise: the one the shipped manifests create.
 pub const DEFAULT_NAMESPACE: &str = "podguard";
 
 fn lease(node: &str, duration_secs: i32, now: Timestamp) -> Lease {
@@ -75,18 +75,44 @@ pub async fn all(client: &Client, ns: &str) -> kube::Result<BTreeMap<String, (i6
         .collect())
 }
 
+/// Why the agents' Leases cannot judge any agent (a warning for the
+/// operator: liveness is then not judged).
+#[derive(Debug, thiserror::Error)]
+pub enum NoHeartbeats {
+    /// The namespace holds no podguard Lease.
+    #[error(
+        "no heartbeat Leases in namespace {ns} (the agents run in another namespace: give it with --agent-namespace; or they are older than this CLI); agent liveness is not judged"
+    )]
+    None {
+        /// The namespace read.
+        ns: String,
+    },
+    /// Listing the Leases failed.
+    #[error(
+        "cannot read the agents' heartbeat Leases in namespace {ns}; agent liveness is not judged"
+    )]
+    Unreadable {
+        /// The namespace read.
+        ns: String,
+        /// The API's answer.
+        #[source]
+        source: kube::Error,
+    },
+}
+
 /// The agents' Leases in `ns` ([`all`]), or why they cannot judge any
-/// agent: none there, or unreadable (a warning for the operator, naming the
-/// namespace and the flag that changes it).
-pub async fn table(client: &Client, ns: &str) -> Result<BTreeMap<String, (i64, u64)>, String> {
+/// agent.
+pub async fn table(
+    client: &Client,
+    ns: &str,
+) -> Result<BTreeMap<String, (i64, u64)>, NoHeartbeats> {
     match all(client, ns).await {
-        Ok(l) if l.is_empty() => Err(format!(
-            "no heartbeat Leases in namespace {ns} (the agents run in another namespace: give it with --agent-namespace; or they are older than this CLI); agent liveness is not judged"
-        )),
+        Ok(l) if l.is_empty() => Err(NoHeartbeats::None { ns: ns.to_string() }),
         Ok(l) => Ok(l),
-        Err(e) => Err(format!(
-            "cannot read the agents' heartbeat Leases in namespace {ns} ({e}); agent liveness is not judged"
-        )),
+        Err(source) => Err(NoHeartbeats::Unreadable {
+            ns: ns.to_string(),
+            source,
+        }),
     }
 }
 

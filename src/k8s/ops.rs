@@ -124,7 +124,7 @@ pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result
         Some(ns) => match super::lease::table(client, ns).await {
             Ok(l) => Some(l),
             Err(warning) => {
-                eprintln!("warning: {warning}");
+                eprintln!("warning: {}", crate::errors::chain_line(&warning));
                 None
             }
         },

@@ -25,8 +25,8 @@ use wgcore::Workers;
 /// 1420-byte packet's seal against a steal and its join. Paired runs of
 /// `benches/core_crypto.rs`, 2 workers against 1 (bench/README.md,
 /// session 19): the hand-made shares of 2 this replaced were as fast in
-/// good runs and fell to 1.15-1.5x in others; with rayon's split, minimum
-/// pieces of 2, 4 and 8 gave 1.67-1.74x at 45 packets in single runs.
+/// good runs and fell to 1.15-1.5x in others; rayon's split, with pieces
+/// of at least 2, 4 or 8, never fell below 1.63x at 45 packets in 12 runs.
 const MIN_SHARE: usize = 4;
 
 /// `n` crypto workers.

@@ -27,7 +27,7 @@ pub fn podguard_command() -> Command {
         podguard::lab::cluster::OWNER_ENV,
         process_id(std::process::id()).expect("this test's own /proc entry"),
     );
-    // The lab's agents run in the default namespace, whatever the caller's
+    // The lab's agents run in namespace podguard, whatever the caller's
     // shell exports.
     c.env_remove("PODGUARD_NAMESPACE");
     c
