@@ -294,6 +294,22 @@ pub fn start_capture_with(
     Capture { label, file, err }
 }
 
+/// A counter of the network namespace `ns` from one of its
+/// `/proc/net/{snmp,netstat}` tables (`file`; `table`: `Udp`, `Tcp`,
+/// `TcpExt`, ...), or `None` if the file has no such table or counter.
+pub fn net_counter(ns: &str, file: &str, table: &str, name: &str) -> Option<u64> {
+    let out = run(&["ip", "netns", "exec", ns, "cat", file]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{table}: ");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (rows.next()?, rows.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// `ifname`'s receive counters in `ns`: (packets, bytes). On a TUN these
 /// count what the device wrote into it.
 pub fn link_rx(ns: &str, ifname: &str) -> (u64, u64) {

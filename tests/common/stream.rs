@@ -150,21 +150,7 @@ impl UdpResult {
     /// `/proc/net/snmp` in the namespace `ns`): loss that is the receiving
     /// process's, not the network's.
     pub fn rcvbuf_errors(ns: &str) -> u64 {
-        let o = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp: ")).collect();
-        let (Some(names), Some(values)) = (udp.first(), udp.get(1)) else {
-            return 0;
-        };
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "RcvbufErrors")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
+        super::net_counter(ns, "/proc/net/snmp", "Udp", "RcvbufErrors").unwrap_or(0)
     }
 
     /// Packets lost from the first one that arrived on (the ones before it

@@ -14,19 +14,8 @@ use super::common::*;
 /// A TCP counter of the network namespace `ns`: `table` is `TcpExt` (from
 /// /proc/net/netstat) or `Tcp` (/proc/net/snmp).
 fn tcp_counter(ns: &str, file: &str, table: &str, name: &str) -> u64 {
-    let text = ok(&["ip", "netns", "exec", ns, "cat", file]);
-    let prefix = format!("{table}:");
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(|l| l.split_whitespace().skip(1).collect())
-        .collect();
-    assert_eq!(rows.len(), 2, "{file} in {ns}: no {table} table: {text}");
-    let i = rows[0]
-        .iter()
-        .position(|n| *n == name)
-        .unwrap_or_else(|| panic!("{file} in {ns}: no {table} {name}"));
-    rows[1][i].parse().unwrap()
+    net_counter(ns, file, table, name)
+        .unwrap_or_else(|| panic!("{file} in {ns}: no {table} {name}"))
 }
 
 fn out_of_order(ns: &str) -> u64 {
