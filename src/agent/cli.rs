@@ -156,6 +156,18 @@ pub struct Args {
     #[arg(long, env = "PODGUARD_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub masquerade: bool,
 
+    /// Where this node's `/proc/sys/net` is writable: the agent turns on
+    /// IPv4 and IPv6 forwarding there. A container's own `/proc/sys` is
+    /// read-only and runc refuses mounts inside `/proc`, so the DaemonSet
+    /// mounts the host's at `/host/proc/sys/net` and points this there.
+    #[arg(
+        long,
+        env = "PODGUARD_PROC_SYS_NET",
+        value_name = "DIR",
+        default_value = "/proc/sys/net"
+    )]
+    pub proc_sys_net: std::path::PathBuf,
+
     /// Persistent keepalive towards each peer, in seconds (0 = off).
     #[arg(long, env = "PODGUARD_KEEPALIVE", default_value_t = 25)]
     pub keepalive: u16,

@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let nl = Netlink::connect()?;
-        netlink::enable_forwarding()?;
+        netlink::enable_forwarding(&args.proc_sys_net)?;
         let kernel = match args.backend {
             BackendChoice::Userspace => false,
             _ => nl.kernel_wireguard_available().await,

@@ -68,6 +68,9 @@ pub struct ControlPlane {
     cluster_cidrs: String,
     apiserver_pid: Option<u32>,
     controller_manager_pid: Option<u32>,
+    scheduler_pid: Option<u32>,
+    /// Whether kubelets run Pods here (`run_workloads`).
+    workloads: bool,
 }
 
 fn kill_wait(pid: u32) {
@@ -92,6 +95,8 @@ impl ControlPlane {
             cluster_cidrs: cluster_cidrs.into(),
             apiserver_pid: None,
             controller_manager_pid: None,
+            scheduler_pid: None,
+            workloads: false,
         };
         cp.write_credentials()?;
         let etcd = cp.bin.join("etcd");
@@ -137,6 +142,8 @@ impl ControlPlane {
             cluster_cidrs: String::new(),
             apiserver_pid: None,
             controller_manager_pid: None,
+            scheduler_pid: None,
+            workloads: false,
         }
     }
 
@@ -168,6 +175,15 @@ impl ControlPlane {
             format!("--audit-log-path={}", d("audit.log")),
             "--audit-log-format=json".into(),
             format!("--cert-dir={}", d("apiserver-certs")),
+            // Logs, exec and port-forward through real kubelets: the API
+            // server's client certificate, and the Node's InternalIP (the
+            // lab's node names are not in any DNS).
+            format!(
+                "--kubelet-client-certificate={}",
+                d("apiserver-kubelet-client.crt")
+            ),
+            format!("--kubelet-client-key={}", d("apiserver-kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
         ];
         let apiserver = self.bin.join("kube-apiserver");
         let mut argv = vec![s(&apiserver)];
@@ -201,14 +217,49 @@ impl ControlPlane {
         }
     }
 
+    /// Let real kubelets run Pods: restart the controller manager with the
+    /// controllers workloads need (DaemonSets, the `kube-root-ca.crt`
+    /// ConfigMap every ServiceAccount token volume mounts, Services'
+    /// EndpointSlices, garbage collection) and start kube-scheduler, which
+    /// places DaemonSet Pods.
+    pub fn run_workloads(&mut self) -> anyhow::Result<()> {
+        self.workloads = true;
+        if let Some(pid) = self.controller_manager_pid.take() {
+            kill_wait(pid);
+        }
+        self.start_controller_manager()?;
+        let scheduler = self.bin.join("kube-scheduler");
+        let kubeconfig = format!("--kubeconfig={}", self.admin_kubeconfig().display());
+        let pid = sys::spawn_in(
+            &self.ns,
+            &[
+                s(&scheduler),
+                &kubeconfig,
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+            ],
+            &self.path("kube-scheduler.log"),
+            None,
+            &[],
+        )?;
+        self.scheduler_pid = Some(pid);
+        Ok(())
+    }
+
     fn start_controller_manager(&mut self) -> anyhow::Result<()> {
         let cm = self.bin.join("kube-controller-manager");
         let v4v6: Vec<&str> = self.cluster_cidrs.split(',').collect();
-        let args = [
-            format!("--kubeconfig={}", self.admin_kubeconfig().display()),
+        let controllers = if self.workloads {
+            "--controllers=nodeipam,serviceaccount,daemonset,root-ca-cert-publisher,garbagecollector,podgc,endpointslice"
+        } else {
             // Node IPAM (podCIDRs) and the default ServiceAccounts Pods
             // need; no kubelet runs, so nothing that judges node health.
-            "--controllers=nodeipam,serviceaccount".into(),
+            "--controllers=nodeipam,serviceaccount"
+        };
+        let args = [
+            format!("--kubeconfig={}", self.admin_kubeconfig().display()),
+            controllers.into(),
+            format!("--root-ca-file={}", self.path("ca.crt").display()),
             "--allocate-node-cidrs=true".into(),
             format!("--cluster-cidr={}", v4v6.join(",")),
             // A /24 and a /64 per node, as the embedded lab plans them (the

@@ -48,7 +48,9 @@ pub enum NetlinkError {
     #[error("interface {0} does not exist")]
     NoSuchLink(String),
     /// Writing a sysctl failed.
-    #[error("writing {path}")]
+    #[error(
+        "writing {path} (is this namespace's /proc/sys/net mounted writable there? see --proc-sys-net)"
+    )]
     Sysctl {
         /// The /proc/sys path.
         path: String,
@@ -416,18 +418,18 @@ impl Netlink {
     }
 }
 
-/// Turn on IPv4 and IPv6 forwarding in this network namespace.
-pub fn enable_forwarding() -> Result<(), NetlinkError> {
-    for path in [
-        "/proc/sys/net/ipv4/ip_forward",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-    ] {
-        let current = std::fs::read_to_string(path).unwrap_or_default();
+/// Turn on IPv4 and IPv6 forwarding in this network namespace, through
+/// `proc_sys_net` (this namespace's `/proc/sys/net`, wherever it is mounted
+/// writable).
+pub fn enable_forwarding(proc_sys_net: &std::path::Path) -> Result<(), NetlinkError> {
+    for rel in ["ipv4/ip_forward", "ipv6/conf/all/forwarding"] {
+        let path = proc_sys_net.join(rel);
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current.trim() == "1" {
             continue;
         }
-        std::fs::write(path, "1").map_err(|source| NetlinkError::Sysctl {
-            path: path.into(),
+        std::fs::write(&path, "1").map_err(|source| NetlinkError::Sysctl {
+            path: path.display().to_string(),
             source,
         })?;
     }

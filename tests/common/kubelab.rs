@@ -246,14 +246,10 @@ impl KubeLab {
 
     /// `kubectl args` that must succeed; its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let o = self.kubectl(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "kubectl {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        super::stdout_of_success(
+            &format!("kubectl {args:?}"),
+            self.kubectl(args).output().unwrap(),
+        )
     }
 
     /// `kubectl get args -o json`.

@@ -7,6 +7,7 @@
 
 pub mod cni;
 pub mod kubelab;
+pub mod kubelet;
 pub mod lab;
 pub mod netpol;
 pub mod pcap;
@@ -59,10 +60,14 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Run a command that must succeed; returns stdout.
 pub fn ok(args: &[&str]) -> String {
-    let o = run(args);
+    stdout_of_success(&format!("{args:?}"), run(args))
+}
+
+/// The stdout of a command that must have succeeded (`what` names it).
+pub fn stdout_of_success(what: &str, o: Output) -> String {
     assert!(
         o.status.success(),
-        "{args:?} failed: {}{}",
+        "{what} failed: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );

@@ -95,8 +95,15 @@ fn checked(what: &str, o: Output) -> String {
 
 impl RtNode {
     pub fn up(id: &str, ns: &str) -> Self {
+        Self::up_with(id, ns, &[])
+    }
+
+    /// `up` with extra environment for `rt.sh node-up` (`PGRT_KUBELET=1`:
+    /// containerd's CRI plugin on, for a kubelet).
+    pub fn up_with(id: &str, ns: &str, env: &[(&str, &str)]) -> Self {
         let o = Command::new("bash")
             .args([rt_sh(), "node-up", id, ns])
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let out = checked(&format!("rt.sh node-up {id}"), o);

@@ -36,9 +36,19 @@ BIN=$CACHE/$KUBE_VERSION-etcd-$ETCD_VERSION/bin
 
 die() { echo "kube.sh: $*" >&2; exit 1; }
 
-built() {
-  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/etcd" ]
+# The Kubernetes binaries: the control plane and kubectl, and a node's
+# kube-scheduler, kubelet and kube-proxy (tests/kubelet.rs runs the shipped
+# DaemonSet under real kubelets).
+KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
+
+kube_built() {
+  local c
+  for c in $KUBE_CMDS; do [ -x "$BIN/$c" ] || return 1; done
 }
+
+etcd_built() { [ -x "$BIN/etcd" ]; }
+
+built() { kube_built && etcd_built; }
 
 kube_router_built() {
   [ -x "$BIN/kube-router" ] && [ "$(cat "$BIN/kube-router.version" 2>/dev/null)" = "$KUBE_ROUTER_VERSION" ]
@@ -68,9 +78,9 @@ kube_module() {
   # The go directive of Kubernetes itself (a newer one than ours would
   # need GOTOOLCHAIN).
   go mod edit -go "$(sed -n 's/^go \([0-9.]*\)/\1/p' "$gomod")"
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
-    "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
-    "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION"
+  local c pkgs=()
+  for c in $KUBE_CMDS; do pkgs+=("k8s.io/kubernetes/cmd/$c@$KUBE_VERSION"); done
+  go get "${pkgs[@]}"
 }
 
 etcd_module() {
@@ -89,16 +99,20 @@ setup() {
   mkdir -p "$BIN" "$work"
   export CGO_ENABLED=0
   local ld="-s -w"
-  if ! built; then
+  if ! kube_built; then
+    local c pkgs=()
+    for c in $KUBE_CMDS; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     (export GOFLAGS=-mod=mod
       kube_module "$work/kube" \
-      && go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl) \
-      || die "building kube-apiserver, kube-controller-manager and kubectl $KUBE_VERSION failed"
+      && go build -trimpath -ldflags "$ld" -o "$BIN/" "${pkgs[@]}") \
+      || die "building $KUBE_CMDS $KUBE_VERSION failed"
+  fi
+  if ! etcd_built; then
     (export GOFLAGS=-mod=mod
       etcd_module "$work/etcd" && go build -trimpath -ldflags "$ld" -o "$BIN/etcd" go.etcd.io/etcd/server/v3) \
       || die "building etcd $ETCD_VERSION failed"
-    built || die "the build left no binaries in $BIN"
   fi
+  built || die "the build left no binaries in $BIN"
   if ! helm_built; then
     (cd "$work" && GOBIN="$BIN" go install -trimpath -ldflags "$ld" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION") \
       || die "building helm $HELM_VERSION failed"

@@ -48,7 +48,11 @@
 #   e.g. pgrt1-n1.
 #
 # Environment: PGRT_CACHE (default /var/cache/podguard-rt), PGRT_RUN (default
-# /run/podguard-rt), PGRT_KEEP=1 (node-up: keep a failed node).
+# /run/podguard-rt), PGRT_KEEP=1 (node-up: keep a failed node),
+# PGRT_KUBELET=1 (node-up: a node for a kubelet: containerd's CRI plugin on,
+# with the pause image localhost/pgrt-pause and the busybox image imported
+# into containerd namespace k8s.io, and the host-wide sysctls kubelet wants
+# bound over /proc/sys inside the node: see KUBELET_SYSCTLS).
 #
 # Layout of a node, D=/run/podguard-rt/ID, bound (in the holder's mount ns
 # only) over:
@@ -80,6 +84,9 @@
 #                                              plugin missing from the node's
 #                                              dir would silently come from the
 #                                              packaged ones)
+#   D/var-lib-kubelet  /var/lib/kubelet     (kubelet's pods, volumes, certs)
+#   D/var-log-pods     /var/log/pods        (containers' logs, from kubelet)
+#   D/var-log-containers /var/log/containers
 #   tmpfs                /dev/shm             (podman's SHM lock segment
 #                                              /dev/shm/libpod_lock is global
 #                                              otherwise: a fresh podman store
@@ -156,7 +163,11 @@ SELF=$(readlink -f "$0")
 PGRT_CACHE=${PGRT_CACHE:-/var/cache/podguard-rt}
 PGRT_RUN=${PGRT_RUN:-/run/podguard-rt}
 IMAGE=localhost/pgrt-busybox:latest
-CACHE_VERSION=1
+# The CRI sandbox ("pause") image of PGRT_KUBELET nodes: the same busybox
+# layer, `sleep inf` as its process (no registry: registry.k8s.io/pause
+# cannot be pulled).
+PAUSE_IMAGE=localhost/pgrt-pause:latest
+CACHE_VERSION=2
 PACKAGES=(podman containerd runc containernetworking-plugins busybox-static iptables nftables iproute2 util-linux conmon)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}
 
@@ -177,6 +188,23 @@ BINDS=(
   run-containerd:/run/containerd
   run-netns:/run/netns
   usr-lib-cni:/usr/lib/cni
+  var-lib-kubelet:/var/lib/kubelet
+  var-log-pods:/var/log/pods
+  var-log-containers:/var/log/containers
+)
+
+# PGRT_KUBELET=1 nodes: the host-wide kernel settings kubelet insists on
+# (it writes them when they differ: cm.setupKernelTunables), as files bound
+# over their /proc/sys entries in the node's mount ns. kubelet reads its
+# values there and any write lands in the node's dir: the host's kernel
+# settings are never changed.
+KUBELET_SYSCTLS=(
+  vm/overcommit_memory=1
+  vm/panic_on_oom=0
+  kernel/panic=10
+  kernel/panic_on_oops=1
+  kernel/keys/root_maxkeys=1000000
+  kernel/keys/root_maxbytes=25000000
 )
 
 log() { printf 'rt.sh: %s\n' "$*" >&2; }
@@ -212,7 +240,8 @@ build_image() {
   local stamp
   stamp="v$CACHE_VERSION $(sha256sum /bin/busybox | cut -d' ' -f1)"
   if [[ -f $PGRT_CACHE/stamp && $(cat "$PGRT_CACHE/stamp") == "$stamp" &&
-        -f $PGRT_CACHE/busybox-rootfs.tar && -f $PGRT_CACHE/busybox-oci.tar ]]; then
+        -f $PGRT_CACHE/busybox-rootfs.tar && -f $PGRT_CACHE/busybox-oci.tar &&
+        -f $PGRT_CACHE/pause-oci.tar ]]; then
     return 0
   fi
   log "building busybox image in $PGRT_CACHE"
@@ -233,18 +262,32 @@ build_image() {
   echo pgrt-ok >"$r/www/index.html"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf "$t/rootfs.tar" .
 
-  # OCI image layout for `ctr image import` (one uncompressed layer).
+  oci_archive "$t" "$IMAGE" '["/bin/sh"]' "$t/oci.tar"
+  oci_archive "$t" "$PAUSE_IMAGE" '["/bin/sleep","inf"]' "$t/pause-oci.tar"
+
+  mv -f "$t/rootfs.tar" "$PGRT_CACHE/busybox-rootfs.tar"
+  mv -f "$t/oci.tar" "$PGRT_CACHE/busybox-oci.tar"
+  mv -f "$t/pause-oci.tar" "$PGRT_CACHE/pause-oci.tar"
+  rm -rf "$t"
+  echo "$stamp" >"$PGRT_CACHE/stamp"
+}
+
+# oci_archive T NAME CMD_JSON OUT: an OCI image layout of T/rootfs.tar (one
+# uncompressed layer) named NAME (annotation io.containerd.image.name, for
+# `ctr image import`), running CMD_JSON, written as the tar OUT.
+oci_archive() {
+  local t=$1 name=$2 cmd=$3 out=$4
   local arch
   case $(dpkg --print-architecture) in
     amd64) arch=amd64 ;; arm64) arch=arm64 ;; armhf) arch=arm ;; i386) arch=386 ;;
     *) arch=$(dpkg --print-architecture) ;;
   esac
-  local o=$t/oci; mkdir -p "$o/blobs/sha256"
+  local o=$t/oci; rm -rf "$o"; mkdir -p "$o/blobs/sha256"
   local ld ls cd cs md ms
   ld=$(sha256sum "$t/rootfs.tar" | cut -d' ' -f1); ls=$(stat -c %s "$t/rootfs.tar")
   cp "$t/rootfs.tar" "$o/blobs/sha256/$ld"
-  printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"podguard rt.sh from busybox-static"}]}' \
-    "$arch" "$ld" >"$t/config.json"
+  printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"podguard rt.sh from busybox-static"}]}' \
+    "$arch" "$cmd" "$ld" >"$t/config.json"
   cd=$(sha256sum "$t/config.json" | cut -d' ' -f1); cs=$(stat -c %s "$t/config.json")
   mv "$t/config.json" "$o/blobs/sha256/$cd"
   printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
@@ -252,14 +295,10 @@ build_image() {
   md=$(sha256sum "$t/manifest.json" | cut -d' ' -f1); ms=$(stat -c %s "$t/manifest.json")
   mv "$t/manifest.json" "$o/blobs/sha256/$md"
   printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"latest"}}]}' \
-    "$md" "$ms" "$IMAGE" >"$o/index.json"
+    "$md" "$ms" "$name" >"$o/index.json"
   printf '{"imageLayoutVersion":"1.0.0"}' >"$o/oci-layout"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$o" -cf "$t/oci.tar" oci-layout index.json blobs
-
-  mv -f "$t/rootfs.tar" "$PGRT_CACHE/busybox-rootfs.tar"
-  mv -f "$t/oci.tar" "$PGRT_CACHE/busybox-oci.tar"
-  rm -rf "$t"
-  echo "$stamp" >"$PGRT_CACHE/stamp"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$o" -cf "$out" oci-layout index.json blobs
+  rm -rf "$o"
 }
 
 # ---------------------------------------------------------------- node config
@@ -307,6 +346,34 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.internal.v1.opt"]
   path = "/var/lib/containerd/opt"
 EOF
+  [[ ${PGRT_KUBELET:-} == 1 ]] || return 0
+  # A kubelet's node: the CRI plugin on, its pods' networks from the node's
+  # CNI dirs (as a kubeadm node has them), cgroupfs (no systemd here), the
+  # sandbox image imported by node-up. restrict_oom_score_adj: kubelet asks
+  # for negative OOM scores (system-node-critical pods: -997), which needs
+  # CAP_SYS_RESOURCE, which this machine's root lacks.
+  sed -i '/^disabled_plugins/d' "$D/containerd.toml"
+  cat >>"$D/containerd.toml" <<EOF
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+EOF
+  local kv
+  for kv in "${KUBELET_SYSCTLS[@]}"; do
+    mkdir -p "$D/sysctl/$(dirname "${kv%%=*}")"
+    echo "${kv#*=}" >"$D/sysctl/${kv%%=*}"
+  done
 }
 
 # The holder: PID of `sleep infinity` in its own mount ns, inside NETNS.
@@ -317,6 +384,11 @@ for b in "$@"; do mount --bind "$D/${b%%:*}" "${b#*:}"; done
 : >"/run/netns/$nsname"
 mount --bind /proc/self/ns/net "/run/netns/$nsname"
 mount -t tmpfs -o mode=1777,size=64m pgrt-shm /dev/shm
+if [ -d "$D/sysctl" ]; then
+  (cd "$D/sysctl" && find . -type f) | while read -r f; do
+    mount --bind "$D/sysctl/${f#./}" "/proc/sys/${f#./}"
+  done
+fi
 mkdir -p "$D/cgroup-move"
 mount --rbind /sys/fs/cgroup "$D/cgroup-move"
 umount -l /sys
@@ -437,6 +509,13 @@ cmd_node_up() {
     "$PGRT_CACHE/busybox-rootfs.tar" "$IMAGE" >/dev/null
   run_in "$id" ctr image import "$PGRT_CACHE/busybox-oci.tar" >/dev/null
   run_in "$id" ctr image ls -q | grep -qx "$IMAGE" || die "node $id: ctr image import gave no $IMAGE"
+  if [[ ${PGRT_KUBELET:-} == 1 ]]; then
+    # The CRI plugin's images live in containerd namespace k8s.io.
+    run_in "$id" ctr -n k8s.io image import "$PGRT_CACHE/busybox-oci.tar" >/dev/null
+    run_in "$id" ctr -n k8s.io image import "$PGRT_CACHE/pause-oci.tar" >/dev/null
+    run_in "$id" ctr -n k8s.io image ls -q | grep -qx "$PAUSE_IMAGE" ||
+      die "node $id: ctr image import gave no $PAUSE_IMAGE"
+  fi
   trap - EXIT
   log "node $id up (netns $netns, holder $h)"
   cmd_info "$id"

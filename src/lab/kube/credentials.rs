@@ -42,44 +42,21 @@ impl ControlPlane {
             &d("ca.crt"),
         ])
         .context("creating the lab CA (openssl)")?;
-        run(&[
-            "openssl",
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
+        self.issue(
+            "apiserver",
             "/CN=kube-apiserver",
-            "-keyout",
-            &d("apiserver.key"),
-            "-out",
-            &d("apiserver.csr"),
-        ])?;
-        std::fs::write(
-            self.path("apiserver.ext"),
-            format!(
+            &format!(
                 "subjectAltName=IP:{},IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default.svc\n",
                 self.ip
             ),
         )?;
-        run(&[
-            "openssl",
-            "x509",
-            "-req",
-            "-in",
-            &d("apiserver.csr"),
-            "-CA",
-            &d("ca.crt"),
-            "-CAkey",
-            &d("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            &d("apiserver.ext"),
-            "-out",
-            &d("apiserver.crt"),
-        ])?;
+        // The API server's client certificate for kubelets' APIs (logs,
+        // exec), as kubeadm names it.
+        self.client_cert(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         run(&["openssl", "genrsa", "-out", &d("sa.key"), "2048"])?;
         run(&[
             "openssl",
@@ -108,6 +85,80 @@ impl ControlPlane {
         let admin = self.token("admin")?;
         write_private(&self.admin_kubeconfig(), &self.kubeconfig("admin", &admin))?;
         Ok(())
+    }
+
+    /// A client certificate and key signed by the lab CA, `NAME.crt` and
+    /// `NAME.key` in the control plane's directory, for subject CN=`cn`
+    /// (the user), O=`org` (a group).
+    fn client_cert(&self, name: &str, cn: &str, org: Option<&str>) -> anyhow::Result<()> {
+        let subj = match org {
+            Some(o) => format!("/O={o}/CN={cn}"),
+            None => format!("/CN={cn}"),
+        };
+        self.issue(name, &subj, "extendedKeyUsage=clientAuth\n")
+    }
+
+    /// A key and a certificate signed by the lab CA: `NAME.key`,
+    /// `NAME.crt`, for subject `subj` with the X.509 extensions `ext`
+    /// (openssl's extfile syntax).
+    fn issue(&self, name: &str, subj: &str, ext: &str) -> anyhow::Result<()> {
+        let d = |n: &str| self.path(n).to_string_lossy().into_owned();
+        let (key, csr, ext_file, crt) = (
+            d(&format!("{name}.key")),
+            d(&format!("{name}.csr")),
+            d(&format!("{name}.ext")),
+            d(&format!("{name}.crt")),
+        );
+        run(&[
+            "openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", subj, "-keyout", &key,
+            "-out", &csr,
+        ])
+        .with_context(|| format!("creating the key of {subj} (openssl)"))?;
+        std::fs::write(&ext_file, ext)?;
+        run(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &d("ca.crt"),
+            "-CAkey",
+            &d("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &crt,
+        ])
+        .with_context(|| format!("signing the certificate of {subj} (openssl)"))?;
+        Ok(())
+    }
+
+    /// A kubeconfig file that authenticates with a client certificate for
+    /// user `cn` in group `org`: a kubelet's (`system:node:NAME`,
+    /// `system:nodes`) or kube-proxy's (`system:kube-proxy`).
+    pub fn cert_kubeconfig(
+        &self,
+        name: &str,
+        cn: &str,
+        org: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
+        self.client_cert(name, cn, org)?;
+        let file = self.path(&format!("{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: podguard-lab\n  cluster:\n    server: https://{}:{PORT}\n    certificate-authority: {}\n\
+             users:\n- name: {cn}\n  user:\n    client-certificate: {}\n    client-key: {}\n\
+             contexts:\n- name: podguard-lab\n  context: {{cluster: podguard-lab, user: {cn}}}\ncurrent-context: podguard-lab\n",
+            self.ip,
+            self.path("ca.crt").display(),
+            self.path(&format!("{name}.crt")).display(),
+            self.path(&format!("{name}.key")).display(),
+        );
+        write_private(&file, &text)?;
+        Ok(file)
     }
 
     /// The static token of `user` ("admin": system:masters; "ops": group

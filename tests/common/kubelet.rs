@@ -1,0 +1,354 @@
+//! A cluster of real kubelets: the real control plane (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler) in the underlay
+//! namespace, and per node a network namespace with containerd's CRI plugin
+//! (`rt.sh node-up` with `PGRT_KUBELET=1`), kubelet and kube-proxy of the
+//! pinned release. The shipped manifests (deploy/) are applied as they are
+//! and the image deploy/image.sh builds is imported into each node's
+//! containerd, so the DaemonSet runs exactly as it would on a cluster:
+//! scheduled, started by kubelet through CRI, its ServiceAccount token
+//! projected, the API reached through the `kubernetes` Service.
+//!
+//! What differs from a production node, and why:
+//! - kubelet runs with `cgroupsPerQOS: false` and `cgroupRoot: /pgrt-ID`
+//!   (no systemd here; one kubelet per node on one host; node-down removes
+//!   the cgroups), `failCgroupV1: false` (this host has cgroup v1 only);
+//! - its API is authenticated by client certificate of the lab CA and
+//!   authorizes every authenticated caller (AlwaysAllow): only the API
+//!   server holds such a certificate;
+//! - the host-wide kernel settings kubelet wants are bound into the node's
+//!   mount namespace (rt.sh), so it never changes the host's;
+//! - `loopback` and `portmap` come from Debian's containernetworking-plugins
+//!   in the node's /opt/cni/bin, as kubeadm's kubernetes-cni puts them there.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use podguard::lab::kube::ControlPlane;
+use serde_json::Value;
+
+use super::runtime::RtNode;
+use super::{Netns, dump_logs_on_panic, wait_for};
+
+/// The shipped DaemonSet's cluster CIDR (PODGUARD_CLUSTER_CIDRS).
+pub const CLUSTER: &str = "10.244.0.0/16";
+/// The API server on the underlay.
+pub const API_IP: &str = "192.0.2.100";
+
+/// The image deploy/image.sh builds from this build's binaries, once per
+/// test binary: the OCI archive to import.
+fn image() -> &'static Path {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, tar) = IMAGE.get_or_init(|| {
+        let out = tempfile::tempdir().unwrap();
+        let bin = Path::new(env!("CARGO_BIN_EXE_podguard-agent"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let o = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image.sh"))
+            .arg(out.path())
+            .env("BIN_DIR", bin)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "deploy/image.sh: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let tar = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".oci.tar"))
+            .expect("deploy/image.sh wrote no .oci.tar");
+        (out, tar)
+    });
+    tar
+}
+
+pub struct KubeletNode {
+    pub name: String,
+    pub ip: String,
+    pub rt: RtNode,
+    pub kubelet_log: PathBuf,
+    pub proxy_log: PathBuf,
+}
+
+pub struct KubeletCluster {
+    /// Dropped first: every container, kubelet and kube-proxy goes with its
+    /// node (rt.sh node-down), before the namespaces.
+    pub nodes: Vec<KubeletNode>,
+    pub cp: ControlPlane,
+    pub ul: String,
+    pub n: Netns,
+}
+
+impl KubeletCluster {
+    /// The control plane, `count` nodes (192.0.2.1, .2, ...) each running
+    /// kubelet and kube-proxy, and the shipped manifests applied. Returns
+    /// once every Node is Ready and the DaemonSet's Pods are ready.
+    pub fn up(tag: &str, count: usize) -> Self {
+        let mut n = Netns::new(tag);
+        let ul = n.underlay(Some(&format!("{API_IP}/24")));
+        let mut cp = ControlPlane::start(&ul, &n.path("kube"), API_IP, CLUSTER)
+            .unwrap_or_else(|e| panic!("starting the real control plane: {e:#}"));
+        cp.run_workloads()
+            .unwrap_or_else(|e| panic!("starting kube-scheduler: {e:#}"));
+        let proxy_kc = cp
+            .cert_kubeconfig("kube-proxy", "system:kube-proxy", None)
+            .unwrap();
+        let mut c = Self {
+            nodes: Vec::new(),
+            cp,
+            ul,
+            n,
+        };
+        for i in 0..count {
+            c.add_node(&format!("n{}", i + 1), i as u8 + 1, &proxy_kc);
+        }
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        c.cp.apply_kustomization(&deploy)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        for node in &c.nodes {
+            let name = node.name.clone();
+            wait_for(
+                &format!("Node {name} Ready"),
+                Duration::from_secs(120),
+                || c.node_ready(&name),
+            );
+        }
+        wait_for(
+            "the podguard-agent DaemonSet's Pods ready on every node",
+            Duration::from_secs(120),
+            || {
+                let ds = c.get(&["-n", "podguard", "daemonset", "podguard-agent"]);
+                ds["status"]["numberReady"].as_u64() == Some(count as u64)
+            },
+        );
+        c
+    }
+
+    fn add_node(&mut self, name: &str, idx: u8, proxy_kc: &Path) {
+        let ns = self.n.underlay_node(&self.ul, name, idx);
+        let ip = format!("192.0.2.{idx}");
+        // A node has a default route (here: the underlay host): without
+        // one, connecting to a Service's ClusterIP fails before kube-proxy's
+        // DNAT could apply.
+        super::ok(&["ip", "-n", &ns, "route", "add", "default", "via", API_IP]);
+        let id = format!("{}-{name}", self.n.prefix);
+        let rt = RtNode::up_with(&id, &ns, &[("PGRT_KUBELET", "1")]);
+        let bin_dir = rt.dir("PGRT_CNI_BIN_DIR");
+        for plugin in ["loopback", "portmap"] {
+            std::fs::copy(Path::new("/usr/lib/cni").join(plugin), bin_dir.join(plugin))
+                .unwrap_or_else(|e| {
+                    panic!("/usr/lib/cni/{plugin} (containernetworking-plugins): {e}")
+                });
+        }
+        let tar = image().to_str().unwrap();
+        rt.ctr(&["-n", "k8s.io", "image", "import", tar]);
+
+        let kc = self
+            .cp
+            .cert_kubeconfig(
+                &format!("kubelet-{name}"),
+                &format!("system:node:{name}"),
+                Some("system:nodes"),
+            )
+            .unwrap();
+        let dir = self.n.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("kubelet.yaml");
+        std::fs::write(
+            &config,
+            kubelet_config(&id, &ip, &self.cp.dir.join("ca.crt")),
+        )
+        .unwrap();
+        let kubelet_log = dir.join("kubelet.log");
+        let kubelet = podguard::lab::kube::bin_dir().join("kubelet");
+        let mut cmd = rt.cmd(&[
+            kubelet.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--hostname-override",
+            name,
+            "--node-ip",
+            &ip,
+            "--v=2",
+        ]);
+        self.n
+            .spawn_logged(&format!("kubelet-{name}"), &mut cmd, &kubelet_log);
+
+        let proxy_config = dir.join("kube-proxy.yaml");
+        std::fs::write(&proxy_config, proxy_config_text(name, proxy_kc)).unwrap();
+        let proxy_log = dir.join("kube-proxy.log");
+        let proxy = podguard::lab::kube::bin_dir().join("kube-proxy");
+        let mut cmd = rt.cmd(&[
+            proxy.to_str().unwrap(),
+            "--config",
+            proxy_config.to_str().unwrap(),
+        ]);
+        self.n
+            .spawn_logged(&format!("kube-proxy-{name}"), &mut cmd, &proxy_log);
+        self.nodes.push(KubeletNode {
+            name: name.into(),
+            ip,
+            rt,
+            kubelet_log,
+            proxy_log,
+        });
+    }
+
+    /// `kubectl args` as the admin.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        self.cp.kubectl(args).output().unwrap()
+    }
+
+    /// `kubectl args` that must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        super::stdout_of_success(&format!("kubectl {args:?}"), self.kubectl(args))
+    }
+
+    /// `kubectl get args -o json` (Null if it fails).
+    pub fn get(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        let o = self.kubectl(&a);
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn node_ready(&self, name: &str) -> bool {
+        let node = self.get(&["node", name]);
+        node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    }
+
+    /// `kubectl apply -f` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> String {
+        let f = self.n.path("apply.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        self.kubectl_ok(&["apply", "-f", f.to_str().unwrap()])
+    }
+}
+
+impl Drop for KubeletCluster {
+    fn drop(&mut self) {
+        let cp = [
+            ("kube-apiserver", self.cp.dir.join("kube-apiserver.log")),
+            (
+                "kube-controller-manager",
+                self.cp.dir.join("kube-controller-manager.log"),
+            ),
+            ("kube-scheduler", self.cp.dir.join("kube-scheduler.log")),
+        ];
+        let nodes = self.nodes.iter().flat_map(|n| {
+            [
+                (n.name.as_str(), n.kubelet_log.as_path()),
+                (n.name.as_str(), n.proxy_log.as_path()),
+            ]
+        });
+        dump_logs_on_panic(nodes.chain(cp.iter().map(|(l, p)| (*l, p.as_path()))));
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                // The agent's and CNI's view: containers and pod logs.
+                let o = node.rt.run(&["ctr", "-n", "k8s.io", "containers", "ls"]);
+                eprintln!(
+                    "---- {} containers ----\n{}",
+                    node.name,
+                    String::from_utf8_lossy(&o.stdout)
+                );
+                let o = node
+                    .rt
+                    .run(&["sh", "-c", "tail -n 50 /var/log/pods/*/*/*.log"]);
+                eprintln!(
+                    "---- {} pod logs ----\n{}{}",
+                    node.name,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        if std::thread::panicking() && std::env::var_os("PODGUARD_TEST_HOLD").is_some() {
+            eprintln!(
+                "PODGUARD_TEST_HOLD: keeping the cluster for 15 minutes; admin kubeconfig {} in netns {}",
+                self.cp.admin_kubeconfig().display(),
+                self.ul
+            );
+            std::thread::sleep(Duration::from_secs(900));
+        }
+        self.nodes.clear();
+    }
+}
+
+/// kubelet's configuration on node `id` (see the module doc for what
+/// differs from production).
+fn kubelet_config(id: &str, ip: &str, ca: &Path) -> String {
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+cgroupRoot: /pgrt-{id}
+enforceNodeAllocatable: []
+failCgroupV1: false
+failSwapOn: false
+address: {ip}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 0
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: false
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: AlwaysAllow
+# A shared test machine's disk: never evict or collect the imported images.
+evictionHard:
+  memory.available: 50Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+  nodefs.inodesFree: 1%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+registerNode: true
+"#,
+        ca = ca.display()
+    )
+}
+
+/// kube-proxy's configuration on node `name`: iptables mode in the node's
+/// namespace; conntrack limits left as they are (they are host-wide).
+fn proxy_config_text(name: &str, kubeconfig: &Path) -> String {
+    format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {kc}
+hostnameOverride: {name}
+mode: iptables
+clusterCIDR: {CLUSTER}
+bindAddress: 0.0.0.0
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+"#,
+        kc = kubeconfig.display()
+    )
+}

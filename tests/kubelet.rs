@@ -1,0 +1,179 @@
+//! The shipped DaemonSet under real kubelets: what `kubectl apply -k
+//! deploy/` installs, scheduled by kube-scheduler, started by kubelet
+//! through containerd's CRI plugin from the image deploy/image.sh builds,
+//! on its projected ServiceAccount token, reaching the API through
+//! kube-proxy's `kubernetes` Service. Then ordinary Pods on two nodes get
+//! their network from the CNI plugin it installed and talk across nodes,
+//! encrypted on the underlay; `kubectl exec` and `kubectl logs` go through
+//! the kubelets. See tests/common/kubelet.rs for the cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::kubelab::require_real_kube;
+use common::kubelet::KubeletCluster;
+use common::runtime::require_runtimes;
+use common::*;
+
+const TEST: &str = "the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets";
+
+fn pod_yaml(name: &str, node: &str, cmd: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+  labels:
+    app: {name}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: localhost/pgrt-busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "{cmd}"]
+"#
+    )
+}
+
+#[test]
+fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
+    if !require_runtimes(TEST) || !require_real_kube(TEST) {
+        return;
+    }
+    let mut c = KubeletCluster::up("kl", 2);
+
+    // The agents published their keys and the nodes got podCIDRs.
+    for node in ["n1", "n2"] {
+        let n = c.get(&["node", node]);
+        let key = n["metadata"]["annotations"]["podguard.dev/public-key"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(key.len(), 44, "{node}'s public key annotation: {n}");
+    }
+
+    let marker = String::from_utf8(marker("kubelet")).unwrap();
+    c.apply(&pod_yaml(
+        "server",
+        "n2",
+        &format!(
+            "mkdir -p /srv && echo {marker} > /srv/index.html && exec httpd -f -p 8080 -h /srv"
+        ),
+    ));
+    c.apply(&pod_yaml("client", "n1", "exec sleep 3600"));
+    for pod in ["server", "client"] {
+        wait_for(
+            &format!("Pod {pod} running"),
+            Duration::from_secs(90),
+            || c.get(&["pod", pod])["status"]["phase"] == "Running",
+        );
+    }
+    // Each Pod's address is from its own Node's podCIDR (the agent's
+    // node state, read by the CNI plugin containerd ran).
+    let mut ips = Vec::new();
+    for (pod, node) in [("server", "n2"), ("client", "n1")] {
+        let p = c.get(&["pod", pod]);
+        let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        let cidr: ipnet::Ipv4Net = c.get(&["node", node])["spec"]["podCIDR"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            cidr.contains(&ip),
+            "{pod}'s address {ip} is not in {node}'s podCIDR {cidr}"
+        );
+        ips.push(ip.to_string());
+    }
+    let server_ip = ips[0].clone();
+
+    // Pod to pod across nodes through `kubectl exec`, encrypted on the
+    // underlay: n1's link to the underlay carries WireGuard, never the
+    // page.
+    let ns1 = c.nodes[0].rt.ns.clone();
+    let cap = start_capture(&mut c.n, &ns1, "eth0", "kubelet-underlay");
+    let fetch = |url: &str| {
+        let mut last = String::new();
+        // `timeout`: busybox's own `wget -T` crashes (SIGSEGV) here.
+        let fetched = (0..15).any(|_| {
+            let o = c.kubectl(&[
+                "exec", "client", "--", "timeout", "5", "wget", "-q", "-O", "-", url,
+            ]);
+            let page = String::from_utf8_lossy(&o.stdout);
+            last = format!("{page}{}", String::from_utf8_lossy(&o.stderr));
+            page.contains(&marker) || {
+                std::thread::sleep(Duration::from_secs(2));
+                false
+            }
+        });
+        assert!(
+            fetched,
+            "client never fetched the server's page at {url}; last try: {last}"
+        );
+    };
+    fetch(&format!("http://{server_ip}:8080/"));
+    // And through a Service: kube-proxy's DNAT on n1, then the tunnel.
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: server\n  namespace: default\n\
+         spec:\n  selector:\n    app: server\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    let cluster_ip = c.get(&["service", "server"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fetch(&format!("http://{cluster_ip}/"));
+    let pcap = cap.stop(&mut c.n);
+    assert!(
+        !contains(&pcap, marker.as_bytes()),
+        "the page crossed the underlay in plaintext"
+    );
+    let wg = cap.matching("udp port 51820");
+    assert!(!wg.is_empty(), "no WireGuard packets on the underlay");
+    let plain = cap.matching("tcp port 8080");
+    assert!(
+        plain.is_empty(),
+        "plaintext pod traffic on the underlay: {plain:?}"
+    );
+
+    // Outside the cluster: the underlay host answers the client pod (the
+    // agent masquerades pod traffic leaving the cluster CIDR).
+    let o = c.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "3",
+        common::kubelet::API_IP,
+    ]);
+    assert!(
+        o.status.success(),
+        "client pod -> {} (outside the cluster): {}{}",
+        common::kubelet::API_IP,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The agent's log through kubelet: it runs the shipped configuration.
+    let agents = c.get(&[
+        "-n",
+        "podguard",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=agent",
+    ]);
+    let agent = agents["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = c.kubectl_ok(&["-n", "podguard", "logs", &agent, "-c", "agent"]);
+    assert!(log.contains("podguard-agent starting"), "agent log: {log}");
+    assert!(log.contains("peer set"), "agent log: {log}");
+}
