@@ -225,3 +225,93 @@ fn bridge_keeps_its_mac_when_ports_come_and_go() {
     ensure();
     assert_eq!(mac_now(), want);
 }
+
+/// Counts netlink-proto's "failed to forward response back to the handle"
+/// warnings: each is a message of a dump that nobody read to its end.
+struct Undelivered(std::sync::atomic::AtomicUsize);
+
+impl log::Log for Undelivered {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if record
+            .args()
+            .to_string()
+            .contains("failed to forward response")
+        {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static UNDELIVERED: Undelivered = Undelivered(std::sync::atomic::AtomicUsize::new(0));
+
+#[test]
+fn finding_the_underlay_mtu_reads_whole_dumps() {
+    if !require_root("finding_the_underlay_mtu_reads_whole_dumps") {
+        return;
+    }
+    log::set_logger(&UNDELIVERED).unwrap();
+    log::set_max_level(log::LevelFilter::Warn);
+    let mut n = Netns::new("nd");
+    let ns = n.add("x");
+    // The underlay address first, then many more addresses after it: the
+    // search stops at the first, the dump goes on.
+    ok(&[
+        "ip", "-n", &ns, "link", "add", "eth0", "mtu", "9000", "type", "bridge",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "192.0.2.1/24",
+        "dev",
+        "eth0",
+    ]);
+    ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+    // Enough that the dump takes several reads (the kernel fills one
+    // buffer of about 100 address messages per read).
+    ok(&["ip", "-n", &ns, "link", "add", "many", "type", "bridge"]);
+    let batch = n.path("addresses");
+    let lines: String = (0..400)
+        .map(|i| {
+            format!(
+                "addr add 198.51.{}.{}/32 dev many\n",
+                100 + i / 200,
+                1 + i % 200
+            )
+        })
+        .collect();
+    std::fs::write(&batch, lines).unwrap();
+    ok(&["ip", "-n", &ns, "-batch", batch.to_str().unwrap()]);
+    in_netns(&ns, || {
+        // As the agent runs it: the connection task on a worker thread.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::connect().unwrap();
+            for _ in 0..5 {
+                let found = nl
+                    .underlay_mtu(Some("192.0.2.1".parse().unwrap()))
+                    .await
+                    .unwrap();
+                assert_eq!(found, Some(("eth0".to_string(), 9000)));
+            }
+            // Let the connection task receive whatever was left.
+            let _ = nl.links("").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        });
+    });
+    assert_eq!(
+        UNDELIVERED.0.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "dump messages nobody read (netlink-proto warned for each)"
+    );
+}

@@ -41,12 +41,22 @@ impl Netlink {
                 })
                 .map(|l| (l.name.clone(), l.mtu))
         };
+        // Each dump is read to its end before it is searched: a stream
+        // dropped half-read leaves netlink-proto with messages nobody takes
+        // (it warns once for each).
         if let Some(ip) = ip {
-            let mut s = self.handle.address().get().execute();
-            while let Some(m) = s.try_next().await.map_err(|source| NetlinkError::Request {
-                what: "listing addresses".into(),
-                source,
-            })? {
+            let addresses: Vec<_> = self
+                .handle
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "listing addresses".into(),
+                    source,
+                })?;
+            for m in addresses {
                 // IFA_LOCAL is the node's own address on point-to-point
                 // links (where IFA_ADDRESS is the far end's).
                 let holds = m.attributes.iter().any(|a| {
@@ -62,11 +72,18 @@ impl Netlink {
         } else {
             RouteMessageBuilder::<Ipv4Addr>::new().build()
         };
-        let mut s = self.handle.route().get(msg).execute();
-        while let Some(m) = s.try_next().await.map_err(|source| NetlinkError::Request {
-            what: "listing routes".into(),
-            source,
-        })? {
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: "listing routes".into(),
+                source,
+            })?;
+        for m in routes {
             if m.header.destination_prefix_length != 0 || m.header.table != RT_TABLE_MAIN {
                 continue;
             }
