@@ -41,6 +41,51 @@ spec:
     )
 }
 
+/// One try of the client pod fetching `url`: the page, or what went wrong.
+fn fetch(c: &KubeletCluster, url: &str) -> Result<String, String> {
+    // `timeout`: busybox's own `wget -T` crashes (SIGSEGV) here.
+    let o = c.kubectl(&[
+        "exec", "client", "--", "timeout", "5", "wget", "-q", "-O", "-", url,
+    ]);
+    let page = String::from_utf8_lossy(&o.stdout).into_owned();
+    if o.status.success() {
+        Ok(page)
+    } else {
+        Err(format!("{page}{}", String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+/// The client pod fetches `url` and gets `marker` (tries for 30 s).
+fn fetch_eventually(c: &KubeletCluster, url: &str, marker: &str) {
+    let mut last = String::new();
+    let fetched = (0..15).any(|_| match fetch(c, url) {
+        Ok(page) if page.contains(marker) => true,
+        r => {
+            last = format!("{r:?}");
+            std::thread::sleep(Duration::from_secs(2));
+            false
+        }
+    });
+    assert!(
+        fetched,
+        "client never fetched the server's page at {url}; last try: {last}"
+    );
+}
+
+/// Each node's public key as its Node annotation says.
+fn public_keys(c: &KubeletCluster) -> Vec<String> {
+    ["n1", "n2"]
+        .iter()
+        .map(|node| {
+            let n = c.get(&["node", node]);
+            n["metadata"]["annotations"]["podguard.dev/public-key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     if !require_runtimes(TEST) || !require_real_kube(TEST) {
@@ -48,13 +93,10 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     }
     let mut c = KubeletCluster::up("kl", 2);
 
-    // The agents published their keys and the nodes got podCIDRs.
-    for node in ["n1", "n2"] {
-        let n = c.get(&["node", node]);
-        let key = n["metadata"]["annotations"]["podguard.dev/public-key"]
-            .as_str()
-            .unwrap_or_default();
-        assert_eq!(key.len(), 44, "{node}'s public key annotation: {n}");
+    // The agents published their keys.
+    let keys = public_keys(&c);
+    for key in &keys {
+        assert_eq!(key.len(), 44, "a node's public key annotation: {keys:?}");
     }
 
     let marker = String::from_utf8(marker("kubelet")).unwrap();
@@ -97,26 +139,7 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     // page.
     let ns1 = c.nodes[0].rt.ns.clone();
     let cap = start_capture(&mut c.n, &ns1, "eth0", "kubelet-underlay");
-    let fetch = |url: &str| {
-        let mut last = String::new();
-        // `timeout`: busybox's own `wget -T` crashes (SIGSEGV) here.
-        let fetched = (0..15).any(|_| {
-            let o = c.kubectl(&[
-                "exec", "client", "--", "timeout", "5", "wget", "-q", "-O", "-", url,
-            ]);
-            let page = String::from_utf8_lossy(&o.stdout);
-            last = format!("{page}{}", String::from_utf8_lossy(&o.stderr));
-            page.contains(&marker) || {
-                std::thread::sleep(Duration::from_secs(2));
-                false
-            }
-        });
-        assert!(
-            fetched,
-            "client never fetched the server's page at {url}; last try: {last}"
-        );
-    };
-    fetch(&format!("http://{server_ip}:8080/"));
+    fetch_eventually(&c, &format!("http://{server_ip}:8080/"), &marker);
     // And through a Service: kube-proxy's DNAT on n1, then the tunnel.
     c.apply(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: server\n  namespace: default\n\
@@ -126,7 +149,7 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
         .as_str()
         .unwrap()
         .to_string();
-    fetch(&format!("http://{cluster_ip}/"));
+    fetch_eventually(&c, &format!("http://{cluster_ip}/"), &marker);
     let pcap = cap.stop(&mut c.n);
     assert!(
         !contains(&pcap, marker.as_bytes()),
@@ -187,4 +210,47 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
             "netlink warnings in {agent}'s log: {log}"
         );
     }
+
+    // An upgrade as operators run it: a rolling restart of the DaemonSet,
+    // one node at a time, while the client keeps fetching. Each node's
+    // tunnel is down while its agent restarts (the device lives in the
+    // agent): traffic then waits or fails, and never leaves in plaintext.
+    // The keys stay (the key directory is on the host), and the pods'
+    // network is back when the rollout is done.
+    let cap = start_capture(&mut c.n, &ns1, "eth0", "kubelet-rollout");
+    let url = format!("http://{server_ip}:8080/");
+    let (mut ok, mut failed) = (0, 0);
+    std::thread::scope(|s| {
+        let rollout = s.spawn(|| {
+            c.kubectl_ok(&["-n", "podguard", "rollout", "restart", "ds/podguard-agent"]);
+            c.kubectl_ok(&[
+                "-n",
+                "podguard",
+                "rollout",
+                "status",
+                "ds/podguard-agent",
+                "--timeout=180s",
+            ]);
+        });
+        while !rollout.is_finished() {
+            match fetch(&c, &url) {
+                Ok(page) if page.contains(&marker) => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        rollout.join().unwrap();
+    });
+    eprintln!("during the rolling restart: {ok} fetches succeeded, {failed} failed");
+    fetch_eventually(&c, &url, &marker);
+    let pcap = cap.stop(&mut c.n);
+    assert!(
+        !contains(&pcap, marker.as_bytes()),
+        "the page crossed the underlay in plaintext during the rolling restart"
+    );
+    let plain = cap.matching("tcp port 8080");
+    assert!(
+        plain.is_empty(),
+        "plaintext pod traffic on the underlay during the rolling restart: {plain:?}"
+    );
+    assert_eq!(public_keys(&c), keys, "a restart changed a node's key");
 }
