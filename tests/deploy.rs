@@ -168,6 +168,59 @@ fn daemonset_args_and_env_are_accepted_by_the_agent_parser() {
     assert_eq!(defaults.metrics_addr.port() as u64, port);
 }
 
+/// What the runtime will accept and what the agent writes through: runc
+/// refuses any mount inside the container's `/proc` (the shipped DaemonSet
+/// once mounted the host's `/proc/sys/net` there and never started; found
+/// by tests/kubelet.rs), and the agent's `--proc-sys-net` must be where the
+/// host's `/proc/sys/net` is mounted.
+#[test]
+fn daemonset_mounts_nothing_inside_proc_and_forwarding_goes_to_the_hosts_proc_sys_net() {
+    let text = std::fs::read_to_string(format!("{DEPLOY}/daemonset.yaml")).unwrap();
+    let ds: Obj = yaml_serde::from_str(&text).unwrap();
+    let pod = &ds.spec["template"]["spec"];
+    let host_path = |volume: &str| {
+        pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some(volume))
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .map(String::from)
+    };
+    for list in ["initContainers", "containers"] {
+        for c in pod[list].as_sequence().unwrap() {
+            for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
+                let path = m["mountPath"].as_str().unwrap();
+                assert!(
+                    path != "/proc" && !path.starts_with("/proc/"),
+                    "{}: volume {} is mounted inside /proc at {path}: runc refuses that",
+                    c["name"].as_str().unwrap(),
+                    m["name"].as_str().unwrap()
+                );
+            }
+        }
+    }
+    let main = &pod["containers"][0];
+    let parsed = Args::try_parse_from(argv(main)).unwrap();
+    let mount = main["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == parsed.proc_sys_net.to_str())
+        .unwrap_or_else(|| {
+            panic!(
+                "--proc-sys-net is {} but nothing is mounted there",
+                parsed.proc_sys_net.display()
+            )
+        });
+    assert_eq!(
+        host_path(mount["name"].as_str().unwrap()).as_deref(),
+        Some("/proc/sys/net"),
+        "--proc-sys-net must be the host's /proc/sys/net"
+    );
+    assert_ne!(mount["readOnly"].as_bool(), Some(true), "{mount:?}");
+}
+
 #[test]
 fn bad_agent_arguments_are_refused_with_the_bad_input_named() {
     let e = Args::try_parse_from([

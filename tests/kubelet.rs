@@ -17,6 +17,7 @@ use common::kubelab::require_real_kube;
 use common::kubelet::KubeletCluster;
 use common::runtime::require_runtimes;
 use common::*;
+use serde_json::Value;
 
 const TEST: &str = "the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets";
 
@@ -72,6 +73,39 @@ fn fetch_eventually(c: &KubeletCluster, url: &str, marker: &str) {
     );
 }
 
+/// A capture on each node's link to the underlay: what either node sends
+/// or receives (a node's packets to the underlay host never cross the
+/// other node's link).
+fn capture_nodes(c: &mut KubeletCluster, name: &str) -> Vec<Capture> {
+    let nss: Vec<String> = c.nodes.iter().map(|n| n.rt.ns.clone()).collect();
+    nss.iter()
+        .enumerate()
+        .map(|(i, ns)| start_capture(&mut c.n, ns, "eth0", &format!("{name}-n{}", i + 1)))
+        .collect()
+}
+
+/// Stop the captures: the page (`marker`) never crossed the underlay in
+/// plaintext, nor did any packet of the server's port; WireGuard did.
+fn assert_only_wireguard(c: &mut KubeletCluster, caps: &[Capture], marker: &str, during: &str) {
+    for (i, cap) in caps.iter().enumerate() {
+        let node = format!("n{}", i + 1);
+        let pcap = cap.stop(&mut c.n);
+        assert!(
+            !contains(&pcap, marker.as_bytes()),
+            "the page crossed {node}'s underlay link in plaintext during {during}"
+        );
+        let plain = cap.matching("tcp port 8080");
+        assert!(
+            plain.is_empty(),
+            "plaintext pod traffic on {node}'s underlay link during {during}: {plain:?}"
+        );
+        assert!(
+            !cap.matching("udp port 51820").is_empty(),
+            "no WireGuard packets on {node}'s underlay link during {during}"
+        );
+    }
+}
+
 /// Each node's public key as its Node annotation says.
 fn public_keys(c: &KubeletCluster) -> Vec<String> {
     ["n1", "n2"]
@@ -97,6 +131,26 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     let keys = public_keys(&c);
     for key in &keys {
         assert_eq!(key.len(), 44, "a node's public key annotation: {keys:?}");
+    }
+
+    // Forwarding is on for the cluster's family only (the shipped
+    // cluster CIDR is IPv4): IPv6 forwarding would cost hosts their
+    // Router Advertisements.
+    for node in &c.nodes {
+        let sysctl = |rel: &str| {
+            ok(&[
+                "ip",
+                "netns",
+                "exec",
+                &node.rt.ns,
+                "cat",
+                &format!("/proc/sys/net/{rel}"),
+            ])
+            .trim()
+            .to_string()
+        };
+        assert_eq!(sysctl("ipv4/ip_forward"), "1", "{}", node.name);
+        assert_eq!(sysctl("ipv6/conf/all/forwarding"), "0", "{}", node.name);
     }
 
     let marker = String::from_utf8(marker("kubelet")).unwrap();
@@ -137,8 +191,7 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     // Pod to pod across nodes through `kubectl exec`, encrypted on the
     // underlay: n1's link to the underlay carries WireGuard, never the
     // page.
-    let ns1 = c.nodes[0].rt.ns.clone();
-    let cap = start_capture(&mut c.n, &ns1, "eth0", "kubelet-underlay");
+    let caps = capture_nodes(&mut c, "kubelet-underlay");
     fetch_eventually(&c, &format!("http://{server_ip}:8080/"), &marker);
     // And through a Service: kube-proxy's DNAT on n1, then the tunnel.
     c.apply(
@@ -150,18 +203,7 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
         .unwrap()
         .to_string();
     fetch_eventually(&c, &format!("http://{cluster_ip}/"), &marker);
-    let pcap = cap.stop(&mut c.n);
-    assert!(
-        !contains(&pcap, marker.as_bytes()),
-        "the page crossed the underlay in plaintext"
-    );
-    let wg = cap.matching("udp port 51820");
-    assert!(!wg.is_empty(), "no WireGuard packets on the underlay");
-    let plain = cap.matching("tcp port 8080");
-    assert!(
-        plain.is_empty(),
-        "plaintext pod traffic on the underlay: {plain:?}"
-    );
+    assert_only_wireguard(&mut c, &caps, &marker, "pod to pod and through a Service");
 
     // Outside the cluster: the underlay host answers the client pod (the
     // agent masquerades pod traffic leaving the cluster CIDR).
@@ -211,13 +253,48 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
         );
     }
 
+    // The operator's view of the real DaemonSet: `podguard status` judges
+    // each agent by the heartbeat Lease its Pod keeps, and finds the mesh
+    // converged; `podguard audit` has the client -> server flow encrypted.
+    let mut status = (0, Value::Null);
+    wait_for(
+        "podguard status: converged and alive",
+        Duration::from_secs(60),
+        || {
+            status = c.podguard(&["status"]);
+            status.0 == 0
+        },
+    );
+    for node in ["n1", "n2"] {
+        let row = status
+            .1
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["node"] == node));
+        assert_eq!(
+            row.map(|r| r["digest"].clone()),
+            Some(Value::from("agrees")),
+            "{node} in podguard status: {:#}",
+            status.1
+        );
+    }
+    let (_, audit) = c.podguard(&["audit", "--pods"]);
+    let flow = audit["pods"].as_array().and_then(|p| {
+        p.iter()
+            .find(|f| f["from"] == "default/client" && f["to"] == "default/server")
+    });
+    assert_eq!(
+        flow.map(|f| f["transport"].clone()),
+        Some(Value::from("encrypted")),
+        "client -> server in podguard audit: {audit:#}"
+    );
+
     // An upgrade as operators run it: a rolling restart of the DaemonSet,
     // one node at a time, while the client keeps fetching. Each node's
     // tunnel is down while its agent restarts (the device lives in the
     // agent): traffic then waits or fails, and never leaves in plaintext.
     // The keys stay (the key directory is on the host), and the pods'
     // network is back when the rollout is done.
-    let cap = start_capture(&mut c.n, &ns1, "eth0", "kubelet-rollout");
+    let caps = capture_nodes(&mut c, "kubelet-rollout");
     let url = format!("http://{server_ip}:8080/");
     let (mut ok, mut failed) = (0, 0);
     std::thread::scope(|s| {
@@ -237,20 +314,12 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
                 Ok(page) if page.contains(&marker) => ok += 1,
                 _ => failed += 1,
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
         rollout.join().unwrap();
     });
     eprintln!("during the rolling restart: {ok} fetches succeeded, {failed} failed");
     fetch_eventually(&c, &url, &marker);
-    let pcap = cap.stop(&mut c.n);
-    assert!(
-        !contains(&pcap, marker.as_bytes()),
-        "the page crossed the underlay in plaintext during the rolling restart"
-    );
-    let plain = cap.matching("tcp port 8080");
-    assert!(
-        plain.is_empty(),
-        "plaintext pod traffic on the underlay during the rolling restart: {plain:?}"
-    );
+    assert_only_wireguard(&mut c, &caps, &marker, "the rolling restart");
     assert_eq!(public_keys(&c), keys, "a restart changed a node's key");
 }

@@ -157,9 +157,12 @@ pub struct Args {
     pub masquerade: bool,
 
     /// Where this node's `/proc/sys/net` is writable: the agent turns on
-    /// IPv4 and IPv6 forwarding there. A container's own `/proc/sys` is
-    /// read-only and runc refuses mounts inside `/proc`, so the DaemonSet
-    /// mounts the host's at `/host/proc/sys/net` and points this there.
+    /// forwarding there (`ipv4/ip_forward`, `ipv6/conf/all/forwarding`),
+    /// for the families of --cluster-cidr only. The values are those of the
+    /// agent's own network namespace (the host's, with hostNetwork). A
+    /// container's `/proc/sys` is read-only, and runc refuses any mount
+    /// inside `/proc`: the DaemonSet mounts the host's `/proc/sys/net` at
+    /// `/host/proc/sys/net` and points this there.
     #[arg(
         long,
         env = "PODGUARD_PROC_SYS_NET",

@@ -37,18 +37,22 @@ pub fn bin_dir() -> PathBuf {
 
 /// Fail with the fix if a binary is missing.
 pub fn check_bins(bin: &Path) -> anyhow::Result<()> {
-    for b in [
+    const BINS: [&str; 7] = [
         "etcd",
         "kube-apiserver",
         "kube-controller-manager",
+        "kube-scheduler",
         "kubectl",
-    ] {
+        "kubelet",
+        "kube-proxy",
+    ];
+    for b in BINS {
         if !bin.join(b).is_file() {
             bail!(
                 "{} is missing: build the real control plane with `bash tests/kube/kube.sh setup` \
-                 (or point PODGUARD_KUBE_BIN at a directory with etcd, kube-apiserver, \
-                 kube-controller-manager and kubectl)",
-                bin.join(b).display()
+                 (or point PODGUARD_KUBE_BIN at a directory with {})",
+                bin.join(b).display(),
+                BINS.join(", ")
             );
         }
     }

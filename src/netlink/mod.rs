@@ -20,9 +20,12 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 
+mod forwarding;
 pub mod links;
 pub mod mtu;
 pub mod watch;
+
+pub use forwarding::enable_forwarding;
 
 /// Routes podguard installs carry this `proto` (shown by `ip route` as
 /// `proto 77`), so we never touch routes that are not ours.
@@ -416,22 +419,4 @@ impl Netlink {
             }),
         }
     }
-}
-
-/// Turn on IPv4 and IPv6 forwarding in this network namespace, through
-/// `proc_sys_net` (this namespace's `/proc/sys/net`, wherever it is mounted
-/// writable).
-pub fn enable_forwarding(proc_sys_net: &std::path::Path) -> Result<(), NetlinkError> {
-    for rel in ["ipv4/ip_forward", "ipv6/conf/all/forwarding"] {
-        let path = proc_sys_net.join(rel);
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        if current.trim() == "1" {
-            continue;
-        }
-        std::fs::write(&path, "1").map_err(|source| NetlinkError::Sysctl {
-            path: path.display().to_string(),
-            source,
-        })?;
-    }
-    Ok(())
 }

@@ -11,10 +11,11 @@
 //! What differs from a production node, and why:
 //! - kubelet runs with `cgroupsPerQOS: false` and `cgroupRoot: /pgrt-ID`
 //!   (no systemd here; one kubelet per node on one host; node-down removes
-//!   the cgroups), `failCgroupV1: false` (this host has cgroup v1 only);
-//! - its API is authenticated by client certificate of the lab CA and
-//!   authorizes every authenticated caller (AlwaysAllow): only the API
-//!   server holds such a certificate;
+//!   the cgroups), `failCgroupV1: false` (these hosts have cgroup v1);
+//! - containerd: `restrict_oom_score_adj` (kubelet asks for negative OOM
+//!   scores, which need CAP_SYS_RESOURCE, which root lacks on these
+//!   machines) and `disable_apparmor` (loading its profile would change
+//!   the host);
 //! - the host-wide kernel settings kubelet wants are bound into the node's
 //!   mount namespace (rt.sh), so it never changes the host's;
 //! - `loopback` and `portmap` come from Debian's containernetworking-plugins
@@ -39,18 +40,19 @@ pub const CLUSTER: &str = "10.244.0.0/16";
 pub const API_IP: &str = "192.0.2.100";
 
 /// The image deploy/image.sh builds from this build's binaries, once per
-/// test binary: the OCI archive to import.
+/// test binary, into a fixed directory each run overwrites: the OCI archive
+/// to import.
 fn image() -> &'static Path {
-    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, tar) = IMAGE.get_or_init(|| {
-        let out = tempfile::tempdir().unwrap();
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubelet-image");
         let bin = Path::new(env!("CARGO_BIN_EXE_podguard-agent"))
             .parent()
             .unwrap()
             .to_path_buf();
         let o = Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/image.sh"))
-            .arg(out.path())
+            .arg(&out)
             .env("BIN_DIR", bin)
             .output()
             .unwrap();
@@ -59,14 +61,12 @@ fn image() -> &'static Path {
             "deploy/image.sh: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let tar = std::fs::read_dir(out.path())
+        std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.to_string_lossy().ends_with(".oci.tar"))
-            .expect("deploy/image.sh wrote no .oci.tar");
-        (out, tar)
-    });
-    tar
+            .expect("deploy/image.sh wrote no .oci.tar")
+    })
 }
 
 pub struct KubeletNode {
@@ -205,7 +205,10 @@ impl KubeletCluster {
 
     /// `kubectl args` as the admin.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        self.cp.kubectl(args).output().unwrap()
+        // No call may hang the test (an exec into a stuck pod, say).
+        let mut a = vec!["--request-timeout=30s"];
+        a.extend_from_slice(args);
+        self.cp.kubectl(&a).output().unwrap()
     }
 
     /// `kubectl args` that must succeed; its stdout.
@@ -220,6 +223,28 @@ impl KubeletCluster {
         a.extend_from_slice(&["-o", "json"]);
         let o = self.kubectl(&a);
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The `podguard` CLI inside the underlay, as the cluster admin: its
+    /// exit code and its JSON (`--output json` is added).
+    pub fn podguard(&self, args: &[&str]) -> (i32, Value) {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ul, env!("CARGO_BIN_EXE_podguard")])
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.cp.admin_kubeconfig())
+            .args(["--output", "json"])
+            .env_remove("PODGUARD_NAMESPACE")
+            .output()
+            .unwrap();
+        let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+            Value::String(format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        });
+        (o.status.code().unwrap_or(-1), v)
     }
 
     pub fn node_ready(&self, name: &str) -> bool {
@@ -310,11 +335,11 @@ authentication:
   anonymous:
     enabled: false
   webhook:
-    enabled: false
+    enabled: true
   x509:
     clientCAFile: {ca}
 authorization:
-  mode: AlwaysAllow
+  mode: Webhook
 # A shared test machine's disk: never evict or collect the imported images.
 evictionHard:
   memory.available: 50Mi

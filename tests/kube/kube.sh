@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real Kubernetes control plane for the lab and the tests: kube-apiserver,
-# kube-controller-manager and kubectl of one pinned release, and etcd, built
-# from the Go module proxy into a cache outside the repo (never committed).
+# kube-controller-manager, kube-scheduler and kubectl of one pinned release,
+# a node's kubelet and kube-proxy of the same release, and etcd, built from
+# the Go module proxy into a cache outside the repo (never committed).
 # $CACHE/bin links to the current build (what `podguard lab up --kube real`
 # uses unless PODGUARD_KUBE_BIN says otherwise).
 #

@@ -87,6 +87,9 @@
 #   D/var-lib-kubelet  /var/lib/kubelet     (kubelet's pods, volumes, certs)
 #   D/var-log-pods     /var/log/pods        (containers' logs, from kubelet)
 #   D/var-log-containers /var/log/containers
+#   D/sysctl/PATH      /proc/sys/PATH       (PGRT_KUBELET=1 nodes: the
+#                                              host-wide settings kubelet
+#                                              wants, KUBELET_SYSCTLS)
 #   tmpfs                /dev/shm             (podman's SHM lock segment
 #                                              /dev/shm/libpod_lock is global
 #                                              otherwise: a fresh podman store
@@ -467,8 +470,9 @@ cmd_node_up() {
   local nspath=$netns
   [[ $netns == */* ]] || nspath=/run/netns/$netns
   [[ -e $nspath ]] || die "netns $nspath does not exist (the caller creates it)"
-  [[ -f $PGRT_CACHE/busybox-rootfs.tar && -f $PGRT_CACHE/busybox-oci.tar ]] ||
-    die "no image in $PGRT_CACHE: run rt.sh setup"
+  [[ -f $PGRT_CACHE/busybox-rootfs.tar && -f $PGRT_CACHE/busybox-oci.tar &&
+     -f $PGRT_CACHE/pause-oci.tar ]] ||
+    die "no image in $PGRT_CACHE (or one from an older rt.sh): run rt.sh setup"
   command -v podman >/dev/null && command -v containerd >/dev/null || die "run rt.sh setup"
   if [[ -e $D ]]; then
     holder_pid "$D" >/dev/null && die "node $id is already up ($D)"
@@ -577,6 +581,14 @@ cmd_node_down() {
   [[ -e $D ]] || { log "node $id: nothing to do"; return 0; }
   local h c
   if h=$(holder_pid "$D"); then
+    # What drives containerd goes first (a kubelet would start the pods
+    # again while they are removed).
+    local p
+    for p in $(ns_pids "$(cat "$D/mntns")"); do
+      case $(cat "/proc/$p/comm" 2>/dev/null) in
+        kubelet|kube-proxy) kill -KILL "$p" 2>/dev/null || true ;;
+      esac
+    done
     if c=$(containerd_pid "$D"); then
       local ns t
       for ns in $(RT_TIMEOUT=20 run_in "$id" ctr namespaces ls -q 2>/dev/null); do
