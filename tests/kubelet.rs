@@ -5,7 +5,9 @@
 //! kube-proxy's `kubernetes` Service. Then ordinary Pods on two nodes get
 //! their network from the CNI plugin it installed and talk across nodes,
 //! encrypted on the underlay; `kubectl exec` and `kubectl logs` go through
-//! the kubelets. See tests/common/kubelet.rs for the cluster.
+//! the kubelets. And a Helm release of the chart with non-default values
+//! (its own namespace, a dual-stack pod network) does the same over IPv6.
+//! See tests/common/kubelet.rs for the cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,6 +22,14 @@ use common::*;
 use serde_json::Value;
 
 const TEST: &str = "the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets";
+const HELM_TEST: &str = "a_dual_stack_helm_release_in_its_own_namespace_runs_under_real_kubelets";
+
+/// One cluster at a time: each is five Kubernetes processes and two
+/// containerds on a 2-core machine.
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn pod_yaml(name: &str, node: &str, cmd: &str) -> String {
     format!(
@@ -120,40 +130,36 @@ fn public_keys(c: &KubeletCluster) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
-    if !require_runtimes(TEST) || !require_real_kube(TEST) {
-        return;
-    }
-    let mut c = KubeletCluster::up("kl", 2);
+/// Each node's forwarding sysctls: (IPv4, IPv6).
+fn forwarding(c: &KubeletCluster) -> Vec<(String, String)> {
+    c.nodes
+        .iter()
+        .map(|node| {
+            let sysctl = |rel: &str| {
+                ok(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &node.rt.ns,
+                    "cat",
+                    &format!("/proc/sys/net/{rel}"),
+                ])
+                .trim()
+                .to_string()
+            };
+            (
+                sysctl("ipv4/ip_forward"),
+                sysctl("ipv6/conf/all/forwarding"),
+            )
+        })
+        .collect()
+}
 
-    // The agents published their keys.
-    let keys = public_keys(&c);
-    for key in &keys {
-        assert_eq!(key.len(), 44, "a node's public key annotation: {keys:?}");
-    }
-
-    // Forwarding is on for the cluster's family only (the shipped
-    // cluster CIDR is IPv4): IPv6 forwarding would cost hosts their
-    // Router Advertisements.
-    for node in &c.nodes {
-        let sysctl = |rel: &str| {
-            ok(&[
-                "ip",
-                "netns",
-                "exec",
-                &node.rt.ns,
-                "cat",
-                &format!("/proc/sys/net/{rel}"),
-            ])
-            .trim()
-            .to_string()
-        };
-        assert_eq!(sysctl("ipv4/ip_forward"), "1", "{}", node.name);
-        assert_eq!(sysctl("ipv6/conf/all/forwarding"), "0", "{}", node.name);
-    }
-
-    let marker = String::from_utf8(marker("kubelet")).unwrap();
+/// Pod `server` on n2 serving a page holding `marker` on port 8080, pod
+/// `client` on n1; returns the server's addresses, each checked to be in
+/// its Node's podCIDR of that family (the agent's node state, read by the
+/// CNI plugin containerd ran), as are the client's.
+fn start_pods(c: &KubeletCluster, marker: &str) -> Vec<std::net::IpAddr> {
     c.apply(&pod_yaml(
         "server",
         "n2",
@@ -169,30 +175,73 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
             || c.get(&["pod", pod])["status"]["phase"] == "Running",
         );
     }
-    // Each Pod's address is from its own Node's podCIDR (the agent's
-    // node state, read by the CNI plugin containerd ran).
-    let mut ips = Vec::new();
+    let mut server = Vec::new();
     for (pod, node) in [("server", "n2"), ("client", "n1")] {
         let p = c.get(&["pod", pod]);
-        let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
-        let cidr: ipnet::Ipv4Net = c.get(&["node", node])["spec"]["podCIDR"]
-            .as_str()
+        let cidrs: Vec<ipnet::IpNet> = c.get(&["node", node])["spec"]["podCIDRs"]
+            .as_array()
             .unwrap()
-            .parse()
-            .unwrap();
-        assert!(
-            cidr.contains(&ip),
-            "{pod}'s address {ip} is not in {node}'s podCIDR {cidr}"
+            .iter()
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+            .collect();
+        let ips: Vec<std::net::IpAddr> = p["status"]["podIPs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["ip"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(
+            ips.len(),
+            cidrs.len(),
+            "{pod}: one address per podCIDR: {p}"
         );
-        ips.push(ip.to_string());
+        for ip in &ips {
+            assert!(
+                cidrs.iter().any(|c| c.contains(ip)),
+                "{pod}'s address {ip} is not in {node}'s podCIDRs {cidrs:?}"
+            );
+        }
+        if pod == "server" {
+            server = ips;
+        }
     }
-    let server_ip = ips[0].clone();
+    server
+}
+
+/// `http://ADDR:PORT/` (brackets for IPv6).
+fn url(ip: std::net::IpAddr, port: u16) -> String {
+    format!("http://{}/", std::net::SocketAddr::new(ip, port))
+}
+
+#[test]
+fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
+    if !require_runtimes(TEST) || !require_real_kube(TEST) {
+        return;
+    }
+    let _one = one_cluster_at_a_time();
+    let mut c = KubeletCluster::up("kl", 2);
+
+    // The agents published their keys.
+    let keys = public_keys(&c);
+    for key in &keys {
+        assert_eq!(key.len(), 44, "a node's public key annotation: {keys:?}");
+    }
+
+    // Forwarding is on for the cluster's family only (the shipped
+    // cluster CIDR is IPv4): IPv6 forwarding would cost hosts their
+    // Router Advertisements.
+    for (i, f) in forwarding(&c).iter().enumerate() {
+        assert_eq!(f, &("1".into(), "0".into()), "node {i}: (ipv4, ipv6)");
+    }
+
+    let marker = String::from_utf8(marker("kubelet")).unwrap();
+    let server_ip = start_pods(&c, &marker)[0];
 
     // Pod to pod across nodes through `kubectl exec`, encrypted on the
     // underlay: n1's link to the underlay carries WireGuard, never the
     // page.
     let caps = capture_nodes(&mut c, "kubelet-underlay");
-    fetch_eventually(&c, &format!("http://{server_ip}:8080/"), &marker);
+    fetch_eventually(&c, &url(server_ip, 8080), &marker);
     // And through a Service: kube-proxy's DNAT on n1, then the tunnel.
     c.apply(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: server\n  namespace: default\n\
@@ -295,7 +344,7 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     // The keys stay (the key directory is on the host), and the pods'
     // network is back when the rollout is done.
     let caps = capture_nodes(&mut c, "kubelet-rollout");
-    let url = format!("http://{server_ip}:8080/");
+    let url = url(server_ip, 8080);
     let (mut ok, mut failed) = (0, 0);
     std::thread::scope(|s| {
         let rollout = s.spawn(|| {
@@ -322,4 +371,43 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     fetch_eventually(&c, &url, &marker);
     assert_only_wireguard(&mut c, &caps, &marker, "the rolling restart");
     assert_eq!(public_keys(&c), keys, "a restart changed a node's key");
+}
+
+#[test]
+fn a_dual_stack_helm_release_in_its_own_namespace_runs_under_real_kubelets() {
+    if !require_runtimes(HELM_TEST) || !require_real_kube(HELM_TEST) {
+        return;
+    }
+    let _one = one_cluster_at_a_time();
+    const NS: &str = "pg-system";
+    let mut c = KubeletCluster::start("kh", 2, "10.244.0.0/16,fd00:10:244::/56");
+    c.helm_install(NS, &["clusterCIDRs={10.244.0.0/16,fd00:10:244::/56}"]);
+    c.wait_ready(NS);
+    for (i, f) in forwarding(&c).iter().enumerate() {
+        assert_eq!(f, &("1".into(), "1".into()), "node {i}: (ipv4, ipv6)");
+    }
+
+    let marker = String::from_utf8(marker("helm")).unwrap();
+    let server = start_pods(&c, &marker);
+    assert!(
+        server.iter().any(|ip| ip.is_ipv4()) && server.iter().any(|ip| ip.is_ipv6()),
+        "the server has an address of each family: {server:?}"
+    );
+    let caps = capture_nodes(&mut c, "helm-underlay");
+    for ip in &server {
+        fetch_eventually(&c, &url(*ip, 8080), &marker);
+    }
+    assert_only_wireguard(&mut c, &caps, &marker, "pod to pod over IPv4 and IPv6");
+
+    // The release's namespace is where the agents keep their Leases:
+    // `podguard status` asked there judges both alive and converged.
+    let mut status = (0, Value::Null);
+    wait_for(
+        "podguard status --agent-namespace pg-system: converged and alive",
+        Duration::from_secs(60),
+        || {
+            status = c.podguard(&["status", "--agent-namespace", NS]);
+            status.0 == 0
+        },
+    );
 }

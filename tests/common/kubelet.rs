@@ -91,9 +91,20 @@ impl KubeletCluster {
     /// kubelet and kube-proxy, and the shipped manifests applied. Returns
     /// once every Node is Ready and the DaemonSet's Pods are ready.
     pub fn up(tag: &str, count: usize) -> Self {
+        let c = Self::start(tag, count, CLUSTER);
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        c.cp.apply_kustomization(&deploy)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        c.wait_ready("podguard");
+        c
+    }
+
+    /// The control plane (pod network `cluster_cidrs`) and `count` nodes
+    /// running kubelet and kube-proxy; nothing installed yet.
+    pub fn start(tag: &str, count: usize, cluster_cidrs: &str) -> Self {
         let mut n = Netns::new(tag);
         let ul = n.underlay(Some(&format!("{API_IP}/24")));
-        let mut cp = ControlPlane::start(&ul, &n.path("kube"), API_IP, CLUSTER)
+        let mut cp = ControlPlane::start(&ul, &n.path("kube"), API_IP, cluster_cidrs)
             .unwrap_or_else(|e| panic!("starting the real control plane: {e:#}"));
         cp.run_workloads()
             .unwrap_or_else(|e| panic!("starting kube-scheduler: {e:#}"));
@@ -107,31 +118,59 @@ impl KubeletCluster {
             n,
         };
         for i in 0..count {
-            c.add_node(&format!("n{}", i + 1), i as u8 + 1, &proxy_kc);
+            c.add_node(
+                &format!("n{}", i + 1),
+                i as u8 + 1,
+                &proxy_kc,
+                cluster_cidrs,
+            );
         }
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-        c.cp.apply_kustomization(&deploy)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        for node in &c.nodes {
+        c
+    }
+
+    /// Every Node Ready and the agent DaemonSet (in `namespace`) ready on
+    /// each.
+    pub fn wait_ready(&self, namespace: &str) {
+        for node in &self.nodes {
             let name = node.name.clone();
             wait_for(
                 &format!("Node {name} Ready"),
                 Duration::from_secs(120),
-                || c.node_ready(&name),
+                || self.node_ready(&name),
             );
         }
         wait_for(
             "the podguard-agent DaemonSet's Pods ready on every node",
             Duration::from_secs(120),
             || {
-                let ds = c.get(&["-n", "podguard", "daemonset", "podguard-agent"]);
-                ds["status"]["numberReady"].as_u64() == Some(count as u64)
+                let ds = self.get(&["-n", namespace, "daemonset", "podguard-agent"]);
+                ds["status"]["numberReady"].as_u64() == Some(self.nodes.len() as u64)
             },
         );
-        c
     }
 
-    fn add_node(&mut self, name: &str, idx: u8, proxy_kc: &Path) {
+    /// `helm install podguard deploy/chart` into `namespace` with `--set`
+    /// `values`, as the cluster admin (helm of tests/kube/kube.sh).
+    pub fn helm_install(&self, namespace: &str, values: &[&str]) -> String {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ul])
+            .arg(podguard::lab::kube::bin_dir().join("helm"))
+            .arg("--kubeconfig")
+            .arg(self.cp.admin_kubeconfig())
+            .args(["install", "podguard"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chart"))
+            .args(["--namespace", namespace, "--create-namespace"]);
+        for v in values {
+            cmd.args(["--set", v]);
+        }
+        // helm's caches and config stay out of the caller's home.
+        cmd.env("HELM_CACHE_HOME", self.n.path("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.n.path("helm/config"))
+            .env("HELM_DATA_HOME", self.n.path("helm/data"));
+        super::stdout_of_success("helm install", cmd.output().unwrap())
+    }
+
+    fn add_node(&mut self, name: &str, idx: u8, proxy_kc: &Path, cluster_cidrs: &str) {
         let ns = self.n.underlay_node(&self.ul, name, idx);
         let ip = format!("192.0.2.{idx}");
         // A node has a default route (here: the underlay host): without
@@ -184,7 +223,11 @@ impl KubeletCluster {
             .spawn_logged(&format!("kubelet-{name}"), &mut cmd, &kubelet_log);
 
         let proxy_config = dir.join("kube-proxy.yaml");
-        std::fs::write(&proxy_config, proxy_config_text(name, proxy_kc)).unwrap();
+        std::fs::write(
+            &proxy_config,
+            proxy_config_text(name, proxy_kc, cluster_cidrs),
+        )
+        .unwrap();
         let proxy_log = dir.join("kube-proxy.log");
         let proxy = podguard::lab::kube::bin_dir().join("kube-proxy");
         let mut cmd = rt.cmd(&[
@@ -356,7 +399,7 @@ registerNode: true
 
 /// kube-proxy's configuration on node `name`: iptables mode in the node's
 /// namespace; conntrack limits left as they are (they are host-wide).
-fn proxy_config_text(name: &str, kubeconfig: &Path) -> String {
+fn proxy_config_text(name: &str, kubeconfig: &Path, cluster_cidrs: &str) -> String {
     format!(
         r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -364,7 +407,7 @@ clientConnection:
   kubeconfig: {kc}
 hostnameOverride: {name}
 mode: iptables
-clusterCIDR: {CLUSTER}
+clusterCIDR: {cluster_cidrs}
 bindAddress: 0.0.0.0
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249

@@ -42,9 +42,28 @@ die() { echo "kube.sh: $*" >&2; exit 1; }
 # DaemonSet under real kubelets).
 KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
 
+# How the Kubernetes binaries are built; a cache built another way is
+# rebuilt. 2: the release's version stamped in (else they report
+# v0.0.0-master, and helm refuses a chart's kubeVersion: >=1.30).
+KUBE_RECIPE=2
+
 kube_built() {
   local c
   for c in $KUBE_CMDS; do [ -x "$BIN/$c" ] || return 1; done
+  [ "$(cat "$BIN/kube.recipe" 2>/dev/null)" = "$KUBE_RECIPE" ]
+}
+
+# -ldflags of the Kubernetes binaries: the version stamp `make` would set
+# (hack/lib/version.sh), for the servers and for client-go.
+kube_ldflags() {
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local kv=(gitVersion="$KUBE_VERSION" gitMajor=1 gitMinor="$minor" gitTreeState=clean
+            buildDate=1970-01-01T00:00:00Z)
+  local out="-s -w" p x
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    for x in "${kv[@]}"; do out+=" -X $p.$x"; done
+  done
+  echo "$out"
 }
 
 etcd_built() { [ -x "$BIN/etcd" ]; }
@@ -105,8 +124,9 @@ setup() {
     for c in $KUBE_CMDS; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     (export GOFLAGS=-mod=mod
       kube_module "$work/kube" \
-      && go build -trimpath -ldflags "$ld" -o "$BIN/" "${pkgs[@]}") \
+      && go build -trimpath -ldflags "$(kube_ldflags)" -o "$BIN/" "${pkgs[@]}") \
       || die "building $KUBE_CMDS $KUBE_VERSION failed"
+    echo "$KUBE_RECIPE" >"$BIN/kube.recipe"
   fi
   if ! etcd_built; then
     (export GOFLAGS=-mod=mod
