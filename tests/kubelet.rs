@@ -6,7 +6,10 @@
 //! their network from the CNI plugin it installed and talk across nodes,
 //! encrypted on the underlay; `kubectl exec` and `kubectl logs` go through
 //! the kubelets. And a Helm release of the chart with non-default values
-//! (its own namespace, a dual-stack pod network) does the same over IPv6.
+//! (its own namespace, a dual-stack pod network): both families forwarded,
+//! pods with an address of each, talking across nodes over IPv4 and IPv6
+//! with only WireGuard on the underlay, the agents judged by the Leases in
+//! the release's namespace.
 //! See tests/common/kubelet.rs for the cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -112,6 +115,39 @@ fn assert_only_wireguard(c: &mut KubeletCluster, caps: &[Capture], marker: &str,
         assert!(
             !cap.matching("udp port 51820").is_empty(),
             "no WireGuard packets on {node}'s underlay link during {during}"
+        );
+    }
+}
+
+/// `podguard status` (with `args`) until it exits 0, then: every node's
+/// applied mesh agrees and its agent was judged alive by a heartbeat Lease
+/// (a status that found no Leases judges nobody and still exits 0).
+fn assert_alive_and_converged(c: &KubeletCluster, args: &[&str]) {
+    let mut status = (0, Value::Null, String::new());
+    let mut argv = vec!["status"];
+    argv.extend_from_slice(args);
+    wait_for(
+        &format!("podguard {argv:?}: converged and alive"),
+        Duration::from_secs(60),
+        || {
+            status = c.podguard(&argv);
+            status.0 == 0
+        },
+    );
+    let (_, rows, stderr) = &status;
+    assert!(
+        !stderr.contains("no heartbeat Leases"),
+        "podguard {argv:?}: {stderr}"
+    );
+    for node in ["n1", "n2"] {
+        let row = rows
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["node"] == node))
+            .unwrap_or_else(|| panic!("no {node} in podguard {argv:?}: {rows:#}"));
+        assert_eq!(row["digest"], "agrees", "{node}: {rows:#}");
+        assert!(
+            row["heartbeatAgeSecs"].is_u64(),
+            "{node}'s agent not judged by a Lease: {rows:#}"
         );
     }
 }
@@ -305,28 +341,8 @@ fn the_shipped_daemonset_gives_pods_an_encrypted_network_under_real_kubelets() {
     // The operator's view of the real DaemonSet: `podguard status` judges
     // each agent by the heartbeat Lease its Pod keeps, and finds the mesh
     // converged; `podguard audit` has the client -> server flow encrypted.
-    let mut status = (0, Value::Null);
-    wait_for(
-        "podguard status: converged and alive",
-        Duration::from_secs(60),
-        || {
-            status = c.podguard(&["status"]);
-            status.0 == 0
-        },
-    );
-    for node in ["n1", "n2"] {
-        let row = status
-            .1
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["node"] == node));
-        assert_eq!(
-            row.map(|r| r["digest"].clone()),
-            Some(Value::from("agrees")),
-            "{node} in podguard status: {:#}",
-            status.1
-        );
-    }
-    let (_, audit) = c.podguard(&["audit", "--pods"]);
+    assert_alive_and_converged(&c, &[]);
+    let (_, audit, _) = c.podguard(&["audit", "--pods"]);
     let flow = audit["pods"].as_array().and_then(|p| {
         p.iter()
             .find(|f| f["from"] == "default/client" && f["to"] == "default/server")
@@ -400,14 +416,14 @@ fn a_dual_stack_helm_release_in_its_own_namespace_runs_under_real_kubelets() {
     assert_only_wireguard(&mut c, &caps, &marker, "pod to pod over IPv4 and IPv6");
 
     // The release's namespace is where the agents keep their Leases:
-    // `podguard status` asked there judges both alive and converged.
-    let mut status = (0, Value::Null);
-    wait_for(
-        "podguard status --agent-namespace pg-system: converged and alive",
-        Duration::from_secs(60),
-        || {
-            status = c.podguard(&["status", "--agent-namespace", NS]);
-            status.0 == 0
-        },
+    // `podguard status` asked there judges both alive and converged; asked
+    // about the default namespace, it finds no Lease and judges nobody.
+    assert_alive_and_converged(&c, &["--agent-namespace", NS]);
+    let (_, rows, stderr) = c.podguard(&["status"]);
+    assert!(stderr.contains("no heartbeat Leases"), "{stderr}");
+    assert!(
+        rows.as_array()
+            .is_some_and(|r| r.iter().all(|r| r["heartbeatAgeSecs"].is_null())),
+        "{rows:#}"
     );
 }

@@ -110,11 +110,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let nl = Netlink::connect()?;
-        netlink::enable_forwarding(
-            &args.proc_sys_net,
-            args.cluster_cidrs.iter().any(|c| c.addr().is_ipv4()),
-            args.cluster_cidrs.iter().any(|c| c.addr().is_ipv6()),
-        )?;
+        netlink::enable_forwarding(&args.proc_sys_net, &args.cluster_cidrs)?;
         let kernel = match args.backend {
             BackendChoice::Userspace => false,
             _ => nl.kernel_wireguard_available().await,

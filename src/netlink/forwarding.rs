@@ -8,7 +8,7 @@
 use super::NetlinkError;
 
 /// Turn on forwarding in this network namespace for the address families
-/// the pod network uses (`ipv4` / `ipv6`), through `proc_sys_net` (this
+/// of the pod network (`cluster_cidrs`), through `proc_sys_net` (this
 /// namespace's `/proc/sys/net`, wherever it is mounted writable). Only
 /// those: IPv6 forwarding on makes the kernel ignore Router Advertisements
 /// (with `accept_ra=1`), which would cost an IPv4-only cluster's hosts
@@ -18,12 +18,12 @@ use super::NetlinkError;
 /// `/proc/sys/net` fails here even where forwarding is already on.
 pub fn enable_forwarding(
     proc_sys_net: &std::path::Path,
-    ipv4: bool,
-    ipv6: bool,
+    cluster_cidrs: &[ipnet::IpNet],
 ) -> Result<(), NetlinkError> {
+    let has = |v4: bool| cluster_cidrs.iter().any(|c| c.addr().is_ipv4() == v4);
     let wanted = [
-        ("ipv4/ip_forward", ipv4),
-        ("ipv6/conf/all/forwarding", ipv6),
+        ("ipv4/ip_forward", has(true)),
+        ("ipv6/conf/all/forwarding", has(false)),
     ];
     for (rel, _) in wanted.iter().filter(|(_, on)| *on) {
         let path = proc_sys_net.join(rel);
@@ -71,11 +71,19 @@ mod tests {
 
     #[test]
     fn only_the_cluster_families_are_turned_on() {
+        let nets =
+            |s: &[&str]| -> Vec<ipnet::IpNet> { s.iter().map(|n| n.parse().unwrap()).collect() };
         let d = dir_with("0\n", "0\n");
-        enable_forwarding(d.path(), true, false).unwrap();
+        enable_forwarding(d.path(), &nets(&["10.244.0.0/16"])).unwrap();
         assert_eq!(read(&d, "ipv4/ip_forward"), "1");
         assert_eq!(read(&d, "ipv6/conf/all/forwarding"), "0");
-        enable_forwarding(d.path(), false, true).unwrap();
+        let d = dir_with("0\n", "0\n");
+        enable_forwarding(d.path(), &nets(&["fd00:10:244::/56"])).unwrap();
+        assert_eq!(read(&d, "ipv4/ip_forward"), "0");
+        assert_eq!(read(&d, "ipv6/conf/all/forwarding"), "1");
+        let d = dir_with("0\n", "0\n");
+        enable_forwarding(d.path(), &nets(&["10.244.0.0/16", "fd00:10:244::/56"])).unwrap();
+        assert_eq!(read(&d, "ipv4/ip_forward"), "1");
         assert_eq!(read(&d, "ipv6/conf/all/forwarding"), "1");
     }
 
@@ -83,7 +91,7 @@ mod tests {
     fn a_wrong_directory_is_named_and_nothing_is_created() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("ipv4")).unwrap();
-        let e = enable_forwarding(d.path(), true, false).unwrap_err();
+        let e = enable_forwarding(d.path(), &["10.244.0.0/16".parse().unwrap()]).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("ipv4/ip_forward"), "{text}");
         assert!(text.contains("--proc-sys-net"), "{text}");

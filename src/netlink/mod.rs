@@ -50,9 +50,11 @@ pub enum NetlinkError {
     /// A link we need is missing.
     #[error("interface {0} does not exist")]
     NoSuchLink(String),
-    /// Writing a sysctl failed.
+    /// Reading or writing a forwarding sysctl failed.
     #[error(
-        "writing {path} (is this namespace's /proc/sys/net mounted writable there? see --proc-sys-net)"
+        "turning on forwarding through {path}: it must be this network namespace's \
+         /proc/sys/net, writable (--proc-sys-net / PODGUARD_PROC_SYS_NET; the DaemonSet \
+         mounts the host's at /host/proc/sys/net)"
     )]
     Sysctl {
         /// The /proc/sys path.

@@ -46,6 +46,8 @@ fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubelet-image");
+        // No archive of an earlier version may be picked up.
+        let _ = std::fs::remove_dir_all(&out);
         let bin = Path::new(env!("CARGO_BIN_EXE_podguard-agent"))
             .parent()
             .unwrap()
@@ -153,7 +155,7 @@ impl KubeletCluster {
     /// `values`, as the cluster admin (helm of tests/kube/kube.sh).
     pub fn helm_install(&self, namespace: &str, values: &[&str]) -> String {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ul])
+        cmd.args(["netns", "exec", &self.ul, "timeout", "300"])
             .arg(podguard::lab::kube::bin_dir().join("helm"))
             .arg("--kubeconfig")
             .arg(self.cp.admin_kubeconfig())
@@ -163,10 +165,17 @@ impl KubeletCluster {
         for v in values {
             cmd.args(["--set", v]);
         }
-        // helm's caches and config stay out of the caller's home.
+        // helm's caches and config stay out of the caller's home, and
+        // nothing of the caller's helm setup applies.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("HELM_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.env("HELM_CACHE_HOME", self.n.path("helm/cache"))
             .env("HELM_CONFIG_HOME", self.n.path("helm/config"))
-            .env("HELM_DATA_HOME", self.n.path("helm/data"));
+            .env("HELM_DATA_HOME", self.n.path("helm/data"))
+            .env("KUBECACHEDIR", self.n.path("kube-cache"));
         super::stdout_of_success("helm install", cmd.output().unwrap())
     }
 
@@ -177,6 +186,17 @@ impl KubeletCluster {
         // one, connecting to a Service's ClusterIP fails before kube-proxy's
         // DNAT could apply.
         super::ok(&["ip", "-n", &ns, "route", "add", "default", "via", API_IP]);
+        // A new namespace copies the host's IPv4 forwarding setting: start
+        // from off, so that the agent is what turns it on.
+        super::ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ]);
         let id = format!("{}-{name}", self.n.prefix);
         let rt = RtNode::up_with(&id, &ns, &[("PGRT_KUBELET", "1")]);
         let bin_dir = rt.dir("PGRT_CNI_BIN_DIR");
@@ -248,10 +268,13 @@ impl KubeletCluster {
 
     /// `kubectl args` as the admin.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        // No call may hang the test (an exec into a stuck pod, say).
+        // Requests time out (an exec's stream is bounded by the command
+        // the test runs in it).
         let mut a = vec!["--request-timeout=30s"];
         a.extend_from_slice(args);
-        self.cp.kubectl(&a).output().unwrap()
+        let mut cmd = self.cp.kubectl(&a);
+        cmd.env("KUBECACHEDIR", self.n.path("kube-cache"));
+        cmd.output().unwrap()
     }
 
     /// `kubectl args` that must succeed; its stdout.
@@ -269,10 +292,11 @@ impl KubeletCluster {
     }
 
     /// The `podguard` CLI inside the underlay, as the cluster admin: its
-    /// exit code and its JSON (`--output json` is added).
-    pub fn podguard(&self, args: &[&str]) -> (i32, Value) {
+    /// exit code, its JSON (`--output json` is added) and its stderr.
+    pub fn podguard(&self, args: &[&str]) -> (i32, Value, String) {
         let o = Command::new("ip")
-            .args(["netns", "exec", &self.ul, env!("CARGO_BIN_EXE_podguard")])
+            .args(["netns", "exec", &self.ul, "timeout", "60"])
+            .arg(env!("CARGO_BIN_EXE_podguard"))
             .args(args)
             .arg("--kubeconfig")
             .arg(self.cp.admin_kubeconfig())
@@ -287,7 +311,11 @@ impl KubeletCluster {
                 String::from_utf8_lossy(&o.stderr)
             ))
         });
-        (o.status.code().unwrap_or(-1), v)
+        (
+            o.status.code().unwrap_or(-1),
+            v,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 
     pub fn node_ready(&self, name: &str) -> bool {

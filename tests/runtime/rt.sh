@@ -586,7 +586,8 @@ cmd_node_down() {
     local p
     for p in $(ns_pids "$(cat "$D/mntns")"); do
       case $(cat "/proc/$p/comm" 2>/dev/null) in
-        kubelet|kube-proxy) kill -KILL "$p" 2>/dev/null || true ;;
+        kubelet|kube-proxy) kill -KILL "$p" 2>/dev/null || true
+                            wait_for 5 gone "$p" || log "node $id: pid $p does not die" ;;
       esac
     done
     if c=$(containerd_pid "$D"); then
