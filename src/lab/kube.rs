@@ -27,15 +27,33 @@ pub const AGENT_SERVICE_ACCOUNT: &str = "podguard";
 /// The Service range of the lab cluster (kept off the pod network).
 pub const SERVICE_CIDR: &str = "10.96.0.0/24";
 
-/// Where the control plane's binaries are: `$PODGUARD_KUBE_BIN`, else the
-/// cache `tests/kube/kube.sh setup` fills.
-pub fn bin_dir() -> PathBuf {
-    std::env::var_os("PODGUARD_KUBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/podguard-kube/bin"))
+/// How `tests/kube/kube.sh` builds the Kubernetes binaries (its
+/// `KUBE_RECIPE`, written to `kube.recipe` in the cache): a cache of
+/// another recipe is stale (before 2, the binaries reported
+/// `v0.0.0-master`, which helm refuses against the chart's `kubeVersion`).
+pub const KUBE_RECIPE: &str = "2";
+
+/// Whether [`bin_dir`] is `kube.sh`'s cache (no `$PODGUARD_KUBE_BIN`).
+fn bin_is_cache() -> bool {
+    std::env::var_os("PODGUARD_KUBE_BIN").is_none()
 }
 
-/// Fail with the fix if a binary is missing.
+/// Where the control plane's binaries are: `$PODGUARD_KUBE_BIN`, else the
+/// cache `tests/kube/kube.sh setup` fills (`$PODGUARD_KUBE_CACHE/bin`, as
+/// kube.sh reads it; default `/var/cache/podguard-kube/bin`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PODGUARD_KUBE_BIN") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("PODGUARD_KUBE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/podguard-kube"))
+        .join("bin")
+}
+
+/// Fail with the fix if a binary is missing, or if `bin` is kube.sh's
+/// cache and was built by another recipe (a directory of the operator's
+/// own, `$PODGUARD_KUBE_BIN`, is checked only if it has a `kube.recipe`).
 pub fn check_bins(bin: &Path) -> anyhow::Result<()> {
     const BINS: [&str; 7] = [
         "etcd",
@@ -56,6 +74,25 @@ pub fn check_bins(bin: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    check_recipe(bin, bin_is_cache())
+}
+
+/// The recipe half of [`check_bins`].
+fn check_recipe(bin: &Path, is_cache: bool) -> anyhow::Result<()> {
+    let file = bin.join("kube.recipe");
+    let found = match std::fs::read_to_string(&file) {
+        Ok(r) => r.trim().to_string(),
+        Err(_) if !is_cache => return Ok(()),
+        Err(_) => "none".into(),
+    };
+    if found != KUBE_RECIPE {
+        bail!(
+            "{} holds binaries of build recipe {found} ({}), this checkout needs recipe {KUBE_RECIPE}: \
+             rebuild them with `bash tests/kube/kube.sh setup`",
+            bin.display(),
+            file.display()
+        );
+    }
     Ok(())
 }
 
@@ -72,7 +109,6 @@ pub struct ControlPlane {
     cluster_cidrs: String,
     apiserver_pid: Option<u32>,
     controller_manager_pid: Option<u32>,
-    scheduler_pid: Option<u32>,
     /// Whether kubelets run Pods here (`run_workloads`).
     workloads: bool,
 }
@@ -99,7 +135,6 @@ impl ControlPlane {
             cluster_cidrs: cluster_cidrs.into(),
             apiserver_pid: None,
             controller_manager_pid: None,
-            scheduler_pid: None,
             workloads: false,
         };
         cp.write_credentials()?;
@@ -146,7 +181,6 @@ impl ControlPlane {
             cluster_cidrs: String::new(),
             apiserver_pid: None,
             controller_manager_pid: None,
-            scheduler_pid: None,
             workloads: false,
         }
     }
@@ -234,7 +268,9 @@ impl ControlPlane {
         self.start_controller_manager()?;
         let scheduler = self.bin.join("kube-scheduler");
         let kubeconfig = format!("--kubeconfig={}", self.admin_kubeconfig().display());
-        let pid = sys::spawn_in(
+        // Like etcd, it runs until the namespace's processes are killed:
+        // nothing restarts or stops it on its own.
+        sys::spawn_in(
             &self.ns,
             &[
                 s(&scheduler),
@@ -246,7 +282,6 @@ impl ControlPlane {
             None,
             &[],
         )?;
-        self.scheduler_pid = Some(pid);
         Ok(())
     }
 
@@ -325,4 +360,48 @@ pub fn write_manifests(dir: &Path) -> anyhow::Result<()> {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_is_the_one_kube_sh_builds() {
+        let sh = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube/kube.sh"),
+        )
+        .unwrap();
+        assert!(
+            sh.lines()
+                .any(|l| l == format!("KUBE_RECIPE={KUBE_RECIPE}")),
+            "tests/kube/kube.sh and KUBE_RECIPE disagree"
+        );
+    }
+
+    #[test]
+    fn a_cache_of_another_recipe_or_none_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_recipe(dir.path(), true).unwrap_err().to_string();
+        assert!(
+            e.contains("recipe none") && e.contains("kube.sh setup"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("kube.recipe"), "1\n").unwrap();
+        let e = check_recipe(dir.path(), true).unwrap_err().to_string();
+        assert!(
+            e.contains("recipe 1") && e.contains(&format!("needs recipe {KUBE_RECIPE}")),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("kube.recipe"), format!("{KUBE_RECIPE}\n")).unwrap();
+        check_recipe(dir.path(), true).unwrap();
+    }
+
+    #[test]
+    fn an_operators_own_directory_needs_no_recipe_but_a_stale_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_recipe(dir.path(), false).unwrap();
+        std::fs::write(dir.path().join("kube.recipe"), "1\n").unwrap();
+        assert!(check_recipe(dir.path(), false).is_err());
+    }
 }
