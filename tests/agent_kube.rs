@@ -211,6 +211,29 @@ fn keys_published_mesh_converges_and_follows_nodes(kube: Kube) {
     });
     assert!(!pings(&pa, &ipc));
 
+    // Private keys stay on their nodes: no Node object and no agent's log
+    // holds one, in base64 or in the hex the UAPI speaks (the checks find
+    // the public key where it belongs: they read what they should).
+    let (_, nodes) = lab.api("GET", "/api/v1/nodes", None);
+    let nodes = nodes.to_string();
+    assert!(nodes.contains(&lab.public_key(a)));
+    let logs: Vec<String> = [a, b, c].map(|i| lab.log(i)).into();
+    assert!(
+        logs[0].contains(&lab.public_key(a)),
+        "the agent logs its public key"
+    );
+    for i in [a, b, c] {
+        let text = std::fs::read_to_string(&lab.nodes[i].key_file).unwrap();
+        let key = keys::PrivateKey::from_base64(text.trim()).unwrap();
+        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        for secret in [text.trim(), &hex] {
+            assert!(!nodes.contains(secret), "a private key in the Node objects");
+            for log in &logs {
+                assert!(!log.contains(secret), "a private key in an agent's log");
+            }
+        }
+    }
+
     if lab.is_real() {
         // The pods got their addresses from the podCIDRs node IPAM gave.
         let cidrs = lab.node_pod_cidrs("a");

@@ -74,6 +74,7 @@ fn metrics_follow_prometheus_conventions_drop_removed_peers_and_stay_off_the_und
         ("podguard_peer_rx_bytes", "counter"),
         ("podguard_peer_tx_packets", "counter"),
         ("podguard_device_dropped_packets", "counter"),
+        ("podguard_device_handshake_initiations_read", "counter"),
         ("podguard_peers", "gauge"),
         ("podguard_peer_last_handshake_seconds", "gauge"),
     ] {
@@ -128,6 +129,34 @@ fn metrics_follow_prometheus_conventions_drop_removed_peers_and_stay_off_the_und
         "dev",
         "br0",
     ]);
+    // Control: the underlay reaches node A's address, where a listener
+    // of the test answers; the metrics port there refuses the connection
+    // (nothing listens), which an unreachable address would not say.
+    let listener = in_netns(&a, || std::net::TcpListener::bind("192.0.2.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        if let Ok((mut c, _)) = listener.accept() {
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\ncontrol");
+        }
+    });
+    assert!(
+        get(&ul, &format!("192.0.2.1:{port}"), "/").contains("control"),
+        "the control listener did not answer: the check below proves nothing"
+    );
+    let refused = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ul,
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/192.0.2.1/9721",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Connection refused"),
+        "the metrics port on the underlay: {refused:?}"
+    );
     assert!(
         get(&ul, "192.0.2.1:9721", "/metrics").is_empty(),
         "the metrics page answered on the underlay"

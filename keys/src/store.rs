@@ -356,6 +356,9 @@ mod tests {
         assert_eq!(a.public_key(), b.public_key());
         let meta = fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // The directory it created is the owner's alone.
+        let dir_meta = fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(dir_meta.permissions().mode() & 0o777, 0o700);
         let content = fs::read_to_string(&path).unwrap();
         assert_eq!(content, format!("{}\n", a.to_base64().as_str()));
         // No temp file left behind.

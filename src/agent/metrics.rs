@@ -180,7 +180,7 @@ impl Collector for DeviceCollector {
         }
         let mut m = enc.encode_descriptor(
             "device_dropped_packets",
-            "Packets the userspace device dropped, by reason (no_peer, no_endpoint, bad_source, invalid)",
+            "Packets the userspace device dropped, by reason (no_peer, no_endpoint, bad_source, invalid, under_load, source_limited, queue_full, pending_overflow)",
             None,
             MetricType::Counter,
         )?;
@@ -188,6 +188,13 @@ impl Collector for DeviceCollector {
             let l: Labels = vec![("reason".into(), reason.to_string())];
             ConstCounter::new(n).encode(m.encode_family(&l)?)?;
         }
+        let m = enc.encode_descriptor(
+            "device_handshake_initiations_read",
+            "Handshake initiations the userspace device read: past mac1 (and under load mac2 and the source's limit), each an X25519 computation",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(dev.initiations_read()).encode(m)?;
         Ok(())
     }
 }

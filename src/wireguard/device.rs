@@ -308,6 +308,12 @@ impl Device {
         self.core.drops.snapshot()
     }
 
+    /// Handshake initiations read (each an X25519 computation, after the
+    /// cheap checks).
+    pub fn initiations_read(&self) -> u64 {
+        self.core.initiations_read()
+    }
+
     /// Listen port.
     pub fn listen_port(&self) -> u16 {
         self.core.listen_port()

@@ -26,13 +26,7 @@ pub fn serve(device: Arc<Device>) -> io::Result<PathBuf> {
         .recursive(true)
         .mode(0o755)
         .create(SOCKET_DIR)?;
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(&path)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    let listener = bind_private(&path)?;
     std::thread::Builder::new()
         .name("pg-uapi".into())
         .spawn(move || {
@@ -48,6 +42,30 @@ pub fn serve(device: Arc<Device>) -> io::Result<PathBuf> {
             }
         })?;
     Ok(path)
+}
+
+/// Bind a Unix socket at `path` that never exists there with other
+/// permissions than 0600: the socket answers `get=1` with the private key,
+/// and a socket bound in place is 0777 less the umask until a chmod
+/// follows. It is bound inside a private (0700) directory next to `path`,
+/// made 0600 there, and renamed into place (replacing a stale socket in
+/// one step).
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".bind");
+    let dir = path.with_file_name(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let inner = dir.join("sock");
+    let listener = UnixListener::bind(&inner)?;
+    fs::set_permissions(&inner, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&inner, path)?;
+    fs::remove_dir(&dir)?;
+    Ok(listener)
 }
 
 fn handle(device: &Device, stream: UnixStream) -> io::Result<()> {
@@ -99,5 +117,64 @@ fn handle(device: &Device, stream: UnixStream) -> io::Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Before the fix the socket was bound in place and chmod'ed after:
+    /// a watcher saw it with the umask's 0755 between the two.
+    #[test]
+    fn the_socket_is_never_seen_with_other_permissions_than_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podguard0.sock");
+        let done = AtomicBool::new(false);
+        let seen = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let mut modes = std::collections::BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(m) = fs::symlink_metadata(&path) {
+                        modes.insert(m.permissions().mode() & 0o7777);
+                    }
+                }
+                modes
+            });
+            for _ in 0..2000 {
+                let l = bind_private(&path).unwrap();
+                drop(l);
+            }
+            done.store(true, Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        let seen: Vec<String> = seen.into_iter().map(|m| format!("{m:o}")).collect();
+        assert_eq!(seen, ["600"], "modes the socket was seen with");
+        let m = fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        // Nothing left beside it.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("podguard0.sock")]);
+    }
+
+    #[test]
+    fn the_renamed_socket_answers_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podguard0.sock");
+        fs::write(&path, b"stale").unwrap();
+        fs::create_dir(dir.path().join("podguard0.sock.bind")).unwrap();
+        let l = bind_private(&path).unwrap();
+        let mut c = UnixStream::connect(&path).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        c.write_all(b"get=1\n").unwrap();
+        let mut got = [0u8; 6];
+        std::io::Read::read_exact(&mut server, &mut got).unwrap();
+        assert_eq!(&got, b"get=1\n");
     }
 }

@@ -138,6 +138,7 @@ impl Core {
         let (remote, peer) = {
             let st = self.state.read();
             let k = st.local_key(&local).ok_or(Screen::Invalid)?;
+            self.initiations_read.fetch_add(1, Ordering::Relaxed);
             let hh = parse_handshake_anon(&k.secret, &k.public, p).map_err(|_| Screen::Invalid)?;
             let remote = PublicKey::from_bytes(hh.peer_static_public);
             let primary = st.next_keys.get(&remote).copied().unwrap_or(remote);

@@ -144,6 +144,9 @@ pub struct Core {
     sources: Mutex<SourceLimiter>,
     /// Handshake messages screened since the last reset (the load).
     handshakes: AtomicU64,
+    /// Handshake initiations read: past the cheap checks (mac1, the load
+    /// and the source's limit), each cost an X25519 computation.
+    initiations_read: AtomicU64,
     /// What was dropped and why.
     pub drops: DropCounters,
 }
@@ -171,8 +174,16 @@ impl Core {
             last_reset: Mutex::new(Duration::ZERO),
             sources: Mutex::new(SourceLimiter::default()),
             handshakes: AtomicU64::new(0),
+            initiations_read: AtomicU64::new(0),
             drops: DropCounters::default(),
         }
+    }
+
+    /// Handshake initiations read so far: each passed mac1 (and, under
+    /// load, mac2 and its source's limit) before its X25519 computation.
+    /// What a flood of initiations costs is this count, not the flood's.
+    pub fn initiations_read(&self) -> u64 {
+        self.initiations_read.load(Ordering::Relaxed)
     }
 
     /// The next control datagram to send, if any.

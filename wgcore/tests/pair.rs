@@ -175,6 +175,10 @@ fn under_load_a_flood_gets_cookies_and_the_endpoint_stays() {
         responses <= wgcore::HANDSHAKE_RATE_LIMIT as usize,
         "{responses} responses"
     );
+    // The flood cost at most the limit's X25519 computations (and the
+    // handshake before it one).
+    let read = net.nodes[1].core.initiations_read();
+    assert!(read <= wgcore::HANDSHAKE_RATE_LIMIT + 1, "{read} read");
     assert_eq!(net.endpoint(1, 0), Some(net.nodes[0].addr));
     net.send_pod(1, 0, b"during the flood");
     net.send_pod(0, 1, b"during the flood");
