@@ -75,6 +75,12 @@ fn flush_podguard_routes(ns: &str) {
     ok(&["ip", "-n", ns, "-6", "route", "flush", "proto", "77"]);
 }
 
+/// podguard's routes (v4 and v6) in `ns`, as `ip route` lists them.
+fn podguard_routes(ns: &str) -> String {
+    ok(&["ip", "-n", ns, "route", "show", "proto", "77"])
+        + &ok(&["ip", "-n", ns, "-6", "route", "show", "proto", "77"])
+}
+
 /// Pod A and node A send the marker to pod B, v4 and v6.
 fn spray(c: &TwoNode, m: &[u8]) {
     let (pa, a) = (&c.nodes[0].pod_ns, &c.nodes[0].ns);
@@ -106,10 +112,17 @@ fn deleted_routes_leak_nothing_with_or_without_the_agent() {
     let m = marker("NOROUTE");
 
     // Agent running: every podguard route and backstop deleted (what the
-    // old uninstall step did), traffic sent at once, before any repair.
+    // old uninstall step did), traffic sent before any repair. The agent
+    // repairs on the netlink event within milliseconds, so it is held
+    // (SIGSTOP: alive, its device open) until the traffic has gone and the
+    // routes are seen still gone: the window a repair takes, made long.
+    c.signal_agent(0, nix::sys::signal::Signal::SIGSTOP);
     flush_podguard_routes(&a);
     spray(&c, &m);
-    // The agent puts them back (resync), and traffic flows again.
+    let left = podguard_routes(&a);
+    c.signal_agent(0, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(left, "", "routes came back before the traffic was sent");
+    // The agent puts them back, and traffic flows again.
     let (pa, b4) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ip4());
     wait_for("routes repaired", Duration::from_secs(10), || {
         pings(&pa, &b4)

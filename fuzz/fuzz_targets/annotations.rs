@@ -53,8 +53,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = mesh::plan(&local, &nodes, &cfg) else {
         return;
     };
-    assert!(plan.underlay_mtu <= cfg.underlay_mtu, "a peer raised the MTU");
-    assert!((1280..=1440).contains(&plan.mtu), "MTU out of range: {}", plan.mtu);
+    assert!(
+        plan.underlay_mtu <= cfg.underlay_mtu,
+        "a peer raised the MTU"
+    );
+    assert!(
+        (1280..=1440).contains(&plan.mtu),
+        "MTU out of range: {}",
+        plan.mtu
+    );
     let nets: Vec<_> = plan
         .peers
         .values()

@@ -1,8 +1,8 @@
 //! The TUN coalescing plan over decrypted packets (what an authenticated
 //! peer may send, so anything): never panics, and every super-packet it
 //! plans is valid for the kernel (at least two segments of one header
-//! length, within 64 KB and the segment limit; rewriting its head stays in
-//! bounds).
+//! length and one flow, within 64 KB and the segment limit; rewriting its
+//! head stays in bounds).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use wgcore::gro::{self, Write};
@@ -33,11 +33,25 @@ fuzz_target!(|data: &[u8]| {
     let mut next = 0;
     for w in &plan {
         match w {
-            Write::Super { first, count, hdr_len, head } => {
+            Write::Super {
+                first,
+                count,
+                hdr_len,
+                head,
+            } => {
                 assert_eq!(*first, next);
                 assert!(*count >= 2 && *count <= gro::MAX_SUPER_SEGMENTS);
                 let group = &pkts[*first..first + count];
                 assert!(group.iter().all(|p| p.len() > *hdr_len));
+                let f = flow(&group[0]);
+                assert!(
+                    f.is_some(),
+                    "a super-packet of something not TCP/UDP over IP"
+                );
+                assert!(
+                    group.iter().all(|p| flow(p) == f),
+                    "a super-packet mixes flows"
+                );
                 let total: usize =
                     group.iter().map(|p| p.len()).sum::<usize>() - (count - 1) * hdr_len;
                 assert!(total <= gro::MAX_SUPER_BYTES);
@@ -70,4 +84,25 @@ fn bump_seq(p: &mut [u8]) {
     let payload = p.len().saturating_sub(hdr) as u32;
     let seq = u32::from_be_bytes([p[ip + 4], p[ip + 5], p[ip + 6], p[ip + 7]]);
     p[ip + 4..ip + 8].copy_from_slice(&seq.wrapping_add(payload).to_be_bytes());
+}
+
+/// A packet's flow as the kernel splits a super-packet: IP version,
+/// protocol, addresses and ports (`None` if it is too short to have them,
+/// or not IP).
+fn flow(p: &[u8]) -> Option<Vec<u8>> {
+    let (mut key, l4) = match p.first()? >> 4 {
+        4 => {
+            let mut k = vec![4, *p.get(9)?];
+            k.extend_from_slice(p.get(12..20)?);
+            (k, usize::from(p[0] & 0xf) * 4)
+        }
+        6 => {
+            let mut k = vec![6, *p.get(6)?];
+            k.extend_from_slice(p.get(8..40)?);
+            (k, 40)
+        }
+        _ => return None,
+    };
+    key.extend_from_slice(p.get(l4..l4 + 4)?);
+    Some(key)
 }

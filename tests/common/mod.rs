@@ -186,6 +186,17 @@ impl Netns {
         }
     }
 
+    /// Send `sig` to the process tracked under `label` (which must run).
+    pub fn signal(&self, label: &str, sig: nix::sys::signal::Signal) {
+        let (_, c) = self
+            .children
+            .iter()
+            .find(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label}"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig)
+            .unwrap_or_else(|e| panic!("{sig} to {label}: {e}"));
+    }
+
     /// SIGINT a process and wait for it (for tcpdump to flush).
     pub fn interrupt(&mut self, label: &str) {
         if let Some(i) = self.children.iter().position(|(l, _)| l == label) {

@@ -322,6 +322,11 @@ impl TwoNode {
         self.n.kill(&label);
     }
 
+    /// Send `sig` to node `i`'s agent (SIGSTOP: alive, but doing nothing).
+    pub fn signal_agent(&self, i: usize, sig: nix::sys::signal::Signal) {
+        self.n.signal(&format!("agent-{}", self.nodes[i].name), sig);
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }

@@ -8,7 +8,7 @@ mod sim;
 
 use std::net::SocketAddr;
 
-use sim::{Net, Threads, Wire, handshaken, ip_packet, pod};
+use sim::{Net, Reversed, Threads, Wire, handshaken, ip_packet, pod};
 use wgcore::{Inline, Opened, Sealed, Workers};
 
 fn payload(k: usize) -> Vec<u8> {
@@ -270,6 +270,30 @@ fn a_later_copy_from_elsewhere_never_wins_however_the_threads_race() {
         for k in 0..16 {
             assert_eq!(net.got(1, &payload(round * 16 + k)), 1, "round {round}");
         }
+    }
+}
+
+#[test]
+fn a_later_copy_decrypted_first_still_loses() {
+    // The race of the test above, forced: jobs run last first, so the
+    // attacker's copy (arriving second) is always decrypted before the
+    // genuine one. Arrival order still decides which is taken.
+    let mut net = handshaken();
+    let from = net.nodes[0].addr;
+    let attacker: SocketAddr = "198.51.100.66:40000".parse().expect("address");
+    let pkts: Vec<Vec<u8>> = (0..4)
+        .map(|k| ip_packet(pod(0, 2), pod(1, 2), &payload(k)))
+        .collect();
+    let sealed = seal(&net, 0, &pkts, &Inline);
+    let mut dgrams: Vec<(SocketAddr, Vec<u8>)> =
+        sealed.iter().map(|(_, d)| (from, d.clone())).collect();
+    dgrams.insert(2, (attacker, sealed[1].1.clone()));
+    let opened = open(&mut net, 1, &dgrams, &Reversed);
+    assert!(matches!(opened[1], Opened::Packet(_)));
+    assert_eq!(opened[2], Opened::Nothing);
+    assert_eq!(net.endpoint(1, 0), Some(from));
+    for k in 0..4 {
+        assert_eq!(net.got(1, &payload(k)), 1);
     }
 }
 
