@@ -115,6 +115,17 @@ fn keys_published_mesh_converges_and_follows_nodes(kube: Kube) {
     wait_for("b to re-publish its key", Duration::from_secs(15), || {
         lab.annotations("b").get("podguard.dev/public-key") == Some(&kb)
     });
+    // Overwritten with another key (what a node's credentials could do
+    // without the admission policy): restored too.
+    lab.api(
+        "PATCH",
+        "/api/v1/nodes/b",
+        Some(&json!({"metadata": {"annotations": {
+            "podguard.dev/public-key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}})),
+    );
+    wait_for("b to restore its key", Duration::from_secs(15), || {
+        lab.annotations("b").get("podguard.dev/public-key") == Some(&kb)
+    });
 
     // A node joins: converges.
     let c = lab.add_node("c", 3);

@@ -22,6 +22,17 @@ const KEY: &str = "cTR6NR0olRDrhpeMmo7YolLmzeQ8yl8yX1NCiXH5Vic=";
 const DENIED: &str = "podguard.dev/* annotations of Node a may be changed only by the podguard agent on that node or a podguard admin";
 
 fn annotate(lab: &KubeLab, token: &str, node: &str, key: &str, value: &str) -> (u16, String) {
+    patch_annotation(lab, token, node, key, json!(value))
+}
+
+/// Patch one annotation of `node` to `value` (`null` removes it).
+fn patch_annotation(
+    lab: &KubeLab,
+    token: &str,
+    node: &str,
+    key: &str,
+    value: serde_json::Value,
+) -> (u16, String) {
     let cp = lab.cp.as_ref().unwrap();
     let body = json!({"metadata": {"annotations": {key: value}}}).to_string();
     cp.request_with_token(
@@ -90,6 +101,38 @@ fn the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server() {
     );
     assert_eq!(
         annotate(&lab, &ops, "a", "podguard.dev/endpoint", "192.0.2.1:51820").0,
+        200
+    );
+    // Nor can b's agent change or remove what a's agent published: a's key
+    // stays as a set it.
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    for value in [json!(other), serde_json::Value::Null] {
+        let (code, body) =
+            patch_annotation(&lab, &tb, "a", "podguard.dev/public-key", value.clone());
+        assert_eq!(code, 403, "b's agent set a's key to {value}: {body}");
+        assert!(body.contains(DENIED), "{body}");
+    }
+    assert_eq!(lab.annotations("a")["podguard.dev/public-key"], KEY);
+    // An admin may remove one, as may the node's own agent.
+    let (code, body) = patch_annotation(
+        &lab,
+        &ops,
+        "a",
+        "podguard.dev/endpoint",
+        serde_json::Value::Null,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(!lab.annotations("a").contains_key("podguard.dev/endpoint"));
+    let (code, body) = patch_annotation(
+        &lab,
+        &ta,
+        "a",
+        "podguard.dev/public-key",
+        serde_json::Value::Null,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        annotate(&lab, &ta, "a", "podguard.dev/public-key", KEY).0,
         200
     );
     // A token without the node claim (a plain ServiceAccount token of the
