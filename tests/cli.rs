@@ -93,6 +93,37 @@ fn agent_logs_as_json_and_checks_its_log_level() {
     );
 }
 
+/// `--help` says what the agent does, and `--print-public-key` needs only
+/// the key file (README shows it so; it once demanded --node-name and
+/// --cluster-cidr, which a query does not use).
+#[test]
+fn agent_help_describes_it_and_print_public_key_needs_only_the_key() {
+    let o = agent(&["--help"]);
+    assert!(o.status.success(), "{o:?}");
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("Keeps this node's WireGuard mesh")
+            && help.contains("never sent in plaintext"),
+        "{help}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("private.key");
+    let print = || agent(&["--key-file", key.to_str().unwrap(), "--print-public-key"]);
+    let o = print();
+    assert!(o.status.success(), "{o:?}");
+    let public = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    keys::PublicKey::from_base64(&public).unwrap_or_else(|e| panic!("{public}: {e}"));
+    assert_eq!(String::from_utf8_lossy(&print().stdout).trim(), public);
+    // The running agent still needs both.
+    let o = agent(&["--key-file", key.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--node-name") && err.contains("--cluster-cidr"),
+        "{err}"
+    );
+}
+
 /// `--install-only` reads PODGUARD_INSTALL_ONLY like every flag the
 /// DaemonSet sets; set to false it must not demand `--install-cni` (a
 /// plain `requires` did).

@@ -10,14 +10,6 @@ use ipnet::IpNet;
 use crate::agent::node_state;
 use crate::wireguard::BackendChoice;
 
-/// Keeps this node's WireGuard mesh in line with the cluster's nodes.
-///
-/// The agent loads (or creates) this node's private key, brings up
-/// `podguard0` (kernel WireGuard when available, otherwise podguard's
-/// userspace device), the pod bridge `cbr0`, and the routes: every cluster
-/// CIDR into `podguard0` with an `unreachable` backstop, so pod traffic is
-/// encrypted or dropped, never sent in plaintext. It then reconciles peers
-/// and routes with the node list.
 /// How the agent writes its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -38,6 +30,14 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
         })
 }
 
+/// Keeps this node's WireGuard mesh in line with the cluster's nodes.
+///
+/// The agent loads (or creates) this node's private key, brings up
+/// `podguard0` (kernel WireGuard when available, otherwise podguard's
+/// userspace device), the pod bridge `cbr0`, and the routes: every cluster
+/// CIDR into `podguard0` with an `unreachable` backstop, so pod traffic is
+/// encrypted or dropped, never sent in plaintext. It then reconciles peers
+/// and routes with the node list.
 #[derive(Debug, Parser)]
 #[command(name = "podguard-agent", version, about, long_about)]
 pub struct Args {
@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(
         long,
         env = "NODE_NAME",
-        required_unless_present = "uninstall",
+        required_unless_present_any = ["uninstall", "print_public_key"],
         default_value = ""
     )]
     pub node_name: String,
@@ -117,7 +117,7 @@ pub struct Args {
         long = "cluster-cidr",
         env = "PODGUARD_CLUSTER_CIDRS",
         value_delimiter = ',',
-        required_unless_present = "uninstall"
+        required_unless_present_any = ["uninstall", "print_public_key"]
     )]
     pub cluster_cidrs: Vec<IpNet>,
 

@@ -113,8 +113,8 @@ etcd_module() {
 }
 
 setup() {
-  command -v go >/dev/null || die "no Go toolchain (go) on PATH"
   if built && helm_built && kube_router_built; then ln -sfn "$BIN" "$CACHE/bin"; echo "$BIN"; return 0; fi
+  command -v go >/dev/null || die "no Go toolchain (go) on PATH: it builds what is missing in $BIN"
   local start=$SECONDS work=$CACHE/build
   mkdir -p "$BIN" "$work"
   export CGO_ENABLED=0

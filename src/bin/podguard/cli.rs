@@ -89,12 +89,14 @@ pub(crate) enum Command {
     ///
     /// Sets `podguard.dev/rotate-requested` on each node; the node's agent
     /// creates a next key, publishes it (`podguard.dev/next-public-key`),
-    /// waits until every peer has a session on it (kernel WireGuard: for
-    /// the stage timeout), switches, and retires the old key once every
-    /// peer uses the new one. On the userspace device no packet is lost; kernel
-    /// WireGuard holds one key, so its peers lose packets for a moment at
-    /// the switch (see README, "WireGuard backends"). Refused for an
-    /// unknown node, a node without agent, or one already rotating.
+    /// waits until every peer has a session on it, switches, and retires
+    /// the old key once every peer uses the new one. No packet is lost: the
+    /// userspace device holds both keys; kernel WireGuard (one key per
+    /// interface) carries the traffic through companion interfaces on
+    /// listenPort + 1 and + 2, which the underlay must let through (see
+    /// README, "Key rotation"). Refused for an unknown node, a node that
+    /// publishes no key, or one already rotating (heartbeats are not read:
+    /// check `podguard status` first).
     Rotate {
         /// The node to rotate.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
@@ -319,7 +321,8 @@ pub(crate) enum Lab {
     /// server listens inside the lab's underlay namespace, so run kubectl
     /// there: `sudo ip netns exec pglab-ul kubectl --kubeconfig FILE get nodes`.
     Kubeconfig,
-    /// Serve the lab's embedded Kubernetes API (Nodes and Events) on ADDR.
+    /// Serve the lab's embedded Kubernetes API (Nodes, Events, Pods,
+    /// Namespaces, NetworkPolicies and Leases) on ADDR.
     /// The lab runs it inside its underlay namespace; plain HTTP, no auth.
     ApiServer {
         /// Address to listen on.
