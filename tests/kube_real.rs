@@ -131,6 +131,7 @@ fn the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server() {
         serde_json::Value::Null,
     );
     assert_eq!(code, 200, "{body}");
+    assert!(!lab.annotations("a").contains_key("podguard.dev/public-key"));
     assert_eq!(
         annotate(&lab, &ta, "a", "podguard.dev/public-key", KEY).0,
         200

@@ -132,6 +132,17 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     assert_eq!(row(&v, "node-1")["digest"], "agrees", "{v:#}");
     let table = String::from_utf8_lossy(&podguard(&["status", "--lab"]).stdout).into_owned();
     assert!(table.contains("AGENT DOWN"), "{table}");
+    // A rotation of it would only wait for the dead agent: refused up
+    // front (exit 2, the reason named), nothing requested.
+    let refused = podguard(&["rotate", "--lab", "--node", "node-3"]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("\"node-3\"'s agent is not alive") && err.contains("last heartbeat"),
+        "{err}"
+    );
+    let (_, v) = status();
+    assert_eq!(row(&v, "node-3")["rotationRequested"], false, "{v:#}");
     // The agents' namespace is where the Leases are read: asked about
     // another one (a flag, or the environment), status finds no Leases,
     // says so and where, and judges no agent.

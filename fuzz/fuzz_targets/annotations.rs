@@ -1,6 +1,7 @@
 //! Annotation and Node values into the planner: never panics, and every
 //! plan keeps its invariants (AllowedIPs of different peers never overlap;
-//! a peer's AllowedIPs are exactly valid podCIDRs; next keys are unique;
+//! a peer's AllowedIPs are exactly valid podCIDRs; a key two nodes
+//! publish is no peer; next keys are unique;
 //! a published underlay MTU never raises the MTU, nor lowers it below 1280).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -72,8 +73,32 @@ fuzz_target!(|data: &[u8]| {
             assert!(!a.contains(*b) && !b.contains(*a), "overlapping AllowedIPs");
         }
     }
+    // A key published by two or more remote nodes gets no peer (both are
+    // rejected). Counted only for keys in canonical base64, which the
+    // planner cannot read otherwise.
+    let mut names_by_key: std::collections::BTreeMap<
+        keys::PublicKey,
+        std::collections::BTreeSet<&str>,
+    > = std::collections::BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.name != "local") {
+        if let Some(s) = &n.public_key
+            && let Ok(k) = keys::PublicKey::from_base64(s)
+            && k.to_base64() == *s
+        {
+            names_by_key.entry(k).or_default().insert(n.name.as_str());
+        }
+    }
+    for (k, names) in &names_by_key {
+        if names.len() > 1 {
+            assert!(
+                !plan.peers.contains_key(k),
+                "a key published by {names:?} became a peer"
+            );
+        }
+    }
     let mut keys = std::collections::BTreeSet::new();
-    for p in plan.peers.values() {
+    for (k, p) in &plan.peers {
+        assert_eq!(*k, p.public_key, "a peer filed under another key");
         assert!(keys.insert(p.public_key));
         assert_ne!(p.public_key, local_key);
         if let Some(n) = p.next_public_key {

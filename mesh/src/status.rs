@@ -186,6 +186,17 @@ pub enum Refused {
         "node {0:?} publishes no valid podguard.dev/public-key: is podguard-agent running there?"
     )]
     NoAgent(String),
+    /// The node's agent is not alive (its heartbeat Lease ran out, or
+    /// there is none): the rotation would only wait for it.
+    #[error(
+        "node {name:?}'s agent is not alive ({why}): a rotation would wait for it; see `podguard status`"
+    )]
+    AgentDown {
+        /// The node.
+        name: String,
+        /// What its heartbeat says.
+        why: String,
+    },
     /// A rotation is already under way.
     #[error("node {name:?} is already rotating ({what}); wait for it to finish")]
     InProgress {
@@ -208,6 +219,19 @@ pub fn may_rotate(nodes: &[NodeView], name: &str) -> Result<(), Refused> {
     };
     if n.key().is_none() {
         return Err(Refused::NoAgent(name.to_string()));
+    }
+    if n.heartbeat.down() {
+        let why = match n.heartbeat {
+            Heartbeat::Renewed {
+                age_secs,
+                duration_secs,
+            } => format!("last heartbeat {age_secs}s ago, its Lease lasts {duration_secs}s"),
+            _ => "no heartbeat Lease".into(),
+        };
+        return Err(Refused::AgentDown {
+            name: name.to_string(),
+            why,
+        });
     }
     if requested_pending(n) {
         return Err(Refused::InProgress {
@@ -351,6 +375,33 @@ mod tests {
         let mut no_key = nodes.clone();
         no_key[0].annotations.remove(ANN_PUBLIC_KEY);
         assert!(matches!(may_rotate(&no_key, "a"), Err(Refused::NoAgent(_))));
+    }
+
+    #[test]
+    fn a_node_whose_agent_is_down_is_refused_and_unknown_heartbeats_are_not() {
+        let k = PrivateKey::generate().public_key();
+        let mut nodes = vec![view("a", 1, &k, &[])];
+        // Leases not read (or none at all): not judged.
+        assert_eq!(may_rotate(&nodes, "a"), Ok(()));
+        nodes[0].heartbeat = Heartbeat::Renewed {
+            age_secs: 5,
+            duration_secs: 40,
+        };
+        assert_eq!(may_rotate(&nodes, "a"), Ok(()));
+        nodes[0].heartbeat = Heartbeat::Renewed {
+            age_secs: 95,
+            duration_secs: 40,
+        };
+        let e = may_rotate(&nodes, "a").unwrap_err().to_string();
+        assert!(
+            e.contains("\"a\"'s agent is not alive")
+                && e.contains("last heartbeat 95s ago")
+                && e.contains("podguard status"),
+            "{e}"
+        );
+        nodes[0].heartbeat = Heartbeat::Missing;
+        let e = may_rotate(&nodes, "a").unwrap_err().to_string();
+        assert!(e.contains("no heartbeat Lease"), "{e}");
     }
 
     #[test]

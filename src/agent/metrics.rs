@@ -190,7 +190,7 @@ impl Collector for DeviceCollector {
         }
         let m = enc.encode_descriptor(
             "device_handshake_initiations_read",
-            "Handshake initiations the userspace device read: past mac1 (and under load mac2 and the source's limit), each an X25519 computation",
+            "Handshake initiations the userspace device read: past mac1 (and under load mac2 and the source's limit), each costing the handshake's X25519 computations",
             None,
             MetricType::Counter,
         )?;

@@ -99,10 +99,17 @@ pub async fn uninstall(nl: &Netlink, files: &Files) -> Result<Vec<String>, Unins
         removed.push(files.ipam_dir.display().to_string());
     }
     remove_file(&files.state_file, &mut removed)?;
-    remove_file(
-        &Path::new("/run/wireguard").join(format!("{}.sock", mesh::WG_IFNAME)),
-        &mut removed,
-    )?;
+    let sock = crate::wireguard::uapi_server::socket_path(mesh::WG_IFNAME);
+    remove_file(&sock, &mut removed)?;
+    // A socket's staging directory, left if an agent died while binding.
+    let staging = crate::wireguard::uapi_server::staging_dir(&sock);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|source| UninstallError::Remove {
+            path: staging.clone(),
+            source,
+        })?;
+        removed.push(staging.display().to_string());
+    }
     let key = files.key_file.display().to_string();
     for k in [key.clone(), format!("{key}.next"), format!("{key}.old")] {
         remove_file(Path::new(&k), &mut removed)?;

@@ -5,4 +5,5 @@
 pub mod convert;
 pub mod lease;
 pub mod ops;
+pub mod rotate;
 pub mod source;

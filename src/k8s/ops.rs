@@ -1,21 +1,18 @@
-//! Operator commands on the Kubernetes API: `podguard rotate` and
-//! `podguard status`. Decisions come from `mesh::status`; this module reads
-//! Nodes, patches annotations and waits.
+//! Operator commands on the Kubernetes API: `podguard status` and
+//! `podguard audit` (`podguard rotate` is in [`super::rotate`]). Decisions
+//! come from `mesh::status` and `mesh::audit`; this module reads the API.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Node;
-use keys::PublicKey;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
-use mesh::publish::{ANN_PUBLIC_KEY, ANN_ROTATE_REQUESTED};
-use mesh::status::{NodeView, Progress, may_rotate, progress};
-use serde::Serialize;
+use mesh::status::NodeView;
 
 use super::convert::node_info;
-use super::source::FIELD_MANAGER;
+
+pub use super::rotate::{RotateResult, render_rotate, rotate};
 
 /// Where the API is: the default kubeconfig, one named on the command
 /// line, or one whose API server is reachable only from inside a network
@@ -143,127 +140,6 @@ pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result
             }
         })
         .collect())
-}
-
-/// What `podguard rotate` reports per node.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RotateResult {
-    /// The node.
-    pub node: String,
-    /// Fingerprint of the key before.
-    pub old_key: String,
-    /// Fingerprint of the key after (when waited for).
-    pub new_key: Option<String>,
-    /// `requested`, `done`, or `timeout: <what is missing>`.
-    pub result: String,
-    /// Seconds from request to done (when waited for).
-    pub seconds: Option<f64>,
-}
-
-fn nonce() -> String {
-    let mut b = [0u8; 8];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Request a rotation of each node in `names`, one at a time. With `wait`
-/// (always for more than one node), block until each has finished.
-pub async fn rotate(
-    client: &Client,
-    names: &[String],
-    wait: bool,
-    timeout: Duration,
-    progress_out: &mut dyn FnMut(&str),
-) -> anyhow::Result<Vec<RotateResult>> {
-    let api: Api<Node> = Api::all(client.clone());
-    let views = node_views(client, None).await?;
-    // Refuse up front, before any node is touched.
-    for n in names {
-        may_rotate(&views, n)?;
-    }
-    let wait = wait || names.len() > 1;
-    let mut results = Vec::new();
-    for name in names {
-        let views = node_views(client, None).await?;
-        may_rotate(&views, name)?;
-        let old: PublicKey = views
-            .iter()
-            .find(|v| v.info.name == *name)
-            .and_then(|v| v.annotations.get(ANN_PUBLIC_KEY))
-            .and_then(|s| PublicKey::from_base64(s).ok())
-            .with_context(|| format!("node {name} has no valid key"))?;
-        let n = nonce();
-        let body = serde_json::json!({"metadata": {"annotations": {ANN_ROTATE_REQUESTED: n}}});
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        api.patch(name, &params, &Patch::Merge(&body))
-            .await
-            .with_context(|| format!("requesting a rotation of {name}"))?;
-        progress_out(&format!("{name}: rotation requested"));
-        let start = Instant::now();
-        let mut res = RotateResult {
-            node: name.clone(),
-            old_key: old.fingerprint(),
-            new_key: None,
-            result: "requested".into(),
-            seconds: None,
-        };
-        if wait {
-            let mut last = String::new();
-            loop {
-                let views = node_views(client, None).await?;
-                match progress(&views, name, &n, &old) {
-                    Progress::Done { new_key } => {
-                        res.new_key = Some(new_key);
-                        res.result = "done".into();
-                        res.seconds = Some(start.elapsed().as_secs_f64());
-                        progress_out(&format!(
-                            "{name}: done in {:.1}s",
-                            start.elapsed().as_secs_f64()
-                        ));
-                        break;
-                    }
-                    Progress::Pending { waiting_for } => {
-                        if start.elapsed() > timeout {
-                            res.result = format!("timeout: waiting for {waiting_for}");
-                            results.push(res);
-                            return Ok(results);
-                        }
-                        if waiting_for != last {
-                            progress_out(&format!("{name}: waiting for {waiting_for}"));
-                            last = waiting_for;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-        results.push(res);
-    }
-    Ok(results)
-}
-
-/// The table `podguard rotate` prints.
-pub fn render_rotate(rs: &[RotateResult]) -> String {
-    table(
-        &["NODE", "OLD KEY", "NEW KEY", "SECONDS", "RESULT"],
-        rs.iter()
-            .map(|r| {
-                vec![
-                    r.node.clone(),
-                    r.old_key.clone(),
-                    r.new_key.clone().unwrap_or_else(|| "-".into()),
-                    r.seconds
-                        .map(|s| format!("{s:.1}"))
-                        .unwrap_or_else(|| "-".into()),
-                    r.result.clone(),
-                ]
-            })
-            .collect(),
-    )
 }
 
 /// A plain table, kubectl style (see [`mesh::table::plain`]).

@@ -308,8 +308,8 @@ impl Device {
         self.core.drops.snapshot()
     }
 
-    /// Handshake initiations read (each an X25519 computation, after the
-    /// cheap checks).
+    /// Handshake initiations read (past the cheap checks; each costs the
+    /// handshake's X25519 work).
     pub fn initiations_read(&self) -> u64 {
         self.core.initiations_read()
     }

@@ -51,9 +51,7 @@ pub fn serve(device: Arc<Device>) -> io::Result<PathBuf> {
 /// made 0600 there, and renamed into place (replacing a stale socket in
 /// one step).
 fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".bind");
-    let dir = path.with_file_name(name);
+    let dir = staging_dir(path);
     match fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -64,8 +62,18 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(&inner)?;
     fs::set_permissions(&inner, fs::Permissions::from_mode(0o600))?;
     fs::rename(&inner, path)?;
-    fs::remove_dir(&dir)?;
+    // The socket is in place and answers; an empty directory left behind
+    // is removed by the next start or by --uninstall.
+    let _ = fs::remove_dir(&dir);
     Ok(listener)
+}
+
+/// The private directory [`bind_private`] binds `path`'s socket in
+/// (`<name>.bind` beside it; empty and gone once the socket is in place).
+pub fn staging_dir(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".bind");
+    path.with_file_name(name)
 }
 
 fn handle(device: &Device, stream: UnixStream) -> io::Result<()> {

@@ -145,7 +145,8 @@ pub struct Core {
     /// Handshake messages screened since the last reset (the load).
     handshakes: AtomicU64,
     /// Handshake initiations read: past the cheap checks (mac1, the load
-    /// and the source's limit), each cost an X25519 computation.
+    /// and the source's limit), each cost the handshake's X25519 work
+    /// (two computations or more).
     initiations_read: AtomicU64,
     /// What was dropped and why.
     pub drops: DropCounters,
@@ -180,7 +181,7 @@ impl Core {
     }
 
     /// Handshake initiations read so far: each passed mac1 (and, under
-    /// load, mac2 and its source's limit) before its X25519 computation.
+    /// load, mac2 and its source's limit) before any X25519 computation.
     /// What a flood of initiations costs is this count, not the flood's.
     pub fn initiations_read(&self) -> u64 {
         self.initiations_read.load(Ordering::Relaxed)

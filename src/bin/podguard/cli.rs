@@ -94,9 +94,9 @@ pub(crate) enum Command {
     /// userspace device holds both keys; kernel WireGuard (one key per
     /// interface) carries the traffic through companion interfaces on
     /// listenPort + 1 and + 2, which the underlay must let through (see
-    /// README, "Key rotation"). Refused for an unknown node, a node that
-    /// publishes no key, or one already rotating (heartbeats are not read:
-    /// check `podguard status` first).
+    /// README, "Key rotation"). Refused, before any node is touched, for
+    /// an unknown node, a node that publishes no key, a node whose agent is
+    /// not alive (its heartbeat Lease ran out), or one already rotating.
     Rotate {
         /// The node to rotate.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
@@ -120,6 +120,8 @@ pub(crate) enum Command {
         /// of the cluster in $KUBECONFIG.
         #[arg(long)]
         lab: bool,
+        #[command(flatten)]
+        agents: Agents,
     },
     /// Which traffic NetworkPolicy allows, and whether podguard encrypts it.
     ///

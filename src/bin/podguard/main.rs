@@ -51,7 +51,16 @@ fn run() -> anyhow::Result<()> {
             timeout,
             output,
             lab,
-        } => ops::rotate(target(lab), node, all, wait, timeout, output),
+            agents,
+        } => ops::rotate(
+            target(lab),
+            &agents.namespace,
+            node,
+            all,
+            wait,
+            timeout,
+            output,
+        ),
         Command::Audit {
             fail_on,
             pods,

@@ -12,6 +12,7 @@ use crate::cli::{Cli, FailOn, Output};
 /// waiting for each rotation to finish with `wait`.
 pub(crate) fn rotate(
     target: Target,
+    agents: &str,
     node: Option<String>,
     all: bool,
     wait: bool,
@@ -33,7 +34,10 @@ pub(crate) fn rotate(
             None if all => ops::all_nodes(&client).await?,
             None => anyhow::bail!("give --node NAME or --all"),
         };
-        ops::rotate(&client, &names, wait, timeout, &mut |m| eprintln!("{m}")).await
+        ops::rotate(&client, agents, &names, wait, timeout, &mut |m| {
+            eprintln!("{m}")
+        })
+        .await
     })?;
     match output {
         Output::Table => print!("{}", ops::render_rotate(&results)),

@@ -1,0 +1,143 @@
+//! `podguard rotate`: request a node's key rotation through its
+//! annotations and follow it until every node agrees. Whether a node may
+//! rotate, and how far it has come, are `mesh::status` decisions; this
+//! module patches and polls.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Node;
+use keys::PublicKey;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use mesh::publish::{ANN_PUBLIC_KEY, ANN_ROTATE_REQUESTED};
+use mesh::status::{Progress, may_rotate, progress};
+use serde::Serialize;
+
+use super::ops::{node_views, table};
+use super::source::FIELD_MANAGER;
+
+/// What `podguard rotate` reports per node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateResult {
+    /// The node.
+    pub node: String,
+    /// Fingerprint of the key before.
+    pub old_key: String,
+    /// Fingerprint of the key after (when waited for).
+    pub new_key: Option<String>,
+    /// `requested`, `done`, or `timeout: <what is missing>`.
+    pub result: String,
+    /// Seconds from request to done (when waited for).
+    pub seconds: Option<f64>,
+}
+
+fn nonce() -> String {
+    let mut b = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Request a rotation of each node in `names`, one at a time. With `wait`
+/// (always for more than one node), block until each has finished. Every
+/// node is checked first, its agent's heartbeat included (Leases in
+/// `agents`, the agents' namespace): a node whose agent is down is refused
+/// before any node is touched.
+pub async fn rotate(
+    client: &Client,
+    agents: &str,
+    names: &[String],
+    wait: bool,
+    timeout: Duration,
+    progress_out: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<RotateResult>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let views = node_views(client, Some(agents)).await?;
+    // Refuse up front, before any node is touched.
+    for n in names {
+        may_rotate(&views, n)?;
+    }
+    let wait = wait || names.len() > 1;
+    let mut results = Vec::new();
+    for name in names {
+        let views = node_views(client, None).await?;
+        may_rotate(&views, name)?;
+        let old: PublicKey = views
+            .iter()
+            .find(|v| v.info.name == *name)
+            .and_then(|v| v.annotations.get(ANN_PUBLIC_KEY))
+            .and_then(|s| PublicKey::from_base64(s).ok())
+            .with_context(|| format!("node {name} has no valid key"))?;
+        let n = nonce();
+        let body = serde_json::json!({"metadata": {"annotations": {ANN_ROTATE_REQUESTED: n}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(name, &params, &Patch::Merge(&body))
+            .await
+            .with_context(|| format!("requesting a rotation of {name}"))?;
+        progress_out(&format!("{name}: rotation requested"));
+        let start = Instant::now();
+        let mut res = RotateResult {
+            node: name.clone(),
+            old_key: old.fingerprint(),
+            new_key: None,
+            result: "requested".into(),
+            seconds: None,
+        };
+        if wait {
+            let mut last = String::new();
+            loop {
+                let views = node_views(client, None).await?;
+                match progress(&views, name, &n, &old) {
+                    Progress::Done { new_key } => {
+                        res.new_key = Some(new_key);
+                        res.result = "done".into();
+                        res.seconds = Some(start.elapsed().as_secs_f64());
+                        progress_out(&format!(
+                            "{name}: done in {:.1}s",
+                            start.elapsed().as_secs_f64()
+                        ));
+                        break;
+                    }
+                    Progress::Pending { waiting_for } => {
+                        if start.elapsed() > timeout {
+                            res.result = format!("timeout: waiting for {waiting_for}");
+                            results.push(res);
+                            return Ok(results);
+                        }
+                        if waiting_for != last {
+                            progress_out(&format!("{name}: waiting for {waiting_for}"));
+                            last = waiting_for;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        results.push(res);
+    }
+    Ok(results)
+}
+
+/// The table `podguard rotate` prints.
+pub fn render_rotate(rs: &[RotateResult]) -> String {
+    table(
+        &["NODE", "OLD KEY", "NEW KEY", "SECONDS", "RESULT"],
+        rs.iter()
+            .map(|r| {
+                vec![
+                    r.node.clone(),
+                    r.old_key.clone(),
+                    r.new_key.clone().unwrap_or_else(|| "-".into()),
+                    r.seconds
+                        .map(|s| format!("{s:.1}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.result.clone(),
+                ]
+            })
+            .collect(),
+    )
+}
