@@ -171,6 +171,29 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
             .output()
             .unwrap(),
     );
+    // audit says it on stderr too, and carries it in its JSON report for
+    // whatever reads that instead.
+    let o = podguard(&[
+        "audit",
+        "--lab",
+        "--output",
+        "json",
+        "--agent-namespace",
+        "elsewhere",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no heartbeat Leases in namespace elsewhere"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat Leases in namespace elsewhere")),
+        "{v:#}"
+    );
     let (code, r) = audit();
     assert_eq!(code, 1, "{r:#}");
     assert!(

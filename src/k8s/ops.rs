@@ -111,23 +111,37 @@ where
 /// be read leave the heartbeat unjudged, with a warning on stderr; `None`:
 /// not read, for commands that judge no agent).
 pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result<Vec<NodeView>> {
+    let (views, warning) = node_views_and_warning(client, agents).await?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    Ok(views)
+}
+
+/// [`node_views`], returning the warning (why no heartbeat is judged)
+/// instead of printing it, for reports that carry their warnings.
+pub async fn node_views_and_warning(
+    client: &Client,
+    agents: Option<&str>,
+) -> anyhow::Result<(Vec<NodeView>, Option<String>)> {
     let api: Api<Node> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default())
         .await
         .context("listing Nodes")?;
+    let mut warning = None;
     let leases = match agents {
         None => None,
         Some(ns) => match super::lease::table(client, ns).await {
             Ok(l) => Some(l),
-            Err(warning) => {
-                eprintln!("warning: {}", crate::errors::chain_line(&warning));
+            Err(e) => {
+                warning = Some(crate::errors::chain_line(&e));
                 None
             }
         },
     };
     let now = crate::agent::rotation::unix_now();
-    Ok(list
+    let views = list
         .items
         .iter()
         .map(|n| {
@@ -139,7 +153,8 @@ pub async fn node_views(client: &Client, agents: Option<&str>) -> anyhow::Result
                 heartbeat,
             }
         })
-        .collect())
+        .collect();
+    Ok((views, warning))
 }
 
 /// A plain table, kubectl style (see [`mesh::table::plain`]).
@@ -234,7 +249,7 @@ pub async fn audit(
 ) -> anyhow::Result<(mesh::audit::Report, Vec<String>)> {
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    let nodes = node_views(client, Some(agents)).await?;
+    let (nodes, lease_warning) = node_views_and_warning(client, Some(agents)).await?;
     let lp = ListParams::default();
     let pods = Api::<Pod>::all(client.clone())
         .list(&lp)
@@ -248,7 +263,7 @@ pub async fn audit(
         .list(&lp)
         .await
         .context("listing NetworkPolicies (networking.k8s.io/v1)")?;
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = lease_warning.into_iter().collect();
     let pods: Vec<mesh::policy::Pod> = pods
         .items
         .iter()
