@@ -64,6 +64,18 @@ fn remove_file(path: &Path, removed: &mut Vec<String>) -> Result<(), UninstallEr
     }
 }
 
+/// Remove `path` and all below it, if it exists; note it in `removed`.
+fn remove_dir(path: &Path, removed: &mut Vec<String>) -> Result<(), UninstallError> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(|source| UninstallError::Remove {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        removed.push(path.display().to_string());
+    }
+    Ok(())
+}
+
 /// Remove it all; returns what was removed, one line each.
 pub async fn uninstall(nl: &Netlink, files: &Files) -> Result<Vec<String>, UninstallError> {
     let mut removed = Vec::new();
@@ -91,25 +103,15 @@ pub async fn uninstall(nl: &Netlink, files: &Files) -> Result<Vec<String>, Unins
         &files.cni_conf_dir.join(super::install::CONFLIST_NAME),
         &mut removed,
     )?;
-    if files.ipam_dir.exists() {
-        std::fs::remove_dir_all(&files.ipam_dir).map_err(|source| UninstallError::Remove {
-            path: files.ipam_dir.clone(),
-            source,
-        })?;
-        removed.push(files.ipam_dir.display().to_string());
-    }
+    remove_dir(&files.ipam_dir, &mut removed)?;
     remove_file(&files.state_file, &mut removed)?;
     let sock = crate::wireguard::uapi_server::socket_path(mesh::WG_IFNAME);
     remove_file(&sock, &mut removed)?;
     // A socket's staging directory, left if an agent died while binding.
-    let staging = crate::wireguard::uapi_server::staging_dir(&sock);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|source| UninstallError::Remove {
-            path: staging.clone(),
-            source,
-        })?;
-        removed.push(staging.display().to_string());
-    }
+    remove_dir(
+        &crate::wireguard::uapi_server::staging_dir(&sock),
+        &mut removed,
+    )?;
     let key = files.key_file.display().to_string();
     for k in [key.clone(), format!("{key}.next"), format!("{key}.old")] {
         remove_file(Path::new(&k), &mut removed)?;
