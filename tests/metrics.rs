@@ -135,8 +135,18 @@ fn metrics_follow_prometheus_conventions_drop_removed_peers_and_stay_off_the_und
     let listener = in_netns(&a, || std::net::TcpListener::bind("192.0.2.1:0").unwrap());
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        use std::io::Write as _;
+        use std::io::{Read as _, Write as _};
         if let Ok((mut c, _)) = listener.accept() {
+            // Read the request first: closing with it unread sends a
+            // reset, which can overtake the answer on its way to the client.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 256];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\ncontrol");
         }
     });

@@ -142,7 +142,9 @@ impl TwoNode {
             c.attach_pod(i);
         }
         let (pa, b4) = (c.nodes[0].pod_ns.clone(), c.nodes[1].pod_ip4());
-        wait_for("pod A to reach pod B", Duration::from_secs(20), || {
+        // Generous: under QEMU's emulation a lost first handshake costs
+        // WireGuard's 5 s retry, and a loaded host slows every step.
+        wait_for("pod A to reach pod B", Duration::from_secs(45), || {
             super::pings(&pa, &b4)
         });
         c
@@ -334,6 +336,29 @@ impl TwoNode {
 
 impl Drop for TwoNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What each device and routing table held when the test gave
+            // up (`wg show` hides private keys): was a handshake tried?
+            for (i, node) in self.nodes.iter().enumerate() {
+                let wg = self
+                    .node_cmd(i, &["timeout", "5", "wg", "show"])
+                    .output()
+                    .unwrap();
+                let routes: String = ["-4", "-6"]
+                    .iter()
+                    .map(|f| run(&["ip", f, "-n", &node.ns, "route"]).stdout)
+                    .map(|o| String::from_utf8_lossy(&o).into_owned())
+                    .collect();
+                eprintln!(
+                    "---- {} wg show ----\n{}{}\n---- {} routes ----\n{}",
+                    node.name,
+                    String::from_utf8_lossy(&wg.stdout),
+                    String::from_utf8_lossy(&wg.stderr),
+                    node.name,
+                    routes
+                );
+            }
+        }
         dump_logs_on_panic(
             self.nodes
                 .iter()
