@@ -69,6 +69,10 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         ])
         .env("PODGUARD_LEASE_DURATION", LEASE)
         .env("PODGUARD_PEER_STALE_AFTER", PEER_STALE_AFTER)
+        // A rotation waits this long for a dead peer to take the next key,
+        // then to drop the old one (60 s and 3 m by default).
+        .env("PODGUARD_ROTATION_STAGE_TIMEOUT", "3s")
+        .env("PODGUARD_ROTATION_RETIRE_TIMEOUT", "5s")
         .output()
         .unwrap();
     assert!(
@@ -261,12 +265,72 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         "{m}"
     );
 
+    // `rotate --all` with node-3 down: node-1 and node-2 rotate, and
+    // neither waits for node-3 to take its new key (it could only time
+    // out); node-3 is skipped, named, and the exit code says not all
+    // finished.
+    let keys_before: Vec<Value> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| row(&status().1, n)["key"].clone())
+        .collect();
+    let o = podguard(&[
+        "rotate",
+        "--lab",
+        "--all",
+        "--timeout",
+        "60s",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let result = |node: &str| -> &Value {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == node)
+            .unwrap_or_else(|| panic!("{node} in {r:#}"))
+    };
+    for n in ["node-1", "node-2"] {
+        assert_eq!(result(n)["result"], "done", "{r:#}");
+        assert_eq!(
+            result(n)["agentsDown"],
+            serde_json::json!(["node-3"]),
+            "{r:#}"
+        );
+    }
+    assert_eq!(result("node-3")["result"], "skipped: agent down", "{r:#}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("node-3: skipped") && err.contains("not waited for node-3"),
+        "{err}"
+    );
+    let (_, v) = status();
+    for (i, n) in ["node-1", "node-2", "node-3"].iter().enumerate() {
+        assert_eq!(
+            row(&v, n)["key"] == keys_before[i],
+            *n == "node-3",
+            "{n}: {v:#}"
+        );
+    }
+
     // The agent comes back (as the DaemonSet would restart it): green again.
     let child = agent3.restart();
-    // Green again: alive, and node-1's handshake with node-3 answered.
+    // Green again: alive, it applied both new keys (every digest agrees),
+    // and node-1's handshake with node-3 answered.
     wait_for("node-3 alive again", Duration::from_secs(60), || {
         status().0 == 0
     });
     assert_eq!(audit().0, 0);
+    // Its peers say so on /metrics too.
+    wait_for(
+        "node-1's problem metrics to clear",
+        Duration::from_secs(15),
+        || {
+            let m = podguard::lab::cluster::metrics("pglab-n1").unwrap_or_default();
+            let lines: Vec<&str> = problem_lines(&m).collect();
+            lines.len() == 4 && lines.iter().all(|l| l.ends_with(" 0"))
+        },
+    );
     drop(child);
 }

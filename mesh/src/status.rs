@@ -257,15 +257,22 @@ pub enum Progress {
         /// The first thing still missing.
         waiting_for: String,
     },
-    /// Finished: new key in place, old key gone, every node agrees.
+    /// Finished: new key in place, old key gone, every node whose agent
+    /// is alive agrees.
     Done {
         /// Fingerprint of the new key.
         new_key: String,
+        /// Nodes not waited for: their agents are down (heartbeat Lease
+        /// run out or missing). Each takes the new key when it is back.
+        agents_down: Vec<String>,
     },
 }
 
 /// Has the rotation of `name` requested with `nonce` (old key `old`)
-/// finished everywhere?
+/// finished everywhere? A node whose agent is down is not waited for (it
+/// could only time the rotation out: it applies the new key when it
+/// returns), and is named in [`Progress::Done`]; heartbeats not read
+/// ([`Heartbeat::Unknown`]) are not judged, so such nodes are waited for.
 pub fn progress(nodes: &[NodeView], name: &str, nonce: &str, old: &PublicKey) -> Progress {
     let pending = |w: String| Progress::Pending { waiting_for: w };
     let Some(n) = nodes.iter().find(|n| n.info.name == name) else {
@@ -291,9 +298,11 @@ pub fn progress(nodes: &[NodeView], name: &str, nonce: &str, old: &PublicKey) ->
     }
     let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
     let expected = crate::digest::expected(&infos);
+    let stale = |m: &&NodeView| m.key().is_some() && m.ann(ANN_MESH_DIGEST) != Some(&expected);
     let mut behind: Vec<&str> = nodes
         .iter()
-        .filter(|m| m.key().is_some() && m.ann(ANN_MESH_DIGEST) != Some(expected.as_str()))
+        .filter(stale)
+        .filter(|m| !m.heartbeat.down())
         .map(|m| m.info.name.as_str())
         .collect();
     behind.sort();
@@ -303,8 +312,16 @@ pub fn progress(nodes: &[NodeView], name: &str, nonce: &str, old: &PublicKey) ->
             behind.join(", ")
         ));
     }
+    let mut agents_down: Vec<String> = nodes
+        .iter()
+        .filter(stale)
+        .filter(|m| m.heartbeat.down())
+        .map(|m| m.info.name.clone())
+        .collect();
+    agents_down.sort();
     Progress::Done {
         new_key: key.fingerprint(),
+        agents_down,
     }
 }
 
@@ -450,11 +467,75 @@ mod tests {
         assert_eq!(
             progress(&done, "a", "n", &old),
             Progress::Done {
-                new_key: new.fingerprint()
+                new_key: new.fingerprint(),
+                agents_down: vec![],
             }
         );
         let r = rows(&done, 0);
         assert!(r.iter().all(|r| r.digest == Agreement::Agrees));
         assert_eq!(r[0].rotation, "idle");
+    }
+
+    #[test]
+    fn a_node_whose_agent_is_down_is_not_waited_for_but_named() {
+        let (old, new) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let switched = |hb_c: Heartbeat| {
+            let mut nodes = with_digests(vec![
+                view(
+                    "a",
+                    1,
+                    &new,
+                    &[(ANN_ROTATE_DONE, "n"), (ANN_ROTATION_STATE, "idle")],
+                ),
+                view("b", 2, &PrivateKey::generate().public_key(), &[]),
+                view("c", 3, &PrivateKey::generate().public_key(), &[]),
+            ]);
+            // c never applied the new key.
+            nodes[2]
+                .annotations
+                .insert(ANN_MESH_DIGEST.into(), "stale".into());
+            nodes[2].heartbeat = hb_c;
+            nodes
+        };
+        // Alive, or heartbeats not read: waited for.
+        for hb in [
+            Heartbeat::Unknown,
+            Heartbeat::Renewed {
+                age_secs: 3,
+                duration_secs: 40,
+            },
+        ] {
+            assert!(
+                matches!(progress(&switched(hb), "a", "n", &old), Progress::Pending { waiting_for } if waiting_for == "node(s) c to apply the new key"),
+                "{hb:?}"
+            );
+        }
+        // Down (Lease run out, or none): done, and c named.
+        for hb in [
+            Heartbeat::Missing,
+            Heartbeat::Renewed {
+                age_secs: 95,
+                duration_secs: 40,
+            },
+        ] {
+            assert_eq!(
+                progress(&switched(hb), "a", "n", &old),
+                Progress::Done {
+                    new_key: new.fingerprint(),
+                    agents_down: vec!["c".into()],
+                },
+                "{hb:?}"
+            );
+        }
+        // A down node that did apply it is not named.
+        let mut nodes = switched(Heartbeat::Missing);
+        let d = nodes[0].annotations[ANN_MESH_DIGEST].clone();
+        nodes[2].annotations.insert(ANN_MESH_DIGEST.into(), d);
+        assert!(
+            matches!(progress(&nodes, "a", "n", &old), Progress::Done { agents_down, .. } if agents_down.is_empty())
+        );
     }
 }

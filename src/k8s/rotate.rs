@@ -11,10 +11,10 @@ use keys::PublicKey;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use mesh::publish::{ANN_PUBLIC_KEY, ANN_ROTATE_REQUESTED};
-use mesh::status::{Progress, may_rotate, progress};
+use mesh::status::{NodeView, Progress, Refused, may_rotate, progress};
 use serde::Serialize;
 
-use super::ops::{node_views, table};
+use super::ops::{node_views, node_views_and_warning, table};
 use super::source::FIELD_MANAGER;
 
 /// What `podguard rotate` reports per node.
@@ -27,10 +27,14 @@ pub struct RotateResult {
     pub old_key: String,
     /// Fingerprint of the key after (when waited for).
     pub new_key: Option<String>,
-    /// `requested`, `done`, or `timeout: <what is missing>`.
+    /// `requested`, `done`, `skipped: agent down` (`--all`), or
+    /// `timeout: <what is missing>`.
     pub result: String,
     /// Seconds from request to done (when waited for).
     pub seconds: Option<f64>,
+    /// Nodes not waited for because their agents are down: each takes
+    /// the new key when it is back (when waited for).
+    pub agents_down: Vec<String>,
 }
 
 fn nonce() -> String {
@@ -43,11 +47,14 @@ fn nonce() -> String {
 /// (always for more than one node), block until each has finished. Every
 /// node is checked first, its agent's heartbeat included (Leases in
 /// `agents`, the agents' namespace): a node whose agent is down is refused
-/// before any node is touched.
+/// before any node is touched, or with `skip_down` (`--all`) reported as
+/// skipped while the others rotate. A node whose agent is down is not
+/// waited for either: it takes the new key when it is back.
 pub async fn rotate(
     client: &Client,
     agents: &str,
     names: &[String],
+    skip_down: bool,
     wait: bool,
     timeout: Duration,
     progress_out: &mut dyn FnMut(&str),
@@ -55,12 +62,23 @@ pub async fn rotate(
     let api: Api<Node> = Api::all(client.clone());
     let views = node_views(client, Some(agents)).await?;
     // Refuse up front, before any node is touched.
+    let mut skipped = std::collections::BTreeMap::new();
     for n in names {
-        may_rotate(&views, n)?;
+        match may_rotate(&views, n) {
+            Err(e @ Refused::AgentDown { .. }) if skip_down => {
+                progress_out(&format!("{n}: skipped: {e}"));
+                skipped.insert(n.clone(), skipped_result(&views, n));
+            }
+            r => r?,
+        }
     }
     let wait = wait || names.len() > 1;
     let mut results = Vec::new();
     for name in names {
+        if let Some(r) = skipped.remove(name) {
+            results.push(r);
+            continue;
+        }
         let views = node_views(client, None).await?;
         may_rotate(&views, name)?;
         let old: PublicKey = views
@@ -86,20 +104,37 @@ pub async fn rotate(
             new_key: None,
             result: "requested".into(),
             seconds: None,
+            agents_down: Vec::new(),
         };
         if wait {
             let mut last = String::new();
             loop {
-                let views = node_views(client, None).await?;
+                // With heartbeats: a node whose agent is down is not
+                // waited for. (Why none are judged was said up front.)
+                let (views, _) = node_views_and_warning(client, Some(agents)).await?;
                 match progress(&views, name, &n, &old) {
-                    Progress::Done { new_key } => {
+                    Progress::Done {
+                        new_key,
+                        agents_down,
+                    } => {
                         res.new_key = Some(new_key);
                         res.result = "done".into();
                         res.seconds = Some(start.elapsed().as_secs_f64());
-                        progress_out(&format!(
-                            "{name}: done in {:.1}s",
-                            start.elapsed().as_secs_f64()
-                        ));
+                        let mut line =
+                            format!("{name}: done in {:.1}s", start.elapsed().as_secs_f64());
+                        if !agents_down.is_empty() {
+                            line.push_str(&format!(
+                                "; not waited for {} (agent down): {} the new key when back",
+                                agents_down.join(", "),
+                                if agents_down.len() == 1 {
+                                    "takes"
+                                } else {
+                                    "each takes"
+                                }
+                            ));
+                        }
+                        progress_out(&line);
+                        res.agents_down = agents_down;
                         break;
                     }
                     Progress::Pending { waiting_for } => {
@@ -122,6 +157,25 @@ pub async fn rotate(
     Ok(results)
 }
 
+/// The result for a node skipped because its agent is down.
+fn skipped_result(views: &[NodeView], name: &str) -> RotateResult {
+    let old_key = views
+        .iter()
+        .find(|v| v.info.name == name)
+        .and_then(|v| v.annotations.get(ANN_PUBLIC_KEY))
+        .and_then(|s| PublicKey::from_base64(s).ok())
+        .map(|k| k.fingerprint())
+        .unwrap_or_default();
+    RotateResult {
+        node: name.to_string(),
+        old_key,
+        new_key: None,
+        result: "skipped: agent down".into(),
+        seconds: None,
+        agents_down: Vec::new(),
+    }
+}
+
 /// The table `podguard rotate` prints.
 pub fn render_rotate(rs: &[RotateResult]) -> String {
     table(
@@ -135,7 +189,15 @@ pub fn render_rotate(rs: &[RotateResult]) -> String {
                     r.seconds
                         .map(|s| format!("{s:.1}"))
                         .unwrap_or_else(|| "-".into()),
-                    r.result.clone(),
+                    if r.agents_down.is_empty() {
+                        r.result.clone()
+                    } else {
+                        format!(
+                            "{} (agent down, not waited for: {})",
+                            r.result,
+                            r.agents_down.join(", ")
+                        )
+                    },
                 ]
             })
             .collect(),

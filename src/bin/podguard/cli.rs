@@ -97,15 +97,20 @@ pub(crate) enum Command {
     /// README, "Key rotation"). Refused, before any node is touched, for
     /// an unknown node, a node that publishes no key, a node whose agent is
     /// not alive (its heartbeat Lease ran out), or one already rotating.
+    /// Exit 1 when a rotation did not finish (timed out, or skipped).
     Rotate {
         /// The node to rotate.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
         node: Option<String>,
-        /// Rotate every node, one at a time (waits for each).
+        /// Rotate every node, one at a time (waits for each). A node whose
+        /// agent is not alive is skipped (named in the result, exit 1)
+        /// and the others rotate.
         #[arg(long)]
         all: bool,
         /// Wait until the new key is in place everywhere (every node's
-        /// podguard.dev/mesh-digest agrees) and print the result.
+        /// podguard.dev/mesh-digest agrees) and print the result. Nodes
+        /// whose agents are not alive are not waited for: the result names
+        /// them, and each takes the new key when its agent is back.
         #[arg(long)]
         wait: bool,
         /// Give up waiting for one node after this long (e.g. 90s, 5m;

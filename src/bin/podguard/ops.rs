@@ -34,7 +34,7 @@ pub(crate) fn rotate(
             None if all => ops::all_nodes(&client).await?,
             None => anyhow::bail!("give --node NAME or --all"),
         };
-        ops::rotate(&client, agents, &names, wait, timeout, &mut |m| {
+        ops::rotate(&client, agents, &names, all, wait, timeout, &mut |m| {
             eprintln!("{m}")
         })
         .await
