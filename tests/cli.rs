@@ -124,6 +124,61 @@ fn agent_help_describes_it_and_print_public_key_needs_only_the_key() {
     );
 }
 
+/// Agents started at once on a node without a key (a DaemonSet Pod and its
+/// replacement, say) agree on one key: 8 processes, released together from
+/// a FIFO, each create-or-load the same fresh key file, in 10 rounds.
+/// Every process prints the same public key and the file holds it.
+#[test]
+fn agents_started_at_once_agree_on_one_key() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let o = Command::new("mkfifo").arg(&gate).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // Held open for reading and writing, so no open blocks and no reader
+    // sees end of file before its line arrives.
+    let mut release = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gate)
+        .unwrap();
+    for round in 0..10 {
+        let key = dir.path().join(format!("k{round}/private.key"));
+        let script = r#"read _ < "$1"; exec "$2" --key-file "$3" --print-public-key"#;
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", script, "sh"])
+                    .arg(&gate)
+                    .arg(env!("CARGO_BIN_EXE_podguard-agent"))
+                    .arg(&key)
+                    .env_remove("RUST_LOG")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Each reader takes one line: all go at once.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        release.write_all(&[b'\n'; 8]).unwrap();
+        let printed: Vec<String> = children
+            .into_iter()
+            .map(|c| {
+                let o = c.wait_with_output().unwrap();
+                assert!(o.status.success(), "{o:?}");
+                String::from_utf8_lossy(&o.stdout).trim().to_string()
+            })
+            .collect();
+        assert!(
+            printed.iter().all(|p| *p == printed[0]),
+            "round {round}: processes printed different keys: {printed:?}"
+        );
+        let on_disk = keys::store::load(&key).unwrap().public_key().to_base64();
+        assert_eq!(on_disk.as_str(), printed[0], "round {round}");
+    }
+}
+
 /// `--install-only` reads PODGUARD_INSTALL_ONLY like every flag the
 /// DaemonSet sets; set to false it must not demand `--install-cni` (a
 /// plain `requires` did).
