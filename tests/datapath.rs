@@ -197,6 +197,18 @@ fn device_death_fails_closed_and_restart_recovers() {
     }
     let mut c = TwoNode::up("f");
     let routes_before = ok(&["ip", "-n", &c.nodes[0].ns, "route", "show"]);
+    // When node B last completed a handshake with node A (unix seconds).
+    let a_key = c.nodes[0].public_key.clone();
+    let b_saw_a = |c: &TwoNode| -> u64 {
+        let o = c.wg(1, &["show", "podguard0", "latest-handshakes"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(a_key.as_str()))
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let handshake_before = b_saw_a(&c);
+    assert!(handshake_before > 0, "no handshake between A and B");
     let cap = start_capture(&mut c.n, &c.ul.clone(), "br0", "dead");
     let m = marker("DEAD");
 
@@ -240,8 +252,19 @@ fn device_death_fails_closed_and_restart_recovers() {
         "non-WireGuard IPv4 on the underlay: {leaked:?}"
     );
 
-    // Restart: traffic flows again without touching routes by hand.
+    // Restart: traffic flows again without touching routes by hand. The
+    // restarted device handshakes at once (its peers have a persistent
+    // keepalive), with no traffic of its own: B would otherwise seal for
+    // the lost session until its no-reply timer fired (15 s), and A's
+    // keepalive would come only after 25 s.
     c.start_agent(0);
+    wait_for(
+        "a handshake from the restarted node, with no traffic",
+        Duration::from_secs(10),
+        || b_saw_a(&c) > handshake_before,
+    );
+    // B's pod speaks first, and is answered at once.
+    assert!(pings(&c.nodes[1].pod_ns.clone(), &c.nodes[0].pod_ip4()));
     wait_for(
         "traffic after agent restart",
         Duration::from_secs(20),

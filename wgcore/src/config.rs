@@ -174,6 +174,12 @@ impl Core {
                 st.remove_peer(&k);
             }
         }
+        // Peers made here with a persistent keepalive: they handshake at
+        // once, as wireguard-go and the kernel do when a keepalive is set.
+        // A restarted node otherwise stays silent, and a peer that only
+        // sends to it seals for the session the restart lost until that
+        // peer's no-reply timer fires (15 s).
+        let mut fresh: Vec<(PublicKey, Arc<Peer>)> = Vec::new();
         for upd in req.peers {
             let Some(pk) = upd.public_key else { continue };
             if upd.remove {
@@ -213,6 +219,9 @@ impl Core {
                     for net in keep {
                         st.add_allowed(&peer, net);
                     }
+                    if keepalive > 0 {
+                        fresh.push((pk, peer.clone()));
+                    }
                     peer
                 }
             };
@@ -224,6 +233,13 @@ impl Core {
             }
             for net in upd.allowed_ips {
                 st.add_allowed(&peer, net);
+            }
+        }
+        for (pk, peer) in fresh {
+            // A peer removed or replaced later in the same request is not.
+            if st.peers.get(&pk).is_some_and(|p| Arc::ptr_eq(p, &peer)) {
+                let links = peer.links.read().clone();
+                self.kick(&peer, &links);
             }
         }
         Ok(())

@@ -49,6 +49,35 @@ fn handshake_then_data_both_ways_never_in_plaintext() {
     assert_eq!(net.sent_of_type(1, 2), 1);
 }
 
+/// A node restarts (its agent upgraded, say) while its peer only sends to
+/// it. With a persistent keepalive the restarted node handshakes at once,
+/// as wireguard-go and the kernel do, and the peer's next packet arrives.
+/// Without one it stays silent: the peer seals for the session the
+/// restart lost, and is heard only when its own no-reply timer fires.
+#[test]
+fn a_restarted_node_with_a_keepalive_handshakes_at_once() {
+    for keepalive in [25, 0] {
+        let mut net = sim::handshaken();
+        net.keepalive = keepalive;
+        let key1 = net.nodes[1].key.clone();
+        net.restart(1, &[&key1]);
+        let inits = net.sent_of_type(1, 1);
+        net.drive();
+        assert!(matches!(
+            net.send_pod(0, 1, b"after the restart"),
+            Sealed::Datagram(_)
+        ));
+        net.drive();
+        let got = net.got(1, b"after the restart");
+        if keepalive > 0 {
+            assert_eq!(inits, 1, "one initiation, sent at once");
+            assert_eq!(got, 1, "the peer's next packet is lost");
+        } else {
+            assert_eq!((inits, got), (0, 0), "without a keepalive: silent");
+        }
+    }
+}
+
 #[test]
 fn no_peer_no_datagram() {
     let mut net = Net::mesh(2);

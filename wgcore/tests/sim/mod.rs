@@ -52,6 +52,9 @@ pub struct Net {
     /// each node receives through `open_batch`, on this many threads: the
     /// device's parallel path instead of the one-by-one one.
     pub batch_threads: Option<usize>,
+    /// The persistent keepalive every node gives its peers (0 = off),
+    /// from the next configuration ([`Net::restart`]) on.
+    pub keepalive: u16,
 }
 
 /// One GSO run of a sealed batch: one `sendmsg` of the device.
@@ -192,6 +195,7 @@ impl Net {
             unclaimed: Vec::new(),
             link_up: true,
             batch_threads: None,
+            keepalive: 0,
         };
         for i in 0..n {
             let core = &net.nodes[i].core;
@@ -219,7 +223,10 @@ impl Net {
             .filter(|&j| j != i)
             .map(|j| {
                 let o = &self.nodes[j];
-                peer_update(o.key.public_key(), o.addr, o.pods)
+                PeerUpdate {
+                    persistent_keepalive: Some(self.keepalive),
+                    ..peer_update(o.key.public_key(), o.addr, o.pods)
+                }
             })
             .collect();
         SetRequest {
