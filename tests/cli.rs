@@ -179,6 +179,54 @@ fn agents_started_at_once_agree_on_one_key() {
     }
 }
 
+/// A log level with a typo is refused before the agent starts, from the
+/// flag, the chart's environment variable, or RUST_LOG. Read as a filter it
+/// was a target name, which turned every log off, errors included.
+#[test]
+fn a_mistyped_log_level_is_refused_not_a_silent_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("private.key");
+    let base = [
+        "--node-name",
+        "n1",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--print-public-key",
+    ];
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_podguard-agent"));
+        c.args(base).args(extra).env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for (extra, env) in [
+        (&["--log-level", "warning"][..], &[][..]),
+        (&[][..], &[("PODGUARD_LOG_LEVEL", "warning")][..]),
+        (&[][..], &[("RUST_LOG", "warning")][..]),
+    ] {
+        let o = run(extra, env);
+        assert_eq!(o.status.code(), Some(2), "{extra:?} {env:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("\"warning\" is not a log level") && err.contains("warn, info"),
+            "{err}"
+        );
+    }
+    // Levels and filters still go; an empty RUST_LOG counts as unset.
+    for (extra, env) in [
+        (&["--log-level", "warn"][..], &[][..]),
+        (&["--log-level", "info,podguard::agent=debug"][..], &[][..]),
+        (&[][..], &[("RUST_LOG", "")][..]),
+    ] {
+        let o = run(extra, env);
+        assert!(o.status.success(), "{extra:?} {env:?}: {o:?}");
+    }
+}
+
 /// `--install-only` reads PODGUARD_INSTALL_ONLY like every flag the
 /// DaemonSet sets; set to false it must not demand `--install-cni` (a
 /// plain `requires` did).

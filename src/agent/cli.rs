@@ -19,15 +19,52 @@ pub enum LogFormat {
     Json,
 }
 
-/// A log level or filter, checked when the flag is parsed.
+/// The levels a bare word may be.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log level or filter, checked when the flag is parsed. A bare word
+/// must be a level: RUST_LOG syntax reads any other word (`warning`, a
+/// typo) as a target to log, which turns every other log off, errors
+/// included.
 pub fn parse_log_filter(s: &str) -> Result<String, String> {
+    let hint = "give a level (error, warn, info, debug, trace, off) or a RUST_LOG-style filter such as info,podguard::agent=debug";
+    if s.trim().is_empty() {
+        return Err(format!("no log level given; {hint}"));
+    }
+    for d in s.split(',').map(str::trim) {
+        if !d.contains(['=', '[', ':']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            return Err(format!("{d:?} is not a log level; {hint}"));
+        }
+    }
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
-        .map_err(|e| {
-            format!(
-                "{e}; give a level (error, warn, info, debug, trace) or a RUST_LOG-style filter"
-            )
-        })
+        .map_err(|e| format!("{e}; {hint}"))
+}
+
+/// Like [`parse_duration`], at least a second: shorter periods would only
+/// spin (a resync, a Lease renewed every quarter of its duration) or judge
+/// on noise.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is too short: give at least 1s"));
+    }
+    Ok(d)
+}
+
+/// The keepalive: seconds as WireGuard counts them (`25`), or with a unit
+/// as the other durations (`25s`, `1m`); 0 = off.
+pub fn parse_keepalive(s: &str) -> Result<u16, String> {
+    let secs = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"))?
+    } else {
+        let d = parse_duration(s)?;
+        if d.subsec_nanos() != 0 {
+            return Err(format!("{s:?} is not a whole number of seconds"));
+        }
+        d.as_secs()
+    };
+    u16::try_from(secs).map_err(|_| format!("{s:?} is more than 65535 seconds"))
 }
 
 /// Keeps this node's WireGuard mesh in line with the cluster's nodes.
@@ -85,19 +122,19 @@ pub struct Args {
     /// agent's namespace, POD_NAMESPACE), renewed every quarter of it while
     /// the data plane reconciles; `podguard status` reports the agent down
     /// once it expires.
-    #[arg(long, env = "PODGUARD_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, env = "PODGUARD_LEASE_DURATION", default_value = "40s", value_parser = parse_period)]
     pub lease_duration: Duration,
 
     /// /healthz fails (so the liveness probe restarts the agent) once the
     /// data plane has failed to reconcile for this long.
-    #[arg(long, env = "PODGUARD_HEALTH_GRACE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "PODGUARD_HEALTH_GRACE", default_value = "60s", value_parser = parse_period)]
     pub health_grace: Duration,
 
     /// A peer whose handshake initiations have gone unanswered this long
     /// (kernel backend: whose last handshake is older than this plus
     /// REKEY_AFTER_TIME, 120 s) is reported: `podguard status` (PEERS) and
     /// /metrics (`podguard_peer_problem`). WireGuard gives up after 90 s.
-    #[arg(long, env = "PODGUARD_PEER_STALE_AFTER", default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, env = "PODGUARD_PEER_STALE_AFTER", default_value = "90s", value_parser = parse_period)]
     pub peer_stale_after: Duration,
 
     /// Install the CNI plugin binary and conflist before starting.
@@ -171,8 +208,10 @@ pub struct Args {
     )]
     pub proc_sys_net: std::path::PathBuf,
 
-    /// Persistent keepalive towards each peer, in seconds (0 = off).
-    #[arg(long, env = "PODGUARD_KEEPALIVE", default_value_t = 25)]
+    /// Persistent keepalive towards each peer, in seconds (`25`, or with
+    /// a unit: `25s`, `1m`; 0 = off). With it, a restarted agent
+    /// handshakes with every peer at once.
+    #[arg(long, env = "PODGUARD_KEEPALIVE", default_value_t = 25, value_parser = parse_keepalive)]
     pub keepalive: u16,
 
     /// This node's private key (created with mode 0600 if missing).
@@ -189,13 +228,13 @@ pub struct Args {
 
     /// Full resync period: drift (a peer or route changed by hand) is
     /// repaired within this time.
-    #[arg(long, env = "PODGUARD_RESYNC", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "PODGUARD_RESYNC", default_value = "10s", value_parser = parse_period)]
     pub resync: Duration,
 
     /// Rotate this node's key when it is this old (e.g. `30d`, `12h`); off
     /// unless set. Each node adds its own delay of up to a fifth of the
     /// period, so nodes do not rotate together. Needs the Kubernetes API.
-    #[arg(long, env = "PODGUARD_ROTATE_EVERY", value_parser = parse_duration)]
+    #[arg(long, env = "PODGUARD_ROTATE_EVERY", value_parser = parse_period)]
     pub rotate_every: Option<Duration>,
 
     /// During a rotation, how long to wait for every peer to take the next
@@ -256,6 +295,54 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_and_filters() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,podguard::agent=debug",
+            "podguard=trace",
+            "warn,kube[list]=debug",
+        ] {
+            assert_eq!(parse_log_filter(ok), Ok(ok.to_string()), "{ok}");
+        }
+        // A typo is a target in RUST_LOG syntax, which would silence
+        // everything else.
+        for bad in ["warning", "dbug", "", " ", "info,verbose"] {
+            let e = parse_log_filter(bad).unwrap_err();
+            assert!(e.contains("give a level (error, warn"), "{bad}: {e}");
+        }
+        assert!(
+            parse_log_filter("warning")
+                .unwrap_err()
+                .contains("\"warning\" is not a log level")
+        );
+    }
+
+    #[test]
+    fn periods_and_keepalives() {
+        assert_eq!(parse_period("1s"), Ok(Duration::from_secs(1)));
+        for short in ["0s", "1ms", "999ms"] {
+            assert!(
+                parse_period(short).unwrap_err().contains("at least 1s"),
+                "{short}"
+            );
+        }
+        assert!(parse_period("10").unwrap_err().contains("has no unit"));
+        assert_eq!(parse_keepalive("25"), Ok(25));
+        assert_eq!(parse_keepalive("25s"), Ok(25));
+        assert_eq!(parse_keepalive("1m"), Ok(60));
+        assert_eq!(parse_keepalive("0"), Ok(0));
+        assert!(
+            parse_keepalive("1500ms")
+                .unwrap_err()
+                .contains("whole number")
+        );
+        assert!(parse_keepalive("70000").unwrap_err().contains("65535"));
+        assert!(parse_keepalive("x").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -12,15 +12,29 @@ use podguard::wireguard::{BackendChoice, select_backend};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // A bare level keeps defguard's per-call chatter out of info logs.
-        let quiet = if args.log_level.contains(['=', ',']) {
-            ""
-        } else {
-            ",defguard_wireguard_rs=warn"
-        };
-        tracing_subscriber::EnvFilter::new(format!("{}{quiet}", args.log_level))
-    });
+    // RUST_LOG wins over --log-level; held to the same rule (a bare word
+    // must be a level), so a typo there cannot silence the agent either.
+    // An empty RUST_LOG counts as unset.
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    if let Some(v) = &rust_log
+        && let Err(e) = podguard::agent::cli::parse_log_filter(v)
+    {
+        eprintln!("error: RUST_LOG={v:?}: {e} (or unset RUST_LOG to use --log-level)");
+        std::process::exit(2);
+    }
+    let filter = rust_log
+        .map(tracing_subscriber::EnvFilter::new)
+        .unwrap_or_else(|| {
+            // A bare level keeps defguard's per-call chatter out of info logs.
+            let quiet = if args.log_level.contains(['=', ',']) {
+                ""
+            } else {
+                ",defguard_wireguard_rs=warn"
+            };
+            tracing_subscriber::EnvFilter::new(format!("{}{quiet}", args.log_level))
+        });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
