@@ -45,6 +45,7 @@ fn audit_matrix_policies_findings_and_probe() {
     let (code, r) = audit();
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["ok"], true);
+    assert_eq!(r["passed"], true);
     assert_eq!(r["pods"].as_array().unwrap().len(), 6);
     assert!(
         r["pods"]
@@ -151,6 +152,22 @@ fn audit_matrix_policies_findings_and_probe() {
     assert!(
         table.contains("PLAINTEXT") && table.contains("WARNING") && !table.contains("FAIL"),
         "{table}"
+    );
+    // What --fail-on fails, the verdict says: the table's last line and
+    // JSON's `passed` (`ok` stays "no high finding").
+    let o = podguard(&["audit", "--lab", "--fail-on", "medium"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains("FAIL: a finding at or above WARNING (--fail-on)")
+            && !table.contains("\nOK"),
+        "{table}"
+    );
+    let o = podguard(&["audit", "--lab", "--fail-on", "medium", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["passed"].clone()),
+        (json!(true), json!(false)),
+        "{v:#}"
     );
     api(
         "DELETE",

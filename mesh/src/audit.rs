@@ -129,6 +129,9 @@ pub struct Cell {
     pub ports: Vec<String>,
 }
 
+/// How a finding about a node that has not converged ends.
+pub(crate) const NOT_CONVERGED: &str = ": not converged";
+
 /// The audit result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -213,10 +216,15 @@ pub fn audit(nodes: &[NodeView], pods: &[Pod], cluster: &Cluster, now: u64) -> R
                 "its agent is not alive (heartbeat Lease expired): its peers, keys and routes are not maintained".into(),
             ));
         } else if *a != Agreement::Agrees && !problems.contains_key(node) {
+            let what = if *a == Agreement::Missing {
+                "it publishes no applied mesh (podguard.dev/mesh-digest: no agent, or it has not reconciled yet)"
+            } else {
+                "its applied mesh (podguard.dev/mesh-digest) differs from the cluster's"
+            };
             findings.insert(Finding {
                 severity: Severity::Warning,
                 subject: format!("node {node}"),
-                message: "its applied mesh (podguard.dev/mesh-digest) differs from the cluster's: not converged".into(),
+                message: format!("{what}{NOT_CONVERGED}"),
             });
         }
     }

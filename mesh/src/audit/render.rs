@@ -1,7 +1,7 @@
 //! `podguard audit`'s text: the namespace matrix, the pod pairs with the
 //! ports policy opens, the findings and the verdict.
 
-use super::{Report, Severity};
+use super::{NOT_CONVERGED, Report, Severity};
 use crate::table::plain;
 
 /// How a cell or pair names its ports: nothing when every port of every
@@ -15,8 +15,10 @@ fn on_ports(ports: &[String]) -> String {
 }
 
 /// The audit as text: the namespace matrix (rows are sources, columns
-/// destinations), with `with_pods` every pod pair, then the findings.
-pub fn render(r: &Report, with_pods: bool) -> String {
+/// destinations), with `with_pods` every pod pair, then the findings and
+/// the verdict against `fail_on` (the least severe finding that fails the
+/// audit; `None`: report only).
+pub fn render(r: &Report, with_pods: bool, fail_on: Option<Severity>) -> String {
     let mut names: Vec<&str> = r
         .namespaces
         .iter()
@@ -87,14 +89,33 @@ pub fn render(r: &Report, with_pods: bool) -> String {
             f.message
         ));
     }
-    let plaintext = r
-        .findings
-        .iter()
-        .any(|f| f.severity == Severity::Warning && f.subject.ends_with("(host network)"));
-    out.push_str(match (r.ok, plaintext) {
-        (true, false) => "\nOK: every policy-allowed cross-node pod flow is encrypted\n",
-        (true, true) => "\nOK: every policy-allowed flow between pods on the pod network is encrypted (host-network pods are not: see the warnings)\n",
-        (false, _) => "\nFAIL: some policy-allowed traffic is dropped or unmaintained\n",
+    let warned = |what: &str| {
+        r.findings
+            .iter()
+            .any(|f| f.severity == Severity::Warning && f.subject.ends_with(what))
+    };
+    let (plaintext, stale) = (
+        warned("(host network)"),
+        r.findings
+            .iter()
+            .any(|f| f.severity == Severity::Warning && f.message.ends_with(NOT_CONVERGED)),
+    );
+    out.push('\n');
+    if !r.ok {
+        out.push_str("FAIL: some policy-allowed traffic is dropped or unmaintained\n");
+        return out;
+    }
+    if r.fails(fail_on) {
+        let t = fail_on.map(|t| t.to_string()).unwrap_or_default();
+        out.push_str(&format!(
+            "FAIL: a finding at or above {t} (--fail-on); no allowed traffic is dropped or unmaintained\n"
+        ));
+        return out;
+    }
+    out.push_str(match (stale, plaintext) {
+        (true, _) => "OK (no high finding): allowed flows to or from a node that has not converged are stale, and may be dropped until it does: see the warnings\n",
+        (false, false) => "OK: every policy-allowed cross-node pod flow is encrypted\n",
+        (false, true) => "OK: every policy-allowed flow between pods on the pod network is encrypted (host-network pods are not: see the warnings)\n",
     });
     out
 }

@@ -95,7 +95,7 @@ fn classifies_every_kind_of_flow() {
     );
     assert!(r.fails(Some(Severity::High)) && r.fails(Some(Severity::Warning)));
     assert!(!r.fails(None));
-    let text = render(&r, true);
+    let text = render(&r, true, Some(Severity::High));
     assert!(text.contains("FAIL") && text.contains("BROKEN") && text.contains("PLAINTEXT"));
 }
 
@@ -127,7 +127,8 @@ fn host_network_alone_warns_once_per_node_and_passes_the_default_gate() {
     assert!(!r.fails(Some(Severity::High)));
     assert!(r.fails(Some(Severity::Warning)) && r.fails(Some(Severity::Info)));
     assert!(
-        render(&r, false).contains("OK: every policy-allowed flow between pods on the pod network")
+        render(&r, false, Some(Severity::High))
+            .contains("OK: every policy-allowed flow between pods on the pod network")
     );
 }
 
@@ -199,7 +200,7 @@ fn denied_flows_are_not_findings_and_a_clean_mesh_is_ok() {
     let r = audit(&nodes, &pods, &c, 0);
     assert!(r.ok, "{r:#?}");
     assert!(r.pods.iter().all(|v| !v.allowed));
-    assert!(render(&r, false).contains("denied"));
+    assert!(render(&r, false, Some(Severity::High)).contains("denied"));
     // Duplicate keys are a node problem on both.
     let key = PrivateKey::generate().public_key();
     let dup = views(vec![node("n1", 1, Some(key)), node("n2", 2, Some(key))]);
@@ -287,7 +288,7 @@ fn each_allowed_pair_names_its_ports_and_protocols() {
         .find(|c| c.from == "a" && c.to == "b")
         .unwrap();
     assert_eq!(cell.ports, ["8000-8081/TCP", "all/UDP", "5000/SCTP"]);
-    let text = render(&r, true);
+    let text = render(&r, true, Some(Severity::High));
     assert!(
         text.contains("encrypted 2/2 on 8000-8081/TCP,all/UDP,5000/SCTP"),
         "{text}"
@@ -312,7 +313,7 @@ fn denied_pairs_have_no_ports_and_findings_print_their_severity() {
     let nodes = views(vec![node("n1", 1, None), node("n2", 2, None)]);
     let pods = vec![pod("a", "x", "n1", false), pod("a", "y", "n2", false)];
     let r = audit(&nodes, &pods, &Cluster::default(), 0);
-    let text = render(&r, false);
+    let text = render(&r, false, Some(Severity::High));
     assert!(text.contains("\nHIGH     node n1: "), "{text}");
     let c = Cluster {
         namespaces: BTreeMap::new(),
@@ -325,11 +326,56 @@ fn denied_pairs_have_no_ports_and_findings_print_their_severity() {
     let r = audit(&nodes, &pods, &c, 0);
     assert!(r.pods.iter().all(|v| v.ports.is_empty() && !v.allowed));
     assert!(r.namespaces[0].ports.is_empty());
-    let text = render(&r, true);
+    let text = render(&r, true, Some(Severity::High));
     let row = text.lines().find(|l| l.starts_with("a/x")).unwrap();
     assert_eq!(
         row.split_whitespace().collect::<Vec<_>>(),
         ["a/x", "a/y", "-", "denied"],
         "{text}"
     );
+}
+
+/// A node that has not converged makes its flows stale: the verdict says
+/// so instead of "every flow is encrypted", names a missing digest as
+/// missing, and follows --fail-on (a warning fails `--fail-on medium`).
+#[test]
+fn stale_flows_are_not_called_encrypted_and_the_verdict_follows_fail_on() {
+    let k = || Some(PrivateKey::generate().public_key());
+    let mut nodes = views(vec![node("n1", 1, k()), node("n2", 2, k())]);
+    let pods = vec![pod("a", "p1", "n1", false), pod("b", "p2", "n2", false)];
+    let clean = audit(&nodes, &pods, &Cluster::default(), 0);
+    assert!(
+        render(&clean, false, Some(Severity::Warning))
+            .contains("OK: every policy-allowed cross-node pod flow is encrypted")
+    );
+    nodes[1].annotations.remove(crate::publish::ANN_MESH_DIGEST);
+    let r = audit(&nodes, &pods, &Cluster::default(), 0);
+    assert!(r.ok, "no high finding: {r:#?}");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.subject == "node n2")
+        .expect("a finding for n2");
+    assert!(
+        f.message.contains("publishes no applied mesh") && !f.message.contains("differs"),
+        "{f:?}"
+    );
+    let text = render(&r, false, Some(Severity::High));
+    assert!(
+        text.contains("OK (no high finding)") && text.contains("stale"),
+        "{text}"
+    );
+    assert!(!text.contains("every policy-allowed cross-node pod flow is encrypted"));
+    assert!(r.fails(Some(Severity::Warning)));
+    let text = render(&r, false, Some(Severity::Warning));
+    assert!(
+        text.contains("FAIL: a finding at or above WARNING (--fail-on)") && !text.contains("\nOK"),
+        "{text}"
+    );
+    // A digest that differs is named so.
+    nodes[1]
+        .annotations
+        .insert(crate::publish::ANN_MESH_DIGEST.to_string(), "other".into());
+    let r = audit(&nodes, &pods, &Cluster::default(), 0);
+    assert!(r.findings.iter().any(|f| f.message.contains("differs")));
 }

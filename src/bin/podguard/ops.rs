@@ -84,7 +84,10 @@ pub(crate) fn audit(
         .is_none_or(|c| c.plaintext_packets == 0 && c.marker_hits == 0);
     match output {
         Output::Table => {
-            print!("{}", mesh::audit::render(&report, pods));
+            print!(
+                "{}",
+                mesh::audit::render(&report, pods, fail_on.threshold())
+            );
             if let Some(c) = &probe_result {
                 println!(
                     "probe: {} encrypted packets, {} plaintext packets, {} plaintext marker hits on the underlay",
@@ -98,6 +101,9 @@ pub(crate) fn audit(
                 v["probe"] = serde_json::to_value(c)?;
             }
             v["warnings"] = serde_json::to_value(&warnings)?;
+            // `ok`: no high finding; `passed`: none at or above --fail-on
+            // (and, with --probe, a clean capture): the exit code's verdict.
+            v["passed"] = serde_json::Value::Bool(!report.fails(fail_on.threshold()) && probe_ok);
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
     }
