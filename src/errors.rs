@@ -8,11 +8,45 @@ pub fn one_line(e: &anyhow::Error) -> String {
     chain_line(e.as_ref())
 }
 
+/// An error the API server answered, as an operator reads it: kube's own
+/// text carries the whole response as a Rust structure.
+fn api_answer(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let kube::Error::Api(st) = e.downcast_ref::<kube::Error>()? else {
+        return None;
+    };
+    let hint = match st.code {
+        401 => {
+            "; the credentials in the kubeconfig were not accepted (expired token or certificate?)"
+        }
+        403 => {
+            "; the user lacks that permission: bind it to podguard's operator roles (podguard-audit, podguard-rotate, podguard-status in deploy/rbac.yaml)"
+        }
+        _ => "",
+    };
+    let message = if st.message.is_empty() {
+        "no message"
+    } else {
+        st.message.as_str()
+    };
+    Some(format!(
+        "the API server answered {} {}: {message}{hint}",
+        st.code, st.reason
+    ))
+}
+
 /// [`one_line`] for any error: it and its sources.
 pub fn chain_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
     let chain = std::iter::successors(Some(e), |e| e.source());
     for cause in chain {
+        if let Some(text) = api_answer(cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+            // Its source is the same response again.
+            break;
+        }
         let text = cause.to_string();
         if out.contains(&text) {
             continue;
@@ -36,6 +70,51 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("failed to read kubeconfig from '/nonexistent': No such file or directory")]
     struct Read(#[source] std::io::Error);
+
+    #[test]
+    fn api_answers_read_as_text_with_a_hint() {
+        let status = |code: u16, reason: &str, message: &str| {
+            kube::Error::Api(
+                kube::core::Status {
+                    code,
+                    reason: reason.into(),
+                    message: message.into(),
+                    ..Default::default()
+                }
+                .boxed(),
+            )
+        };
+        let line = one_line(
+            &anyhow::Error::new(status(
+                403,
+                "Forbidden",
+                "nodes is forbidden: User \"bob\" cannot list resource \"nodes\"",
+            ))
+            .context("listing Nodes"),
+        );
+        assert_eq!(
+            line,
+            "listing Nodes: the API server answered 403 Forbidden: nodes is forbidden: User \"bob\" cannot list resource \"nodes\"; the user lacks that permission: bind it to podguard's operator roles (podguard-audit, podguard-rotate, podguard-status in deploy/rbac.yaml)"
+        );
+        assert!(!line.contains("Status {"), "{line}");
+        let line =
+            one_line(&anyhow::Error::new(status(401, "Unauthorized", "")).context("listing Nodes"));
+        assert!(
+            line.contains(
+                "401 Unauthorized: no message; the credentials in the kubeconfig were not accepted"
+            ),
+            "{line}"
+        );
+        let line = one_line(&anyhow::Error::new(status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )));
+        assert_eq!(
+            line,
+            "the API server answered 404 NotFound: the server could not find the requested resource"
+        );
+    }
 
     #[test]
     fn each_cause_appears_once() {

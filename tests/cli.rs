@@ -38,6 +38,7 @@ fn agent(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_podguard-agent"))
         .args(args)
         .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap()
 }
@@ -77,6 +78,19 @@ fn agent_logs_as_json_and_checks_its_log_level() {
         .unwrap_or_else(|| panic!("no start line: {err}"));
     assert_eq!(start["level"], "INFO");
     assert_eq!(start["fields"]["node"], "n1");
+    // The fatal error is a log line too, in one line: every line on
+    // stderr is JSON, with no cause chain or backtrace around it
+    // (RUST_BACKTRACE is set in `agent`).
+    assert_eq!(lines.len(), err.lines().count(), "{err}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("installing") && e.contains("/proc/version/bin")),
+        "{err}"
+    );
+    assert_eq!(o.status.code(), Some(1));
 
     let o = agent(&[
         "--node-name",

@@ -10,7 +10,29 @@ use podguard::agent::{Agent, AgentConfig, install, run_nodes_file, start_device}
 use podguard::netlink::{self, Netlink};
 use podguard::wireguard::{BackendChoice, select_backend};
 
-fn main() -> anyhow::Result<()> {
+/// Set once the log is up: a fatal error then goes to the log (in its
+/// format, so a JSON reader sees it), else to stderr.
+static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line for a fatal error, as the `podguard` CLI prints them (anyhow's
+/// default printed its cause chain over several lines, and a backtrace
+/// when RUST_BACKTRACE was set); exit 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = podguard::errors::one_line(&e);
+            if LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(error = %line, "podguard-agent stopped");
+            } else {
+                eprintln!("error: {line}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     // RUST_LOG wins over --log-level; held to the same rule (a bare word
     // must be a level), so a typo there cannot silence the agent either.
@@ -44,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
 
     if args.uninstall {
         let files = podguard::agent::uninstall::Files {
