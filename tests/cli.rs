@@ -34,6 +34,26 @@ fn a_timeout_without_wait_is_a_usage_error() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("--timeout needs"));
 }
 
+/// `-o json` as kubectl takes it, on every command with an output format.
+#[test]
+fn output_has_kubectls_short_flag() {
+    for cmd in [
+        &["status"][..],
+        &["audit"],
+        &["rotate", "--all"],
+        &["lab", "check"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["-o", "json", "--help"]);
+        let o = podguard(&args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("-o, --output <OUTPUT>"),
+            "{args:?}"
+        );
+    }
+}
+
 fn agent(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_podguard-agent"))
         .args(args)
@@ -428,6 +448,32 @@ fn showconf_matches_the_device_and_graph_draws_the_mesh() {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("<svg"));
     }
+    // Another cluster CIDR than the agents': the error says which CIDRs
+    // were used and how to give the agents'; graph warns on stderr.
+    let wrong = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ul, env!("CARGO_BIN_EXE_podguard")])
+            .args(args)
+            .args(["--kubeconfig", lab.kubeconfig.to_str().unwrap()])
+            .args(["--cluster-cidr", "10.99.0.0/16"])
+            .output()
+            .unwrap()
+    };
+    let o = wrong(&["showconf", "a"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("outside every cluster CIDR")
+            && err.contains("cluster CIDRs used here: 10.99.0.0/16")
+            && err.contains("--cluster-cidr or PODGUARD_CLUSTER_CIDRS"),
+        "{err}"
+    );
+    let o = wrong(&["graph"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: node a has no plan") && err.contains("PODGUARD_CLUSTER_CIDRS"),
+        "{err}"
+    );
     let o = cli(&["showconf", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

@@ -119,7 +119,7 @@ pub(crate) enum Command {
         #[arg(long, value_parser = podguard::agent::cli::parse_duration)]
         timeout: Option<std::time::Duration>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
         /// Talk to the local lab's API server (`podguard lab up`) instead
         /// of the cluster in $KUBECONFIG.
@@ -148,7 +148,7 @@ pub(crate) enum Command {
         #[arg(long)]
         pods: bool,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
         /// Talk to the local lab's API server instead of $KUBECONFIG.
         #[arg(long)]
@@ -196,13 +196,13 @@ pub(crate) enum Command {
     Man,
     /// Per node: key fingerprint, key age, rotation state, whether its
     /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster, and
-    /// the peers its agent finds without a handshake for longer than
-    /// REKEY_ATTEMPT_TIME (90 s) or in a handshake storm
+    /// the peers its agent finds without a handshake for longer than its
+    /// --peer-stale-after (90 s by default) or in a handshake storm
     /// (podguard.dev/peer-health). Exit code 1 if a node has not
     /// converged, its agent is down, or it reports a peer problem.
     Status {
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
         /// Talk to the local lab's API server instead of $KUBECONFIG.
         #[arg(long)]
@@ -303,7 +303,7 @@ pub(crate) enum Lab {
         #[command(flatten)]
         up: UpArgs,
         /// Output format of the report (progress goes to stderr).
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Build a local cluster in network namespaces: an underlay, N nodes
@@ -318,7 +318,7 @@ pub(crate) enum Lab {
     /// WireGuard, handshake ages. Exit code 1 on any failure.
     Check {
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Remove everything a lab created (also after a crash or kill -9).

@@ -14,6 +14,20 @@ fn infos(target: Target) -> anyhow::Result<Vec<mesh::node::NodeInfo>> {
     Ok(views.into_iter().map(|v| v.info).collect())
 }
 
+/// What to say after a node's planning error: a podCIDR outside every
+/// cluster CIDR usually means `--cluster-cidr` is not the agents' (its
+/// default is the shipped manifests' dual-stack pair).
+fn cidr_hint(e: &impl std::fmt::Display, config: &mesh::plan::MeshConfig) -> String {
+    if !e.to_string().contains("outside every cluster CIDR") {
+        return String::new();
+    }
+    let given: Vec<String> = config.cluster_cidrs.iter().map(|c| c.to_string()).collect();
+    format!(
+        " (cluster CIDRs used here: {}; give the agents' with --cluster-cidr or PODGUARD_CLUSTER_CIDRS)",
+        given.join(",")
+    )
+}
+
 /// Print the WireGuard configuration `node` should have.
 pub fn showconf(target: Target, node: &str, config: &mesh::plan::MeshConfig) -> anyhow::Result<()> {
     let nodes = infos(target)?;
@@ -28,14 +42,24 @@ pub fn showconf(target: Target, node: &str, config: &mesh::plan::MeshConfig) -> 
             print!("{}", mesh::showconf::render(p, &key));
             Ok(())
         }
-        Err(e) => bail!("node {node} has no plan: {e}"),
+        Err(e) => bail!("node {node} has no plan: {e}{}", cidr_hint(e, config)),
     }
 }
 
 /// Print the mesh as DOT, or as SVG through Graphviz's `dot`.
 pub fn graph(target: Target, svg: bool, config: &mesh::plan::MeshConfig) -> anyhow::Result<()> {
     let nodes = infos(target)?;
-    let text = mesh::showconf::dot(&nodes, &mesh::showconf::plans(&nodes, config));
+    let plans = mesh::showconf::plans(&nodes, config);
+    // The drawing labels them; say it where a terminal shows it too.
+    for (name, plan) in &plans {
+        if let Err(e) = plan {
+            eprintln!(
+                "warning: node {name} has no plan: {e}{}",
+                cidr_hint(e, config)
+            );
+        }
+    }
+    let text = mesh::showconf::dot(&nodes, &plans);
     if !svg {
         print!("{text}");
         return Ok(());
