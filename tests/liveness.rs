@@ -69,6 +69,11 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
         ])
         .env("PODGUARD_LEASE_DURATION", LEASE)
         .env("PODGUARD_PEER_STALE_AFTER", PEER_STALE_AFTER)
+        // No keepalive: no pair holds a session until its pods talk, so
+        // node-3's death shows once the pinger's initiations go unanswered
+        // for PEER_STALE_AFTER, not once a session expires (180 s after
+        // the last handshake, which a keepalive renews for every pair).
+        .env("PODGUARD_KEEPALIVE", "0")
         // A rotation waits this long for a dead peer to take the next key,
         // then to drop the old one (60 s and 3 m by default).
         .env("PODGUARD_ROTATION_STAGE_TIMEOUT", "3s")
@@ -263,6 +268,47 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
                 && l.contains("peer_node=\"node-3\"")
         ),
         "{m}"
+    );
+
+    // Leases read from the wrong namespace judge no agent: a request for
+    // node-3 goes out, and no agent will take it on. It blocks every
+    // later rotation of node-3, which says how to withdraw it; --cancel
+    // does, and a second --cancel finds nothing pending.
+    let o = podguard(&[
+        "rotate",
+        "--lab",
+        "--node",
+        "node-3",
+        "--agent-namespace",
+        "elsewhere",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(row(&status().1, "node-3")["rotationRequested"], true);
+    let o = podguard(&[
+        "rotate",
+        "--lab",
+        "--node",
+        "node-3",
+        "--agent-namespace",
+        "elsewhere",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("podguard rotate --cancel --node node-3"),
+        "{o:?}"
+    );
+    let o = podguard(&[
+        "rotate", "--lab", "--cancel", "--node", "node-3", "-o", "json",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["result"], "cancelled", "{v:#}");
+    assert_eq!(row(&status().1, "node-3")["rotationRequested"], false);
+    let o = podguard(&["rotate", "--lab", "--cancel", "--node", "node-3"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has no pending rotation request"),
+        "{o:?}"
     );
 
     // `rotate --all` with node-3 down: node-1 and node-2 rotate, and

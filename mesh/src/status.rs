@@ -236,7 +236,9 @@ pub fn may_rotate(nodes: &[NodeView], name: &str) -> Result<(), Refused> {
     if requested_pending(n) {
         return Err(Refused::InProgress {
             name: name.to_string(),
-            what: "a request is pending".into(),
+            what: format!(
+                "a request is pending; if no agent will take it on, withdraw it with podguard rotate --cancel --node {name}"
+            ),
         });
     }
     match n.ann(ANN_ROTATION_STATE) {
@@ -246,6 +248,44 @@ pub fn may_rotate(nodes: &[NodeView], name: &str) -> Result<(), Refused> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Why a rotation request cannot be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotCancelled {
+    /// No Node by that name.
+    #[error("node {0:?} not found")]
+    UnknownNode(String),
+    /// Nothing was requested, or the agent already took the request on.
+    #[error("node {name:?} has no pending rotation request{what}")]
+    NothingPending {
+        /// The node.
+        name: String,
+        /// What is there instead (a rotation under way, say).
+        what: String,
+    },
+}
+
+/// May the rotation request on `name` be withdrawn? Only while no agent
+/// has taken it on: a rotation under way finishes (or rolls back) by
+/// itself, and is never cut short from outside.
+pub fn may_cancel(nodes: &[NodeView], name: &str) -> Result<(), NotCancelled> {
+    let Some(n) = nodes.iter().find(|n| n.info.name == name) else {
+        return Err(NotCancelled::UnknownNode(name.to_string()));
+    };
+    if requested_pending(n) {
+        return Ok(());
+    }
+    let what = match n.ann(ANN_ROTATION_STATE) {
+        Some(s @ ("staged" | "switched")) => format!(
+            ": its agent took it on and the rotation is under way (state {s}); it finishes by itself"
+        ),
+        _ => String::new(),
+    };
+    Err(NotCancelled::NothingPending {
+        name: name.to_string(),
+        what,
+    })
 }
 
 /// How far a requested rotation has come.

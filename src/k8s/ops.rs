@@ -12,7 +12,7 @@ use mesh::status::NodeView;
 
 use super::convert::node_info;
 
-pub use super::rotate::{RotateResult, render_rotate, rotate};
+pub use super::rotate::{RotateResult, cancel, render_rotate, rotate};
 
 /// Where the API is: the default kubeconfig, one named on the command
 /// line, or one whose API server is reachable only from inside a network

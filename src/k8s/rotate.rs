@@ -140,6 +140,11 @@ pub async fn rotate(
                     Progress::Pending { waiting_for } => {
                         if start.elapsed() > timeout {
                             res.result = format!("timeout: waiting for {waiting_for}");
+                            if waiting_for.contains("to take the request on") {
+                                progress_out(&format!(
+                                    "{name}: the request is still pending; withdraw it with podguard rotate --cancel --node {name}"
+                                ));
+                            }
                             results.push(res);
                             return Ok(results);
                         }
@@ -155,6 +160,43 @@ pub async fn rotate(
         results.push(res);
     }
     Ok(results)
+}
+
+/// Withdraw the rotation request on `name`, if no agent has taken it on
+/// (a request for a node whose agent never comes blocks every later
+/// rotation of it). The patch carries the resourceVersion read, so an
+/// agent that takes the request meanwhile wins; then it is read again.
+pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult> {
+    let api: Api<Node> = Api::all(client.clone());
+    for _ in 0..5 {
+        let views = node_views(client, None).await?;
+        mesh::status::may_cancel(&views, name)?;
+        let node = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading Node {name}"))?;
+        let body = serde_json::json!({"metadata": {
+            "resourceVersion": node.metadata.resource_version,
+            "annotations": {ANN_ROTATE_REQUESTED: null},
+        }});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.patch(name, &params, &Patch::Merge(&body)).await {
+            Ok(_) => {
+                let mut r = skipped_result(&views, name);
+                r.result = "cancelled".into();
+                return Ok(r);
+            }
+            Err(kube::Error::Api(st)) if st.code == 409 => continue,
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("withdrawing the rotation request on {name}")));
+            }
+        }
+    }
+    anyhow::bail!("node {name} kept changing while the request was withdrawn; try again")
 }
 
 /// The result for a node skipped because its agent is down.

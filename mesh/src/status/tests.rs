@@ -211,3 +211,37 @@ fn a_node_whose_agent_is_down_is_not_waited_for_but_named() {
         matches!(progress(&nodes, "a", "n", &old), Progress::Done { agents_down, .. } if agents_down.is_empty())
     );
 }
+
+#[test]
+fn only_a_request_no_agent_took_on_may_be_cancelled() {
+    let k = PrivateKey::generate().public_key();
+    let nodes = vec![
+        view("pending", 1, &k, &[(ANN_ROTATE_REQUESTED, "x")]),
+        view(
+            "taken",
+            2,
+            &PrivateKey::generate().public_key(),
+            &[
+                (ANN_ROTATE_REQUESTED, "y"),
+                (ANN_ROTATE_DONE, "y"),
+                (ANN_ROTATION_STATE, "staged"),
+            ],
+        ),
+        view("idle", 3, &PrivateKey::generate().public_key(), &[]),
+    ];
+    assert_eq!(may_cancel(&nodes, "pending"), Ok(()));
+    let e = may_cancel(&nodes, "taken").unwrap_err().to_string();
+    assert!(
+        e.contains("no pending rotation request") && e.contains("under way (state staged)"),
+        "{e}"
+    );
+    let e = may_cancel(&nodes, "idle").unwrap_err().to_string();
+    assert_eq!(e, "node \"idle\" has no pending rotation request");
+    assert!(matches!(
+        may_cancel(&nodes, "zz"),
+        Err(NotCancelled::UnknownNode(_))
+    ));
+    // The refusal to request again names the way out.
+    let e = may_rotate(&nodes, "pending").unwrap_err().to_string();
+    assert!(e.contains("podguard rotate --cancel --node pending"), "{e}");
+}

@@ -113,6 +113,11 @@ pub(crate) enum Command {
         /// them, and each takes the new key when its agent is back.
         #[arg(long)]
         wait: bool,
+        /// Withdraw the pending rotation request on --node instead (one no
+        /// agent has taken on: its agent is gone, say; it blocks every later
+        /// rotation of that node). A rotation under way is not cut short.
+        #[arg(long, requires = "node", conflicts_with_all = ["all", "wait", "timeout"])]
+        cancel: bool,
         /// Give up waiting for one node after this long (e.g. 90s, 5m;
         /// default 5m). Only with --wait or --all: without them nothing
         /// waits, so a timeout is an error rather than silently ignored.

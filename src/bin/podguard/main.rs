@@ -46,12 +46,20 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Rotate {
             node,
+            cancel: true,
+            output,
+            lab,
+            ..
+        } => ops::cancel_rotation(target(lab), node, output),
+        Command::Rotate {
+            node,
             all,
             wait,
             timeout,
             output,
             lab,
             agents,
+            ..
         } => ops::rotate(
             target(lab),
             &agents.namespace,

@@ -2,6 +2,7 @@
 //! the cluster through the API and print a table or JSON. Exit 1 when the
 //! command ran and found a problem (see the CLI's exit codes).
 
+use anyhow::Context;
 use clap::CommandFactory;
 use podguard::k8s::ops::{self, Target};
 use podguard::lab::check;
@@ -51,6 +52,24 @@ pub(crate) fn rotate(
     if results.iter().any(|r| r.result != expect) {
         eprintln!("not every rotation {what}");
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Withdraw the pending rotation request on `node`.
+pub(crate) fn cancel_rotation(
+    target: Target,
+    node: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let node = node.context("--cancel needs --node NAME")?;
+    let result = ops::with_client(
+        target,
+        |client| async move { ops::cancel(&client, &node).await },
+    )?;
+    match output {
+        Output::Table => print!("{}", ops::render_rotate(std::slice::from_ref(&result))),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&[&result])?),
     }
     Ok(())
 }
