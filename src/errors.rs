@@ -15,11 +15,9 @@ fn api_answer(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         return None;
     };
     let hint = match st.code {
-        401 => {
-            "; the credentials in the kubeconfig were not accepted (expired token or certificate?)"
-        }
+        401 => "; the credentials were not accepted (an expired token or certificate?)",
         403 => {
-            "; the user lacks that permission: bind it to podguard's operator roles (podguard-audit, podguard-rotate, podguard-status in deploy/rbac.yaml)"
+            "; the user or ServiceAccount lacks that permission: see deploy/rbac.yaml (the agent's ClusterRole podguard; operators' podguard-audit, podguard-rotate, podguard-status)"
         }
         _ => "",
     };
@@ -94,15 +92,13 @@ mod tests {
         );
         assert_eq!(
             line,
-            "listing Nodes: the API server answered 403 Forbidden: nodes is forbidden: User \"bob\" cannot list resource \"nodes\"; the user lacks that permission: bind it to podguard's operator roles (podguard-audit, podguard-rotate, podguard-status in deploy/rbac.yaml)"
+            "listing Nodes: the API server answered 403 Forbidden: nodes is forbidden: User \"bob\" cannot list resource \"nodes\"; the user or ServiceAccount lacks that permission: see deploy/rbac.yaml (the agent's ClusterRole podguard; operators' podguard-audit, podguard-rotate, podguard-status)"
         );
         assert!(!line.contains("Status {"), "{line}");
         let line =
             one_line(&anyhow::Error::new(status(401, "Unauthorized", "")).context("listing Nodes"));
         assert!(
-            line.contains(
-                "401 Unauthorized: no message; the credentials in the kubeconfig were not accepted"
-            ),
+            line.contains("401 Unauthorized: no message; the credentials were not accepted"),
             "{line}"
         );
         let line = one_line(&anyhow::Error::new(status(

@@ -54,6 +54,68 @@ fn output_has_kubectls_short_flag() {
     }
 }
 
+/// Bad values are refused at the flag, the mistake named, before anything
+/// on the host changes.
+#[test]
+fn bad_flag_values_name_the_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("private.key");
+    let key = key.to_str().unwrap();
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // CIDRs, on both binaries.
+    let o = agent(&[
+        "--node-name",
+        "n1",
+        "--cluster-cidr",
+        "10.244.0.0/33",
+        "--key-file",
+        key,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        err(&o).contains("prefix length \"33\" in \"10.244.0.0/33\" is not 0 to 32"),
+        "{o:?}"
+    );
+    let o = podguard(&["showconf", "a", "--cluster-cidr", "10.42.9.9/16"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        err(&o).contains("has host bits set: write 10.42.0.0/16"),
+        "{o:?}"
+    );
+    // An empty NODE_NAME (a DaemonSet without the downward API) stops the
+    // agent before its key or the host is touched.
+    let o = Command::new(env!("CARGO_BIN_EXE_podguard-agent"))
+        .args(["--cluster-cidr", "10.244.0.0/16", "--key-file", key])
+        .env("NODE_NAME", "")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        err(&o).contains("no node name given: set --node-name or NODE_NAME"),
+        "{o:?}"
+    );
+    assert!(
+        !dir.path().join("private.key").exists(),
+        "a key was made before the check"
+    );
+    // --print-public-key says when it made the key, and only then.
+    let o = agent(&["--key-file", key, "--print-public-key"]);
+    assert!(
+        o.status.success() && err(&o).contains("created one (0600)"),
+        "{o:?}"
+    );
+    let o = agent(&["--key-file", key, "--print-public-key"]);
+    assert!(o.status.success() && !err(&o).contains("created"), "{o:?}");
+    // The lab's real range; rotate names both ways to pick nodes.
+    let o = podguard(&["lab", "up", "--nodes", "300"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(err(&o).contains("1..=200"), "{o:?}");
+    let o = podguard(&["rotate"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(err(&o).contains("--node <NODE>|--all"), "{o:?}");
+}
+
 fn agent(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_podguard-agent"))
         .args(args)

@@ -302,7 +302,7 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     ]);
     assert!(o.status.success(), "{o:?}");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["result"], "cancelled", "{v:#}");
+    assert_eq!(v[0]["result"], "withdrawn", "{v:#}");
     assert_eq!(row(&status().1, "node-3")["rotationRequested"], false);
     let o = podguard(&["rotate", "--lab", "--cancel", "--node", "node-3"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");

@@ -271,12 +271,15 @@ pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, C
         )
         .details(e.to_string())
     })?;
-    let conf: NetConf = serde_json::from_value(value).map_err(|e| {
+    let conf: NetConf = serde_path_to_error::deserialize(value).map_err(|e| {
         CniError::new(
             code::DECODE,
-            "the network configuration on stdin has a bad field",
+            format!(
+                "the network configuration on stdin has a bad field: {}",
+                e.path()
+            ),
         )
-        .details(e.to_string())
+        .details(e.inner().to_string())
     })?;
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(

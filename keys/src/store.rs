@@ -75,18 +75,24 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 /// Load the key at `path`, or generate one and write it there if no file
 /// exists. A second call returns the same key.
 pub fn load_or_generate(path: &Path) -> Result<PrivateKey, StoreError> {
+    load_or_create(path).map(|(key, _)| key)
+}
+
+/// [`load_or_generate`], saying whether this call created the key (a
+/// process that lost the race to create it loads the winner's: false).
+pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), StoreError> {
     match fs::symlink_metadata(path) {
-        Ok(_) => load(path),
+        Ok(_) => load(path).map(|k| (k, false)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let key = PrivateKey::generate();
             match write_new(path, &key) {
-                Ok(()) => Ok(key),
+                Ok(()) => Ok((key, true)),
                 // Another process created the key first: use that one, so
                 // two processes never run with different keys.
                 Err(StoreError::Io { source, .. })
                     if source.kind() == io::ErrorKind::AlreadyExists =>
                 {
-                    load(path)
+                    load(path).map(|k| (k, false))
                 }
                 Err(e) => Err(e),
             }

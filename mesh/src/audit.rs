@@ -12,7 +12,7 @@
 
 mod render;
 
-pub use render::render;
+pub use render::{Probe, render};
 
 use std::collections::{BTreeMap, BTreeSet};
 

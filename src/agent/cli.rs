@@ -31,14 +31,69 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err(format!("no log level given; {hint}"));
     }
-    for d in s.split(',').map(str::trim) {
-        if !d.contains(['=', '[', ':']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+    // Empty pieces (`info,`) are allowed, as are numeric levels (0-5).
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let numeric = d.len() == 1 && (b'0'..=b'5').contains(&d.as_bytes()[0]);
+        if !d.contains(['=', '[', ':'])
+            && !numeric
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+        {
             return Err(format!("{d:?} is not a log level; {hint}"));
         }
     }
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("{e}; {hint}"))
+}
+
+/// A Node's name, as Kubernetes allows it (a DNS-1123 subdomain): an
+/// empty `NODE_NAME` (a DaemonSet without the downward API's
+/// spec.nodeName) is refused before the agent touches the host.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let fix = "set --node-name or NODE_NAME (in a DaemonSet: fieldRef spec.nodeName)";
+    if name.is_empty() {
+        return Err(format!("no node name given: {fix}"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "node name {name:?} is not a Kubernetes Node name (lowercase letters, digits, '-' and '.'): {fix}"
+        ));
+    }
+    Ok(())
+}
+
+/// A CIDR as operators write it, the mistake named: no prefix length, a
+/// prefix too long for the family, host bits set (the planner refuses
+/// those later, further from the flag).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let example = "such as 10.244.0.0/16 or fd00:10:244::/56";
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err(match s.parse::<std::net::IpAddr>() {
+            Ok(_) => format!("{s:?} has no prefix length: write it as a CIDR {example}"),
+            Err(_) => format!("{s:?} is not a CIDR {example}"),
+        });
+    };
+    let ip: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} in {s:?} is not an IP address ({example})"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len
+        .parse::<u8>()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix length {len:?} in {s:?} is not 0 to {max}"))?;
+    let net = IpNet::new(ip, len).map_err(|e| format!("{s:?}: {e}"))?;
+    if net.network() != ip {
+        return Err(format!("{s:?} has host bits set: write {}", net.trunc()));
+    }
+    Ok(net)
 }
 
 /// Like [`parse_duration`], at least a second: shorter periods would only
@@ -154,6 +209,7 @@ pub struct Args {
         long = "cluster-cidr",
         env = "PODGUARD_CLUSTER_CIDRS",
         value_delimiter = ',',
+        value_parser = parse_cidr,
         required_unless_present_any = ["uninstall", "print_public_key"]
     )]
     pub cluster_cidrs: Vec<IpNet>,
@@ -305,6 +361,8 @@ mod tests {
             "info,podguard::agent=debug",
             "podguard=trace",
             "warn,kube[list]=debug",
+            "info,",
+            "3",
         ] {
             assert_eq!(parse_log_filter(ok), Ok(ok.to_string()), "{ok}");
         }
@@ -319,6 +377,52 @@ mod tests {
                 .unwrap_err()
                 .contains("\"warning\" is not a log level")
         );
+    }
+
+    #[test]
+    fn node_names() {
+        for ok in ["node-1", "ip-10-0-0-1.ec2.internal", "a"] {
+            assert_eq!(check_node_name(ok), Ok(()), "{ok}");
+        }
+        assert!(check_node_name("").unwrap_err().contains("NODE_NAME"));
+        for bad in ["Node1", "-a", "a..b", "a b", &"x".repeat(254)] {
+            assert!(
+                check_node_name(bad)
+                    .unwrap_err()
+                    .contains("not a Kubernetes Node name"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cidrs_name_the_mistake() {
+        assert_eq!(
+            parse_cidr("10.244.0.0/16").unwrap().to_string(),
+            "10.244.0.0/16"
+        );
+        assert_eq!(
+            parse_cidr("fd00:10:244::/56").unwrap().to_string(),
+            "fd00:10:244::/56"
+        );
+        for (bad, says) in [
+            (
+                "10.244.0.0/33",
+                "prefix length \"33\" in \"10.244.0.0/33\" is not 0 to 32",
+            ),
+            ("fd00::/129", "is not 0 to 128"),
+            ("10.244.0.0", "has no prefix length"),
+            ("garbage", "is not a CIDR such as 10.244.0.0/16"),
+            (
+                "10.244.0/16",
+                "\"10.244.0\" in \"10.244.0/16\" is not an IP address",
+            ),
+            ("10.42.9.9/16", "has host bits set: write 10.42.0.0/16"),
+            ("10.0.0.0/x", "prefix length \"x\""),
+        ] {
+            let e = parse_cidr(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -22,7 +22,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let line = podguard::errors::one_line(&e);
-            if LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
+            // A log filter may leave errors out (`--log-level off`): then
+            // stderr, so a fatal error is never silent.
+            if LOGGING.load(std::sync::atomic::Ordering::Relaxed)
+                && tracing::enabled!(tracing::Level::ERROR)
+            {
                 tracing::error!(error = %line, "podguard-agent stopped");
             } else {
                 eprintln!("error: {line}");
@@ -94,11 +98,20 @@ fn run() -> anyhow::Result<()> {
     }
     if args.print_public_key {
         // Read-only: never take rotation steps for a query.
-        let key = keys::store::load_or_generate(&args.key_file)
+        let (key, created) = keys::store::load_or_create(&args.key_file)
             .with_context(|| format!("loading the node key {}", args.key_file.display()))?;
+        if created {
+            // A mistyped path must not pass for the node's key unseen.
+            eprintln!(
+                "no key was at {}: created one (0600)",
+                args.key_file.display()
+            );
+        }
         println!("{}", key.public_key());
         return Ok(());
     }
+    // Before anything on the host changes: the name must be a Node's.
+    podguard::agent::cli::check_node_name(&args.node_name).map_err(anyhow::Error::msg)?;
     // Finish or roll back a rotation a killed agent left behind, then load
     // the key(s) the device starts with.
     let every = args.rotate_every.map(|d| d.as_secs());

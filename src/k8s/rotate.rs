@@ -27,7 +27,8 @@ pub struct RotateResult {
     pub old_key: String,
     /// Fingerprint of the key after (when waited for).
     pub new_key: Option<String>,
-    /// `requested`, `done`, `skipped: agent down` (`--all`), or
+    /// `requested`, `done`, `withdrawn` (`--cancel`), `skipped: agent down`
+    /// (`--all`), `not started` (an earlier one timed out), or
     /// `timeout: <what is missing>`.
     pub result: String,
     /// Seconds from request to done (when waited for).
@@ -74,13 +75,21 @@ pub async fn rotate(
     }
     let wait = wait || names.len() > 1;
     let mut results = Vec::new();
-    for name in names {
+    for (i, name) in names.iter().enumerate() {
         if let Some(r) = skipped.remove(name) {
             results.push(r);
             continue;
         }
-        let views = node_views(client, None).await?;
-        may_rotate(&views, name)?;
+        // Heartbeats again: an agent may have died since the start.
+        let (views, _) = node_views_and_warning(client, Some(agents)).await?;
+        match may_rotate(&views, name) {
+            Err(e @ Refused::AgentDown { .. }) if skip_down => {
+                progress_out(&format!("{name}: skipped: {e}"));
+                results.push(skipped_result(&views, name));
+                continue;
+            }
+            r => r?,
+        }
         let old: PublicKey = views
             .iter()
             .find(|v| v.info.name == *name)
@@ -146,6 +155,12 @@ pub async fn rotate(
                                 ));
                             }
                             results.push(res);
+                            // The rest stay in the result, untouched.
+                            for rest in &names[i + 1..] {
+                                let mut r = skipped_result(&views, rest);
+                                r.result = "not started (an earlier rotation timed out)".into();
+                                results.push(r);
+                            }
                             return Ok(results);
                         }
                         if waiting_for != last {
@@ -164,17 +179,25 @@ pub async fn rotate(
 
 /// Withdraw the rotation request on `name`, if no agent has taken it on
 /// (a request for a node whose agent never comes blocks every later
-/// rotation of it). The patch carries the resourceVersion read, so an
-/// agent that takes the request meanwhile wins; then it is read again.
+/// rotation of it). Judged and patched on one read of the Node: the patch
+/// carries that read's resourceVersion, so an agent that takes the request
+/// on meanwhile wins (409), and the Node is read again. An agent that has
+/// begun (its next key made) but not yet said so goes on with the rotation.
 pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult> {
     let api: Api<Node> = Api::all(client.clone());
     for _ in 0..5 {
-        let views = node_views(client, None).await?;
-        mesh::status::may_cancel(&views, name)?;
         let node = api
-            .get(name)
+            .get_opt(name)
             .await
-            .with_context(|| format!("reading Node {name}"))?;
+            .with_context(|| format!("reading Node {name}"))?
+            .ok_or_else(|| mesh::status::NotCancelled::UnknownNode(name.to_string()))?;
+        let view = NodeView {
+            info: super::convert::node_info(&node),
+            annotations: node.metadata.annotations.clone().unwrap_or_default(),
+            heartbeat: mesh::status::Heartbeat::Unknown,
+        };
+        let views = std::slice::from_ref(&view);
+        mesh::status::may_cancel(views, name)?;
         let body = serde_json::json!({"metadata": {
             "resourceVersion": node.metadata.resource_version,
             "annotations": {ANN_ROTATE_REQUESTED: null},
@@ -185,8 +208,8 @@ pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult>
         };
         match api.patch(name, &params, &Patch::Merge(&body)).await {
             Ok(_) => {
-                let mut r = skipped_result(&views, name);
-                r.result = "cancelled".into();
+                let mut r = skipped_result(views, name);
+                r.result = "withdrawn".into();
                 return Ok(r);
             }
             Err(kube::Error::Api(st)) if st.code == 409 => continue,

@@ -78,6 +78,13 @@ fn bad_inputs_get_the_right_codes_and_name_the_problem() {
             code::INVALID_CONFIG,
             "network name \"\" is not valid",
         ),
+        // A field of the wrong type is named.
+        (
+            add_env(),
+            r#"{"cniVersion":"1.0.0","name":"n","type":"podguard-cni","mtu":"1400"}"#,
+            code::DECODE,
+            "has a bad field: mtu",
+        ),
         (
             add_env(),
             r#"{"cniVersion":"1.0.0","name":".hidden","type":"podguard-cni"}"#,

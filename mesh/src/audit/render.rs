@@ -4,6 +4,17 @@
 use super::{NOT_CONVERGED, Report, Severity};
 use crate::table::plain;
 
+/// What `--probe`'s capture on the underlay saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// WireGuard packets.
+    pub encrypted: usize,
+    /// Packets that were not WireGuard.
+    pub plaintext: usize,
+    /// Plaintext hits of the probe's marker.
+    pub marker_hits: usize,
+}
+
 /// How a cell or pair names its ports: nothing when every port of every
 /// protocol is open (the common case), else ` on 80/TCP,53/UDP`.
 fn on_ports(ports: &[String]) -> String {
@@ -17,8 +28,13 @@ fn on_ports(ports: &[String]) -> String {
 /// The audit as text: the namespace matrix (rows are sources, columns
 /// destinations), with `with_pods` every pod pair, then the findings and
 /// the verdict against `fail_on` (the least severe finding that fails the
-/// audit; `None`: report only).
-pub fn render(r: &Report, with_pods: bool, fail_on: Option<Severity>) -> String {
+/// audit; `None`: report only) and, with `--probe`, what the capture saw.
+pub fn render(
+    r: &Report,
+    with_pods: bool,
+    fail_on: Option<Severity>,
+    probe: Option<Probe>,
+) -> String {
     let mut names: Vec<&str> = r
         .namespaces
         .iter()
@@ -101,8 +117,22 @@ pub fn render(r: &Report, with_pods: bool, fail_on: Option<Severity>) -> String 
             .any(|f| f.severity == Severity::Warning && f.message.ends_with(NOT_CONVERGED)),
     );
     out.push('\n');
+    if let Some(p) = probe {
+        out.push_str(&format!(
+            "probe: {} encrypted packets, {} plaintext packets, {} plaintext marker hits on the underlay\n",
+            p.encrypted, p.plaintext, p.marker_hits
+        ));
+        if p.plaintext > 0 || p.marker_hits > 0 {
+            out.push_str("FAIL: the probe saw plaintext on the underlay\n");
+            return out;
+        }
+    }
     if !r.ok {
-        out.push_str("FAIL: some policy-allowed traffic is dropped or unmaintained\n");
+        out.push_str(if fail_on.is_some() {
+            "FAIL: some policy-allowed traffic is dropped or unmaintained\n"
+        } else {
+            "NOT OK (report only, --fail-on never): some policy-allowed traffic is dropped or unmaintained\n"
+        });
         return out;
     }
     if r.fails(fail_on) {

@@ -95,7 +95,7 @@ fn classifies_every_kind_of_flow() {
     );
     assert!(r.fails(Some(Severity::High)) && r.fails(Some(Severity::Warning)));
     assert!(!r.fails(None));
-    let text = render(&r, true, Some(Severity::High));
+    let text = render(&r, true, Some(Severity::High), None);
     assert!(text.contains("FAIL") && text.contains("BROKEN") && text.contains("PLAINTEXT"));
 }
 
@@ -127,7 +127,7 @@ fn host_network_alone_warns_once_per_node_and_passes_the_default_gate() {
     assert!(!r.fails(Some(Severity::High)));
     assert!(r.fails(Some(Severity::Warning)) && r.fails(Some(Severity::Info)));
     assert!(
-        render(&r, false, Some(Severity::High))
+        render(&r, false, Some(Severity::High), None)
             .contains("OK: every policy-allowed flow between pods on the pod network")
     );
 }
@@ -200,7 +200,7 @@ fn denied_flows_are_not_findings_and_a_clean_mesh_is_ok() {
     let r = audit(&nodes, &pods, &c, 0);
     assert!(r.ok, "{r:#?}");
     assert!(r.pods.iter().all(|v| !v.allowed));
-    assert!(render(&r, false, Some(Severity::High)).contains("denied"));
+    assert!(render(&r, false, Some(Severity::High), None).contains("denied"));
     // Duplicate keys are a node problem on both.
     let key = PrivateKey::generate().public_key();
     let dup = views(vec![node("n1", 1, Some(key)), node("n2", 2, Some(key))]);
@@ -288,7 +288,7 @@ fn each_allowed_pair_names_its_ports_and_protocols() {
         .find(|c| c.from == "a" && c.to == "b")
         .unwrap();
     assert_eq!(cell.ports, ["8000-8081/TCP", "all/UDP", "5000/SCTP"]);
-    let text = render(&r, true, Some(Severity::High));
+    let text = render(&r, true, Some(Severity::High), None);
     assert!(
         text.contains("encrypted 2/2 on 8000-8081/TCP,all/UDP,5000/SCTP"),
         "{text}"
@@ -313,7 +313,7 @@ fn denied_pairs_have_no_ports_and_findings_print_their_severity() {
     let nodes = views(vec![node("n1", 1, None), node("n2", 2, None)]);
     let pods = vec![pod("a", "x", "n1", false), pod("a", "y", "n2", false)];
     let r = audit(&nodes, &pods, &Cluster::default(), 0);
-    let text = render(&r, false, Some(Severity::High));
+    let text = render(&r, false, Some(Severity::High), None);
     assert!(text.contains("\nHIGH     node n1: "), "{text}");
     let c = Cluster {
         namespaces: BTreeMap::new(),
@@ -326,7 +326,7 @@ fn denied_pairs_have_no_ports_and_findings_print_their_severity() {
     let r = audit(&nodes, &pods, &c, 0);
     assert!(r.pods.iter().all(|v| v.ports.is_empty() && !v.allowed));
     assert!(r.namespaces[0].ports.is_empty());
-    let text = render(&r, true, Some(Severity::High));
+    let text = render(&r, true, Some(Severity::High), None);
     let row = text.lines().find(|l| l.starts_with("a/x")).unwrap();
     assert_eq!(
         row.split_whitespace().collect::<Vec<_>>(),
@@ -345,7 +345,7 @@ fn stale_flows_are_not_called_encrypted_and_the_verdict_follows_fail_on() {
     let pods = vec![pod("a", "p1", "n1", false), pod("b", "p2", "n2", false)];
     let clean = audit(&nodes, &pods, &Cluster::default(), 0);
     assert!(
-        render(&clean, false, Some(Severity::Warning))
+        render(&clean, false, Some(Severity::Warning), None)
             .contains("OK: every policy-allowed cross-node pod flow is encrypted")
     );
     nodes[1].annotations.remove(crate::publish::ANN_MESH_DIGEST);
@@ -360,14 +360,14 @@ fn stale_flows_are_not_called_encrypted_and_the_verdict_follows_fail_on() {
         f.message.contains("publishes no applied mesh") && !f.message.contains("differs"),
         "{f:?}"
     );
-    let text = render(&r, false, Some(Severity::High));
+    let text = render(&r, false, Some(Severity::High), None);
     assert!(
         text.contains("OK (no high finding)") && text.contains("stale"),
         "{text}"
     );
     assert!(!text.contains("every policy-allowed cross-node pod flow is encrypted"));
     assert!(r.fails(Some(Severity::Warning)));
-    let text = render(&r, false, Some(Severity::Warning));
+    let text = render(&r, false, Some(Severity::Warning), None);
     assert!(
         text.contains("FAIL: a finding at or above WARNING (--fail-on)") && !text.contains("\nOK"),
         "{text}"
@@ -378,4 +378,40 @@ fn stale_flows_are_not_called_encrypted_and_the_verdict_follows_fail_on() {
         .insert(crate::publish::ANN_MESH_DIGEST.to_string(), "other".into());
     let r = audit(&nodes, &pods, &Cluster::default(), 0);
     assert!(r.findings.iter().any(|f| f.message.contains("differs")));
+}
+
+/// With --fail-on never the verdict does not say FAIL for what does not
+/// fail the audit; a probe that saw plaintext fails it whatever the
+/// findings.
+#[test]
+fn the_verdict_follows_fail_on_never_and_the_probe() {
+    let k = || Some(PrivateKey::generate().public_key());
+    let nodes = views(vec![node("n1", 1, k()), node("n2", 2, None)]);
+    let pods = vec![pod("a", "p1", "n1", false), pod("b", "p2", "n2", false)];
+    let r = audit(&nodes, &pods, &Cluster::default(), 0);
+    assert!(!r.ok);
+    let text = render(&r, false, None, None);
+    assert!(
+        text.contains("NOT OK (report only, --fail-on never)") && !text.contains("\nFAIL"),
+        "{text}"
+    );
+    let nodes = views(vec![node("n1", 1, k()), node("n2", 2, k())]);
+    let clean = audit(&nodes, &pods, &Cluster::default(), 0);
+    let dirty = Probe {
+        encrypted: 9,
+        plaintext: 1,
+        marker_hits: 0,
+    };
+    let text = render(&clean, false, Some(Severity::High), Some(dirty));
+    assert!(
+        text.contains("probe: 9 encrypted packets, 1 plaintext packets")
+            && text.contains("FAIL: the probe saw plaintext")
+            && !text.contains("\nOK"),
+        "{text}"
+    );
+    let fine = Probe {
+        plaintext: 0,
+        ..dirty
+    };
+    assert!(render(&clean, false, Some(Severity::High), Some(fine)).contains("\nOK: every"));
 }

@@ -34,6 +34,7 @@ pub(crate) struct PlanArgs {
         long = "cluster-cidr",
         env = "PODGUARD_CLUSTER_CIDRS",
         value_delimiter = ',',
+        value_parser = podguard::agent::cli::parse_cidr,
         default_value = "10.244.0.0/16,fd00:10:244::/56"
     )]
     pub(crate) cluster_cidrs: Vec<ipnet::IpNet>,
@@ -98,9 +99,10 @@ pub(crate) enum Command {
     /// an unknown node, a node that publishes no key, a node whose agent is
     /// not alive (its heartbeat Lease ran out), or one already rotating.
     /// Exit 1 when a rotation did not finish (timed out, or skipped).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["node", "all"])))]
     Rotate {
         /// The node to rotate.
-        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        #[arg(long)]
         node: Option<String>,
         /// Rotate every node, one at a time (waits for each). A node whose
         /// agent is not alive is skipped (named in the result, exit 1)
@@ -115,7 +117,7 @@ pub(crate) enum Command {
         wait: bool,
         /// Withdraw the pending rotation request on --node instead (one no
         /// agent has taken on: its agent is gone, say; it blocks every later
-        /// rotation of that node). A rotation under way is not cut short.
+        /// rotation of that node). A rotation its agent has begun is not cut short.
         #[arg(long, requires = "node", conflicts_with_all = ["all", "wait", "timeout"])]
         cancel: bool,
         /// Give up waiting for one node after this long (e.g. 90s, 5m;
@@ -244,11 +246,11 @@ pub(crate) enum Output {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
+    /// Number of nodes (1 to 200).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=200))]
     pub(crate) nodes: u8,
-    /// Pods per node.
-    #[arg(long, default_value_t = 2)]
+    /// Pods per node (1 to 50).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
     pub(crate) pods_per_node: u8,
     /// IPv4 podCIDRs only.
     #[arg(long, conflicts_with = "dual_stack")]

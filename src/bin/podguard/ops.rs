@@ -103,16 +103,15 @@ pub(crate) fn audit(
         .is_none_or(|c| c.plaintext_packets == 0 && c.marker_hits == 0);
     match output {
         Output::Table => {
+            let probe = probe_result.as_ref().map(|c| mesh::audit::Probe {
+                encrypted: c.encrypted_packets,
+                plaintext: c.plaintext_packets,
+                marker_hits: c.marker_hits,
+            });
             print!(
                 "{}",
-                mesh::audit::render(&report, pods, fail_on.threshold())
+                mesh::audit::render(&report, pods, fail_on.threshold(), probe)
             );
-            if let Some(c) = &probe_result {
-                println!(
-                    "probe: {} encrypted packets, {} plaintext packets, {} plaintext marker hits on the underlay",
-                    c.encrypted_packets, c.plaintext_packets, c.marker_hits
-                );
-            }
         }
         Output::Json => {
             let mut v = serde_json::to_value(&report)?;
