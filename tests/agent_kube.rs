@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -322,19 +322,15 @@ fn agent_restart_keeps_key_and_tcp_stream(kube: Kube) {
     });
     let port = listener.local_addr().unwrap().port();
     let to: SocketAddr = SocketAddr::new(ipb.parse().unwrap(), port);
-    std::thread::scope(|s| {
+    let outcome = std::thread::scope(|s| {
         let server = s.spawn(move || {
             let (mut c, _) = listener.accept().unwrap();
             c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            let mut n = 0u64;
-            let mut buf = [0u8; 8192];
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) => return Ok(n),
-                    Ok(k) => n += k as u64,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
+            // io::copy reads on after EINTR, which a read with a timeout
+            // returns when this process is stopped and continued (a
+            // frozen and thawed CI sandbox): a bare read loop ended the
+            // stream there, and the client saw its reset.
+            std::io::copy(&mut c, &mut std::io::sink()).map_err(|e| format!("server: {e}"))
         });
         let client = s.spawn(|| {
             enter_netns(&pa);
@@ -353,12 +349,22 @@ fn agent_restart_keeps_key_and_tcp_stream(kube: Kube) {
         });
         std::thread::sleep(Duration::from_secs(3));
         lab.kill_agent(a);
+        // This process stopped and continued while the server waits in
+        // read, as a CI sandbox that freezes and thaws it does.
+        let me = std::process::id();
+        ok(&[
+            "sh",
+            "-c",
+            &format!("kill -STOP {me}; sleep 0.3; kill -CONT {me}"),
+        ]);
         std::thread::sleep(Duration::from_secs(2));
         lab.start_agent(a);
-        let sent = client.join().unwrap().unwrap();
-        let received = server.join().unwrap().unwrap();
-        assert_eq!(sent, received, "the stream lost data");
+        (client.join().unwrap(), server.join().unwrap())
     });
+    let (Ok(sent), Ok(received)) = &outcome else {
+        panic!("the stream broke: {outcome:?}");
+    };
+    assert_eq!(sent, received, "the stream lost data");
     assert_eq!(lab.public_key(a), key_before);
     assert_eq!(lab.annotations("a")["podguard.dev/public-key"], key_before);
     let restarts = lab.log(a).matches("podguard-agent starting").count();

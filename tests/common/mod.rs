@@ -431,7 +431,12 @@ pub fn tcp_transfer(
             let mut buf = vec![0u8; 64 * 1024];
             let mut n = 0;
             loop {
-                let k = c.read(&mut buf).unwrap();
+                // A read with a timeout returns EINTR when this process is
+                // stopped and continued (a CI sandbox frozen and thawed).
+                let k = match c.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => r.unwrap(),
+                };
                 if k == 0 {
                     break;
                 }
