@@ -435,3 +435,88 @@ fn a_real_network_policy_enforcer_works_alongside_podguard() {
     );
     enforcer_works_alongside_podguard(netpol::Enforcer::KubeNetworkPolicies, "kn");
 }
+
+/// `podguard rotate` as the operator "ops" (group podguard:admins, the
+/// shipped roles only), in the underlay.
+fn rotate_as_ops(lab: &KubeLab, args: &[&str]) -> std::process::Output {
+    let kc = lab.cp.as_ref().unwrap().user_kubeconfig("ops").unwrap();
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ul,
+            env!("CARGO_BIN_EXE_podguard"),
+            "rotate",
+        ])
+        .args(args)
+        .env("KUBECONFIG", &kc)
+        .output()
+        .unwrap()
+}
+
+fn annotation(lab: &KubeLab, node: &str, key: &str) -> Option<String> {
+    let (code, n) = lab.api("GET", &format!("/api/v1/nodes/{node}"), None);
+    assert_eq!(code, 200, "{n}");
+    n["metadata"]["annotations"][key]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `podguard rotate --cancel` on the real API server: an operator with
+/// only the shipped roles withdraws a request no agent took on; and the
+/// withdrawal carries the resourceVersion it judged, which the real API
+/// server enforces, so an agent that takes the request on after that read
+/// wins (the embedded API server does not check it).
+#[test]
+fn rotate_cancel_withdraws_only_what_it_judged_on_the_real_api_server() {
+    let name = "rotate_cancel_withdraws_only_what_it_judged_on_the_real_api_server";
+    if !require_root(name) || !require_real_kube(name) {
+        return;
+    }
+    let lab = KubeLab::real("kc");
+    for (node, idx) in [("a", 1), ("b", 2)] {
+        lab.create_node(
+            node,
+            idx,
+            json!({"podguard.dev/public-key": KEY, "podguard.dev/rotate-requested": format!("r-{node}")}),
+        );
+    }
+    const REQUESTED: &str = "podguard.dev/rotate-requested";
+
+    // b: nobody took the request on; the operator withdraws it.
+    let out = rotate_as_ops(&lab, &["--cancel", "--node", "b", "-o", "json"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stdout}{stderr}"));
+    assert_eq!(r[0]["result"], "withdrawn", "{r}");
+    assert_eq!(annotation(&lab, "b", REQUESTED), None);
+
+    // a: judged on one read; its agent takes the request on; the
+    // withdrawal judged on that read arrives and is refused.
+    let (_, before) = lab.api("GET", "/api/v1/nodes/a", None);
+    let judged = before["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = lab.api(
+        "PATCH",
+        "/api/v1/nodes/a",
+        Some(&json!({"metadata": {"annotations": {
+            "podguard.dev/rotate-done": "r-a", "podguard.dev/rotation-state": "staged"}}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let withdrawal = podguard::k8s::rotate::withdrawal_patch(Some(&judged));
+    let (code, body) = lab.api("PATCH", "/api/v1/nodes/a", Some(&withdrawal));
+    assert_eq!(code, 409, "a stale withdrawal was not refused: {body}");
+    assert_eq!(annotation(&lab, "a", REQUESTED).as_deref(), Some("r-a"));
+
+    // Read afresh, the CLI refuses: the rotation is under way.
+    let out = rotate_as_ops(&lab, &["--cancel", "--node", "a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("took it on"), "{stderr}");
+    assert_eq!(annotation(&lab, "a", REQUESTED).as_deref(), Some("r-a"));
+}

@@ -68,7 +68,10 @@ pub async fn rotate(
         match may_rotate(&views, n) {
             Err(e @ Refused::AgentDown { .. }) if skip_down => {
                 progress_out(&format!("{n}: skipped: {e}"));
-                skipped.insert(n.clone(), skipped_result(&views, n));
+                skipped.insert(
+                    n.clone(),
+                    untouched_result(&views, n, "skipped: agent down"),
+                );
             }
             r => r?,
         }
@@ -85,7 +88,7 @@ pub async fn rotate(
         match may_rotate(&views, name) {
             Err(e @ Refused::AgentDown { .. }) if skip_down => {
                 progress_out(&format!("{name}: skipped: {e}"));
-                results.push(skipped_result(&views, name));
+                results.push(untouched_result(&views, name, "skipped: agent down"));
                 continue;
             }
             r => r?,
@@ -157,9 +160,11 @@ pub async fn rotate(
                             results.push(res);
                             // The rest stay in the result, untouched.
                             for rest in &names[i + 1..] {
-                                let mut r = skipped_result(&views, rest);
-                                r.result = "not started (an earlier rotation timed out)".into();
-                                results.push(r);
+                                results.push(untouched_result(
+                                    &views,
+                                    rest,
+                                    "not started (an earlier rotation timed out)",
+                                ));
                             }
                             return Ok(results);
                         }
@@ -198,20 +203,13 @@ pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult>
         };
         let views = std::slice::from_ref(&view);
         mesh::status::may_cancel(views, name)?;
-        let body = serde_json::json!({"metadata": {
-            "resourceVersion": node.metadata.resource_version,
-            "annotations": {ANN_ROTATE_REQUESTED: null},
-        }});
+        let body = withdrawal_patch(node.metadata.resource_version.as_deref());
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
         match api.patch(name, &params, &Patch::Merge(&body)).await {
-            Ok(_) => {
-                let mut r = skipped_result(views, name);
-                r.result = "withdrawn".into();
-                return Ok(r);
-            }
+            Ok(_) => return Ok(untouched_result(views, name, "withdrawn")),
             Err(kube::Error::Api(st)) if st.code == 409 => continue,
             Err(e) => {
                 return Err(anyhow::Error::new(e)
@@ -222,8 +220,19 @@ pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult>
     anyhow::bail!("node {name} kept changing while the request was withdrawn; try again")
 }
 
-/// The result for a node skipped because its agent is down.
-fn skipped_result(views: &[NodeView], name: &str) -> RotateResult {
+/// The merge patch [`cancel`] sends: the request removed, on condition
+/// that the Node is still at `resource_version`, the one judged. The API
+/// server refuses it (409 Conflict) once anything changed the Node since,
+/// such as its agent taking the request on.
+pub fn withdrawal_patch(resource_version: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"metadata": {
+        "resourceVersion": resource_version,
+        "annotations": {ANN_ROTATE_REQUESTED: null},
+    }})
+}
+
+/// The result for a node whose key this run left alone, and why (`result`).
+fn untouched_result(views: &[NodeView], name: &str, result: &str) -> RotateResult {
     let old_key = views
         .iter()
         .find(|v| v.info.name == name)
@@ -235,7 +244,7 @@ fn skipped_result(views: &[NodeView], name: &str) -> RotateResult {
         node: name.to_string(),
         old_key,
         new_key: None,
-        result: "skipped: agent down".into(),
+        result: result.into(),
         seconds: None,
         agents_down: Vec::new(),
     }
