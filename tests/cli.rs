@@ -543,3 +543,94 @@ fn showconf_matches_the_device_and_graph_draws_the_mesh() {
         "{o:?}"
     );
 }
+
+/// A typo in the node list's source or the metrics address stops the
+/// agent with the input named, before anything on the host changes: no
+/// forwarding, no `podguard0`, no UAPI socket. A missing --nodes-file used
+/// to leave the agent running silently with no mesh, after it had changed
+/// the host.
+#[test]
+fn a_typo_stops_the_agent_before_the_host_changes() {
+    if !common::require_root("a_typo_stops_the_agent_before_the_host_changes") {
+        return;
+    }
+    let mut n = common::Netns::new("ct");
+    let ns = n.add("node");
+    let dir = n.path("node");
+    let wg_dir = dir.join("wg");
+    std::fs::create_dir_all(&wg_dir).unwrap();
+    let (bad, good) = (dir.join("bad.yaml"), dir.join("good.yaml"));
+    std::fs::write(&bad, "nodes: [ {name: b, podCIDRs: ").unwrap();
+    std::fs::write(&good, "[]").unwrap();
+    let busy = common::in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let busy = busy.local_addr().unwrap().to_string();
+    let (key, state) = (dir.join("key"), dir.join("state"));
+    let (bad, good) = (bad.to_str().unwrap(), good.to_str().unwrap());
+    let cases: [(Vec<&str>, Option<&str>, Vec<&str>); 5] = [
+        (
+            vec!["--nodes-file", "/nonexistent/nodes.yaml"],
+            None,
+            vec!["--nodes-file /nonexistent/nodes.yaml", "No such file"],
+        ),
+        (
+            vec!["--nodes-file", bad],
+            None,
+            vec!["--nodes-file", "bad.yaml"],
+        ),
+        (
+            vec![],
+            Some("/nonexistent/kc"),
+            vec!["reading $KUBECONFIG /nonexistent/kc"],
+        ),
+        (
+            vec![],
+            None,
+            vec!["no Kubernetes API configured", "--nodes-file"],
+        ),
+        (
+            vec!["--nodes-file", good, "--metrics-addr", &busy],
+            None,
+            vec!["serving metrics on", &busy],
+        ),
+    ];
+    for (i, (extra, kubeconfig, says)) in cases.into_iter().enumerate() {
+        // Bounded: the missing file used to leave the agent running.
+        let mut args = vec!["timeout", "20", env!("CARGO_BIN_EXE_podguard-agent")];
+        args.extend(["--node-name", "a"]);
+        args.extend(["--cluster-cidr", "10.244.0.0/16"]);
+        args.extend(["--key-file", key.to_str().unwrap()]);
+        args.extend(["--state-file", state.to_str().unwrap()]);
+        args.extend(extra);
+        let mut cmd = common::node_command(&ns, &wg_dir, &args);
+        cmd.env_remove("RUST_LOG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", &dir);
+        match kubeconfig {
+            Some(kc) => cmd.env("KUBECONFIG", kc),
+            None => cmd.env_remove("KUBECONFIG"),
+        };
+        let o = cmd.output().unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(1), "case {i}: {out}");
+        for s in says {
+            assert!(out.contains(s), "case {i}: {s:?} not in {out}");
+        }
+        let fwd = common::ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ]);
+        assert_eq!(fwd.trim(), "0", "case {i}: forwarding turned on: {out}");
+        let links = common::ok(&["ip", "-n", &ns, "link", "show"]);
+        assert!(!links.contains("podguard0"), "case {i}: {links}");
+        let sockets = std::fs::read_dir(&wg_dir).unwrap().count();
+        assert_eq!(sockets, 0, "case {i}: a UAPI socket was made");
+    }
+}

@@ -17,6 +17,14 @@ static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// One line for a fatal error, as the `podguard` CLI prints them (anyhow's
 /// default printed its cause chain over several lines, and a backtrace
 /// when RUST_BACKTRACE was set); exit 1.
+/// Where the node list comes from.
+enum Source {
+    /// `--nodes-file`.
+    File(std::path::PathBuf),
+    /// The Kubernetes API.
+    Kube(kube::Client),
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -159,6 +167,31 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // What a typo can break is checked before the host changes: the
+        // node list's source, and the metrics address.
+        let source = match args.nodes_file.clone() {
+            Some(path) => {
+                podguard::agent::nodes_file::load(&path).with_context(|| {
+                    format!(
+                        "--nodes-file {}: the agent starts only with a readable node list (nothing on the host was changed)",
+                        path.display()
+                    )
+                })?;
+                Source::File(path)
+            }
+            None => Source::Kube(podguard::k8s::connect::agent_client().await?),
+        };
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let limits = podguard::agent::metrics::HealthLimits {
+            // Ready means a good reconcile within three resyncs.
+            stale_after: (args.resync * 3).max(Duration::from_secs(30)),
+            grace: args.health_grace,
+        };
+        metrics
+            .clone()
+            .serve(args.metrics_addr, &args.node_name, limits)
+            .await
+            .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
         let nl = Netlink::connect()?;
         netlink::enable_forwarding(&args.proc_sys_net, &args.cluster_cidrs)?;
         let kernel = match args.backend {
@@ -203,20 +236,9 @@ fn run() -> anyhow::Result<()> {
             peer_stale_after: args.peer_stale_after,
             underlay_mtu: podguard::agent::underlay::UnderlayMtu::from_flag(args.underlay_mtu),
         };
-        let metrics = std::sync::Arc::new(Metrics::default());
         if let Some(d) = device.clone() {
             let _ = metrics.device.set(d);
         }
-        let limits = podguard::agent::metrics::HealthLimits {
-            // Ready means a good reconcile within three resyncs.
-            stale_after: (args.resync * 3).max(Duration::from_secs(30)),
-            grace: args.health_grace,
-        };
-        metrics
-            .clone()
-            .serve(args.metrics_addr, &cfg.node_name, limits)
-            .await
-            .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
         let node_name = cfg.node_name.clone();
         let mut agent = Agent::new(cfg, &key, wg, nl).with_device(device);
         if backend == podguard::wireguard::Backend::Kernel {
@@ -225,8 +247,8 @@ fn run() -> anyhow::Result<()> {
         netlink::watch::spawn(agent.repair_trigger())
             .context("subscribing to netlink events (route, address and link removals)")?;
         let source = async {
-            match args.nodes_file {
-                Some(path) => {
+            match source {
+                Source::File(path) => {
                     if args.rotate_every.is_some() {
                         tracing::warn!(
                             "--rotate-every needs the Kubernetes API; ignored with --nodes-file"
@@ -234,10 +256,7 @@ fn run() -> anyhow::Result<()> {
                     }
                     run_nodes_file(agent, path, args.resync, metrics).await
                 }
-                None => {
-                    let client = kube::Client::try_default().await.context(
-                        "connecting to the Kubernetes API (in-cluster config or $KUBECONFIG)",
-                    )?;
+                Source::Kube(client) => {
                     let sc = podguard::k8s::source::SourceConfig {
                         node_name,
                         listen_port: args.listen_port,

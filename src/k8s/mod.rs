@@ -2,6 +2,7 @@
 //! reflector), publish this node's annotations, and reconcile the mesh
 //! level-triggered over the whole snapshot.
 
+pub mod connect;
 pub mod convert;
 pub mod lease;
 pub mod ops;
