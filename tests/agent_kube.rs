@@ -350,13 +350,13 @@ fn agent_restart_keeps_key_and_tcp_stream(kube: Kube) {
         std::thread::sleep(Duration::from_secs(3));
         lab.kill_agent(a);
         // This process stopped and continued while the server waits in
-        // read, as a CI sandbox that freezes and thaws it does.
-        let me = std::process::id();
-        ok(&[
-            "sh",
-            "-c",
-            &format!("kill -STOP {me}; sleep 0.3; kill -CONT {me}"),
-        ]);
+        // read, as a CI sandbox that freezes and thaws it does. It stops
+        // every test running in this binary: their blocking calls must
+        // retry EINTR (std's read_to_string, read_exact, io::copy, sleep
+        // and wait do; a bare read on a socket with a timeout does not).
+        let me = std::process::id().to_string();
+        let freeze = r#"trap 'kill -CONT "$0"' EXIT; kill -STOP "$0"; sleep 0.3"#;
+        ok(&["sh", "-c", freeze, &me]);
         std::thread::sleep(Duration::from_secs(2));
         lab.start_agent(a);
         (client.join().unwrap(), server.join().unwrap())

@@ -73,13 +73,13 @@ fn bad_flag_values_name_the_mistake() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(
-        err(&o).contains("prefix length \"33\" in \"10.244.0.0/33\" is not 0 to 32"),
+        err(&o).contains("\"10.244.0.0/33\": prefix length \"33\" is not 0 to 32"),
         "{o:?}"
     );
     let o = podguard(&["showconf", "a", "--cluster-cidr", "10.42.9.9/16"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(
-        err(&o).contains("has host bits set: write 10.42.0.0/16"),
+        err(&o).contains("\"10.42.9.9/16\": host bits are set: write 10.42.0.0/16"),
         "{o:?}"
     );
     // An empty NODE_NAME (a DaemonSet without the downward API) stops the
@@ -278,11 +278,10 @@ fn agents_started_at_once_agree_on_one_key() {
 /// A log level with a typo is refused before the agent starts, from the
 /// flag, the chart's environment variable, or RUST_LOG. Read as a filter it
 /// was a target name, which turned every log off, errors included.
-#[test]
-fn a_mistyped_log_level_is_refused_not_a_silent_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("private.key");
-    let base = [
+/// The agent's flags for a key query (`--print-public-key`, which reads
+/// or makes `key` and touches nothing else).
+fn key_query(key: &std::path::Path) -> [&str; 7] {
+    [
         "--node-name",
         "n1",
         "--cluster-cidr",
@@ -290,7 +289,14 @@ fn a_mistyped_log_level_is_refused_not_a_silent_agent() {
         "--key-file",
         key.to_str().unwrap(),
         "--print-public-key",
-    ];
+    ]
+}
+
+#[test]
+fn a_mistyped_log_level_is_refused_not_a_silent_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("private.key");
+    let base = key_query(&key);
     let run = |extra: &[&str], env: &[(&str, &str)]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_podguard-agent"));
         c.args(base).args(extra).env_remove("RUST_LOG");
@@ -330,15 +336,7 @@ fn a_mistyped_log_level_is_refused_not_a_silent_agent() {
 fn install_only_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("private.key");
-    let args = [
-        "--node-name",
-        "n1",
-        "--cluster-cidr",
-        "10.244.0.0/16",
-        "--key-file",
-        key.to_str().unwrap(),
-        "--print-public-key",
-    ];
+    let args = key_query(&key);
     let run = |value: &str| {
         Command::new(env!("CARGO_BIN_EXE_podguard-agent"))
             .args(args)
@@ -545,7 +543,7 @@ fn showconf_matches_the_device_and_graph_draws_the_mesh() {
 }
 
 /// A typo in the node list's source or the metrics address stops the
-/// agent with the input named, before anything on the host changes: no
+/// agent with the input named, before the node's network changes: no
 /// forwarding, no `podguard0`, no UAPI socket. A missing --nodes-file used
 /// to leave the agent running silently with no mesh, after it had changed
 /// the host.
@@ -556,14 +554,16 @@ fn a_typo_stops_the_agent_before_the_host_changes() {
     }
     let mut n = common::Netns::new("ct");
     let ns = n.add("node");
+    common::forwarding_off(&ns);
     let dir = n.path("node");
     let wg_dir = dir.join("wg");
     std::fs::create_dir_all(&wg_dir).unwrap();
     let (bad, good) = (dir.join("bad.yaml"), dir.join("good.yaml"));
     std::fs::write(&bad, "nodes: [ {name: b, podCIDRs: ").unwrap();
     std::fs::write(&good, "[]").unwrap();
-    let busy = common::in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let busy = busy.local_addr().unwrap().to_string();
+    let busy_listener =
+        common::in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let busy = busy_listener.local_addr().unwrap().to_string();
     let (key, state) = (dir.join("key"), dir.join("state"));
     let (bad, good) = (bad.to_str().unwrap(), good.to_str().unwrap());
     let cases: [(Vec<&str>, Option<&str>, Vec<&str>); 5] = [

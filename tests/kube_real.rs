@@ -250,7 +250,7 @@ fn network_policies_are_audited_as_the_real_api_server_defaults_them() {
     if !require_root(name) || !require_real_kube(name) {
         return;
     }
-    let lab = KubeLab::real("kn");
+    let lab = KubeLab::real("kd");
     lab.create_node("a", 1, json!({}));
     let cidr = lab.node_pod_cidrs("a")[0].clone();
     let base = cidr.rsplit_once('.').unwrap().0.to_string();
@@ -508,7 +508,7 @@ fn rotate_cancel_withdraws_only_what_it_judged_on_the_real_api_server() {
             "podguard.dev/rotate-done": "r-a", "podguard.dev/rotation-state": "staged"}}})),
     );
     assert_eq!(code, 200, "{body}");
-    let withdrawal = podguard::k8s::rotate::withdrawal_patch(Some(&judged));
+    let withdrawal = podguard::k8s::rotate::withdrawal_patch(&judged);
     let (code, body) = lab.api("PATCH", "/api/v1/nodes/a", Some(&withdrawal));
     assert_eq!(code, 409, "a stale withdrawal was not refused: {body}");
     assert_eq!(annotation(&lab, "a", REQUESTED).as_deref(), Some("r-a"));

@@ -274,24 +274,20 @@ fn a_dead_agent_is_named_by_status_and_audit_until_it_is_back() {
     // node-3 goes out, and no agent will take it on. It blocks every
     // later rotation of node-3, which says how to withdraw it; --cancel
     // does, and a second --cancel finds nothing pending.
-    let o = podguard(&[
-        "rotate",
-        "--lab",
-        "--node",
-        "node-3",
-        "--agent-namespace",
-        "elsewhere",
-    ]);
+    let rotate_elsewhere = || {
+        podguard(&[
+            "rotate",
+            "--lab",
+            "--node",
+            "node-3",
+            "--agent-namespace",
+            "elsewhere",
+        ])
+    };
+    let o = rotate_elsewhere();
     assert!(o.status.success(), "{o:?}");
     assert_eq!(row(&status().1, "node-3")["rotationRequested"], true);
-    let o = podguard(&[
-        "rotate",
-        "--lab",
-        "--node",
-        "node-3",
-        "--agent-namespace",
-        "elsewhere",
-    ]);
+    let o = rotate_elsewhere();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("podguard rotate --cancel --node node-3"),

@@ -195,16 +195,30 @@ pub(crate) struct Parsed {
     pub endpoint: Option<SocketAddr>,
 }
 
-/// Parse a podCIDR strictly: valid prefix, no host bits.
+/// Parse a CIDR strictly (a podCIDR, a `--cluster-cidr`): an address, a
+/// prefix length the family allows, no host bits. The error names the
+/// mistake without repeating the whole value (the caller quotes it, cut
+/// with [`cut_value`]).
 pub fn parse_cidr(value: &str) -> Result<IpNet, String> {
-    let net: IpNet = value
+    const EXAMPLE: &str = "such as 10.244.0.0/16 or fd00:10:244::/56";
+    let Some((addr, len)) = value.split_once('/') else {
+        return Err(match value.parse::<IpAddr>() {
+            Ok(_) => format!("no prefix length: write it as a CIDR {EXAMPLE}"),
+            Err(_) => format!("not a CIDR {EXAMPLE}"),
+        });
+    };
+    let ip: IpAddr = addr
         .parse()
-        .map_err(|_| "not an address/prefix-length".to_string())?;
-    if net.trunc() != net {
-        return Err(format!(
-            "host bits are set (the network is {})",
-            net.trunc()
-        ));
+        .map_err(|_| format!("{:?} is not an IP address", cut_value(addr)))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len
+        .parse::<u8>()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix length {:?} is not 0 to {max}", cut_value(len)))?;
+    let net = IpNet::new(ip, len).map_err(|e| e.to_string())?;
+    if net.network() != ip {
+        return Err(format!("host bits are set: write {}", net.trunc()));
     }
     Ok(net)
 }
@@ -371,11 +385,30 @@ mod tests {
     }
 
     #[test]
-    fn cidr_with_host_bits_is_named() {
-        let e = parse_cidr("10.244.1.5/24").unwrap_err();
-        assert!(e.contains("10.244.1.0/24"), "{e}");
-        assert!(parse_cidr("garbage").is_err());
-        assert!(parse_cidr("10.244.1.0/33").is_err());
+    fn cidrs_name_the_mistake() {
+        assert_eq!(
+            parse_cidr("10.244.0.0/16").unwrap().to_string(),
+            "10.244.0.0/16"
+        );
+        assert_eq!(
+            parse_cidr("fd00:10:244::/56").unwrap().to_string(),
+            "fd00:10:244::/56"
+        );
+        for (bad, says) in [
+            ("10.244.1.5/24", "host bits are set: write 10.244.1.0/24"),
+            ("10.244.0.0/33", "prefix length \"33\" is not 0 to 32"),
+            ("fd00::/129", "is not 0 to 128"),
+            ("10.0.0.0/x", "prefix length \"x\""),
+            ("10.244.0.0", "no prefix length"),
+            ("garbage", "not a CIDR such as 10.244.0.0/16"),
+            ("10.244.0/16", "\"10.244.0\" is not an IP address"),
+        ] {
+            let e = parse_cidr(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // Outside input is quoted cut: a long value is not copied whole.
+        let long = format!("{}/16", "9".repeat(4096));
+        assert!(parse_cidr(&long).unwrap_err().len() < 200);
     }
 
     #[test]

@@ -10,22 +10,45 @@ use std::fmt::Write;
 
 use keys::PublicKey;
 
-use crate::node::NodeInfo;
+use crate::node::{NodeInfo, Rejection};
 use crate::plan::{Local, MeshConfig, Plan, PlanError, plan};
 
+/// Why a node has no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoPlan {
+    /// Its agent has not published a key.
+    #[error("no podguard.dev/public-key: its agent has not published")]
+    NoKey,
+    /// Its key annotation does not decode.
+    #[error("its key is unusable: {0}")]
+    BadKey(String),
+    /// The planner refused it.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+impl NoPlan {
+    /// Its own podCIDR lies outside every cluster CIDR given: most often
+    /// those are not the agents' cluster CIDRs.
+    pub fn outside_cluster_cidrs(&self) -> bool {
+        matches!(
+            self,
+            Self::Plan(PlanError::LocalNotReady {
+                reason: Rejection::OutsideClusterCidr { .. },
+                ..
+            })
+        )
+    }
+}
+
 /// The plan of every node that has a usable key (others: why not).
-pub fn plans(nodes: &[NodeInfo], config: &MeshConfig) -> BTreeMap<String, Result<Plan, String>> {
+pub fn plans(nodes: &[NodeInfo], config: &MeshConfig) -> BTreeMap<String, Result<Plan, NoPlan>> {
     nodes
         .iter()
         .map(|n| {
-            let key = n
-                .public_key
-                .as_deref()
-                .ok_or_else(|| {
-                    "no podguard.dev/public-key: its agent has not published".to_string()
-                })
-                .and_then(|k| {
-                    PublicKey::from_base64(k).map_err(|e| format!("its key is unusable: {e}"))
+            let key =
+                n.public_key.as_deref().ok_or(NoPlan::NoKey).and_then(|k| {
+                    PublicKey::from_base64(k).map_err(|e| NoPlan::BadKey(e.to_string()))
                 });
             let p = key.and_then(|public_key| {
                 plan(
@@ -36,7 +59,7 @@ pub fn plans(nodes: &[NodeInfo], config: &MeshConfig) -> BTreeMap<String, Result
                     nodes,
                     config,
                 )
-                .map_err(|e: PlanError| e.to_string())
+                .map_err(NoPlan::Plan)
             });
             (n.name.clone(), p)
         })
@@ -94,7 +117,7 @@ fn quote(s: &str) -> String {
 /// fingerprint), one edge per pair: solid green where each plans the other
 /// as a peer, dashed red with the reason where either rejects the other,
 /// grey dotted where a node has no plan at all.
-pub fn dot(nodes: &[NodeInfo], plans: &BTreeMap<String, Result<Plan, String>>) -> String {
+pub fn dot(nodes: &[NodeInfo], plans: &BTreeMap<String, Result<Plan, NoPlan>>) -> String {
     let mut s = String::from("graph podguard {\n  node [shape=box, fontname=\"monospace\"];\n");
     for n in nodes {
         let key = n
@@ -185,7 +208,19 @@ mod tests {
         assert!(text.contains("ListenPort = 51820"));
         assert!(!text.contains("PrivateKey ="), "{text}");
         assert!(text.contains("# not a peer: c:"), "{text}");
-        assert!(plans["c"].is_err());
+        assert_eq!(plans["c"].as_ref().unwrap_err(), &NoPlan::NoKey);
+        assert!(!NoPlan::NoKey.outside_cluster_cidrs());
+    }
+
+    #[test]
+    fn a_podcidr_outside_the_cluster_cidrs_is_told_apart() {
+        let k = keys::PrivateKey::generate().public_key();
+        let mut far = node("far", 1, Some(&k));
+        far.pod_cidrs = vec!["10.42.1.0/24".into()];
+        let plans = plans(&[far], &config());
+        let e = plans["far"].as_ref().unwrap_err();
+        assert!(e.outside_cluster_cidrs(), "{e}");
+        assert!(e.to_string().contains("10.42.1.0/24"), "{e}");
     }
 
     #[test]

@@ -48,24 +48,26 @@ pub async fn run_nodes_file(
     resync: Duration,
     metrics: std::sync::Arc<metrics::Metrics>,
 ) -> anyhow::Result<()> {
-    let mut last_mtime: Option<SystemTime> = None;
+    // None until the first look: a file missing from the start is then a
+    // change (and an error said), not "no file" seen again.
+    let mut last_mtime: Option<Option<SystemTime>> = None;
     let mut last_sync = tokio::time::Instant::now() - resync;
     let mut nodes: Option<Vec<NodeInfo>> = None;
     let mut backoff = Duration::from_millis(200);
     let mut repair_now = false;
     loop {
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let changed = mtime != last_mtime;
+        let changed = last_mtime != Some(mtime);
         if changed {
             match load(&path) {
                 Ok(n) => {
                     tracing::info!(path = %path.display(), nodes = n.len(), "nodes file loaded");
                     nodes = Some(n);
-                    last_mtime = mtime;
+                    last_mtime = Some(mtime);
                 }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "nodes file unusable; keeping the current data plane");
-                    last_mtime = mtime;
+                    last_mtime = Some(mtime);
                 }
             }
         }

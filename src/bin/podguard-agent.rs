@@ -14,9 +14,6 @@ use podguard::wireguard::{BackendChoice, select_backend};
 /// format, so a JSON reader sees it), else to stderr.
 static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// One line for a fatal error, as the `podguard` CLI prints them (anyhow's
-/// default printed its cause chain over several lines, and a backtrace
-/// when RUST_BACKTRACE was set); exit 1.
 /// Where the node list comes from.
 enum Source {
     /// `--nodes-file`.
@@ -25,6 +22,9 @@ enum Source {
     Kube(kube::Client),
 }
 
+/// One line for a fatal error, as the `podguard` CLI prints them (anyhow's
+/// default printed its cause chain over several lines, and a backtrace
+/// when RUST_BACKTRACE was set); exit 1.
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -167,13 +167,14 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        // What a typo can break is checked before the host changes: the
-        // node list's source, and the metrics address.
+        // What a typo can break is checked before the network changes
+        // (forwarding, podguard0, its socket): the node list's source,
+        // and the metrics address.
         let source = match args.nodes_file.clone() {
             Some(path) => {
                 podguard::agent::nodes_file::load(&path).with_context(|| {
                     format!(
-                        "--nodes-file {}: the agent starts only with a readable node list (nothing on the host was changed)",
+                        "--nodes-file {}: the agent starts only with a readable node list (forwarding and podguard0 were left alone)",
                         path.display()
                     )
                 })?;

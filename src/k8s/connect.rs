@@ -9,7 +9,9 @@ use kube::{Client, Config};
 
 /// `$KUBECONFIG` when set, else the in-cluster config inside a Pod
 /// (`KUBERNETES_SERVICE_HOST` set, as kubelet does), else
-/// `~/.kube/config`. Nothing is sent to the API server here.
+/// `~/.kube/config`. Unlike kube's inference, a `$KUBECONFIG` that cannot
+/// be read stops the agent instead of falling back to the in-cluster
+/// config unseen. Nothing is sent to the API server here.
 pub async fn agent_client() -> anyhow::Result<Client> {
     let kubeconfig = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
     let cfg = if let Some(path) = kubeconfig {
@@ -26,5 +28,7 @@ pub async fn agent_client() -> anyhow::Result<Client> {
              --nodes-file to run without Kubernetes",
         )?
     };
+    let mut cfg = cfg;
+    cfg.apply_debug_overrides();
     Client::try_from(cfg).context("building the Kubernetes client")
 }

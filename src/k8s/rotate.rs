@@ -203,7 +203,11 @@ pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult>
         };
         let views = std::slice::from_ref(&view);
         mesh::status::may_cancel(views, name)?;
-        let body = withdrawal_patch(node.metadata.resource_version.as_deref());
+        // Without a resourceVersion the patch would hold no condition.
+        let rv = node.metadata.resource_version.as_deref().with_context(|| {
+            format!("Node {name} came without a resourceVersion; not withdrawn")
+        })?;
+        let body = withdrawal_patch(rv);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -224,7 +228,7 @@ pub async fn cancel(client: &Client, name: &str) -> anyhow::Result<RotateResult>
 /// that the Node is still at `resource_version`, the one judged. The API
 /// server refuses it (409 Conflict) once anything changed the Node since,
 /// such as its agent taking the request on.
-pub fn withdrawal_patch(resource_version: Option<&str>) -> serde_json::Value {
+pub fn withdrawal_patch(resource_version: &str) -> serde_json::Value {
     serde_json::json!({"metadata": {
         "resourceVersion": resource_version,
         "annotations": {ANN_ROTATE_REQUESTED: null},
@@ -276,4 +280,18 @@ pub fn render_rotate(rs: &[RotateResult]) -> String {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_withdrawal_holds_the_version_judged_and_removes_only_the_request() {
+        let p = withdrawal_patch("4711");
+        assert_eq!(p["metadata"]["resourceVersion"], "4711");
+        let ann = p["metadata"]["annotations"].as_object().unwrap();
+        assert_eq!(ann.len(), 1);
+        assert!(ann[ANN_ROTATE_REQUESTED].is_null());
+    }
 }

@@ -189,17 +189,8 @@ impl KubeletCluster {
         // one, connecting to a Service's ClusterIP fails before kube-proxy's
         // DNAT could apply.
         super::ok(&["ip", "-n", &ns, "route", "add", "default", "via", API_IP]);
-        // A new namespace copies the host's IPv4 forwarding setting: start
-        // from off, so that the agent is what turns it on.
-        super::ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=0",
-        ]);
+        // So that the agent is what turns it on.
+        super::forwarding_off(&ns);
         let id = format!("{}-{name}", self.n.prefix);
         let rt = RtNode::up_with(&id, &ns, &[("PGRT_KUBELET", "1")]);
         let bin_dir = rt.dir("PGRT_CNI_BIN_DIR");

@@ -85,6 +85,19 @@ pub fn enter_netns(ns: &str) {
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
 }
 
+/// IPv4 forwarding off in `ns`: a new namespace copies the host's setting.
+pub fn forwarding_off(ns: &str) {
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
+}
+
 /// Poll `cond` until true or `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -17,8 +17,8 @@ fn infos(target: Target) -> anyhow::Result<Vec<mesh::node::NodeInfo>> {
 /// What to say after a node's planning error: a podCIDR outside every
 /// cluster CIDR usually means `--cluster-cidr` is not the agents' (its
 /// default is the shipped manifests' dual-stack pair).
-fn cidr_hint(e: &impl std::fmt::Display, config: &mesh::plan::MeshConfig) -> String {
-    if !e.to_string().contains("outside every cluster CIDR") {
+fn cidr_hint(e: &mesh::showconf::NoPlan, config: &mesh::plan::MeshConfig) -> String {
+    if !e.outside_cluster_cidrs() {
         return String::new();
     }
     let given: Vec<String> = config.cluster_cidrs.iter().map(|c| c.to_string()).collect();
