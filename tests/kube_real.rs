@@ -216,15 +216,7 @@ fn the_admission_policy_fences_each_nodes_annotations_on_the_real_api_server() {
 /// `podguard audit` as an operator with only the shipped podguard-audit
 /// and podguard-status roles (static user "ops", group podguard:admins).
 fn audit_as_ops(lab: &KubeLab) -> Value {
-    let cp = lab.cp.as_ref().unwrap();
-    let kc = cp.user_kubeconfig("ops").unwrap();
-    let o = Command::new("ip")
-        .args(["netns", "exec", &lab.ul, env!("CARGO_BIN_EXE_podguard")])
-        .args(["audit", "--pods", "--output", "json"])
-        .env("KUBECONFIG", &kc)
-        .env_remove("PODGUARD_NAMESPACE")
-        .output()
-        .unwrap();
+    let o = podguard_as_ops(lab, &["audit", "--pods", "--output", "json"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !err.contains("Forbidden") && !err.contains("403"),
@@ -436,22 +428,21 @@ fn a_real_network_policy_enforcer_works_alongside_podguard() {
     enforcer_works_alongside_podguard(netpol::Enforcer::KubeNetworkPolicies, "kn");
 }
 
-/// `podguard rotate` as the operator "ops" (group podguard:admins, the
-/// shipped roles only), in the underlay.
-fn rotate_as_ops(lab: &KubeLab, args: &[&str]) -> std::process::Output {
+/// `podguard` as the operator "ops" (static user in group
+/// podguard:admins, the shipped roles only), in the underlay.
+fn podguard_as_ops(lab: &KubeLab, args: &[&str]) -> std::process::Output {
     let kc = lab.cp.as_ref().unwrap().user_kubeconfig("ops").unwrap();
     Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ul,
-            env!("CARGO_BIN_EXE_podguard"),
-            "rotate",
-        ])
+        .args(["netns", "exec", &lab.ul, env!("CARGO_BIN_EXE_podguard")])
         .args(args)
         .env("KUBECONFIG", &kc)
+        .env_remove("PODGUARD_NAMESPACE")
         .output()
         .unwrap()
+}
+
+fn rotate_as_ops(lab: &KubeLab, args: &[&str]) -> std::process::Output {
+    podguard_as_ops(lab, &[&["rotate"], args].concat())
 }
 
 fn annotation(lab: &KubeLab, node: &str, key: &str) -> Option<String> {
