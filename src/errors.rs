@@ -45,7 +45,7 @@ pub fn chain_line(e: &(dyn std::error::Error + 'static)) -> String {
             // Its source is the same response again.
             break;
         }
-        let text = cause.to_string();
+        let text = first_line(&cause.to_string());
         if out.contains(&text) {
             continue;
         }
@@ -55,6 +55,17 @@ pub fn chain_line(e: &(dyn std::error::Error + 'static)) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// A cause's first line with text: a YAML parser's error goes on with a
+/// picture of the input under a caret, which does not fit one line (and
+/// may show what the file holds).
+fn first_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .map(str::trim_end)
+        .find(|l| !l.trim().is_empty());
+    line.unwrap_or(text).to_string()
 }
 
 #[cfg(test)]
@@ -110,6 +121,21 @@ mod tests {
             line,
             "the API server answered 404 NotFound: the server could not find the requested resource"
         );
+    }
+
+    #[test]
+    fn a_cause_on_many_lines_keeps_its_first() {
+        #[derive(Debug, thiserror::Error)]
+        #[error(
+            "failed to parse kubeconfig YAML: line 1 column 6: unclosed bracket\n --> <input>:1:6\n  |\n1 | token: [\n  |      ^"
+        )]
+        struct Parse;
+        let line = one_line(&anyhow::Error::new(Parse).context("reading $KUBECONFIG /k"));
+        assert_eq!(
+            line,
+            "reading $KUBECONFIG /k: failed to parse kubeconfig YAML: line 1 column 6: unclosed bracket"
+        );
+        assert_eq!(one_line(&anyhow::anyhow!("\nsecond")), "second");
     }
 
     #[test]

@@ -377,6 +377,43 @@ fn could_not_run_is_exit_2_and_names_the_cause_once() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("/nonexistent/podguard-kc").count(), 1, "{err}");
+    // The CLI picks its API source as the agent does: inside a Pod a
+    // $KUBECONFIG that cannot be read is named, not passed over for the
+    // in-cluster config; a kubeconfig that does not parse is named once,
+    // on one line; with no source at all the fix is given.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken-kc");
+    std::fs::write(&broken, "clusters: [\n").unwrap();
+    let status_with = |kubeconfig: Option<&std::path::Path>, in_pod: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podguard"));
+        cmd.arg("status").env("HOME", dir.path());
+        match kubeconfig {
+            Some(kc) => cmd.env("KUBECONFIG", kc),
+            None => cmd.env_remove("KUBECONFIG"),
+        };
+        match in_pod {
+            true => cmd.env("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            false => cmd.env_remove("KUBERNETES_SERVICE_HOST"),
+        };
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let missing = std::path::Path::new("/nonexistent/podguard-kc");
+    let err = status_with(Some(missing), true);
+    assert!(err.starts_with("error: reading $KUBECONFIG"), "{err}");
+    assert!(!err.contains("in-cluster"), "{err}");
+    let err = status_with(Some(&broken), false);
+    assert!(
+        err.contains(&format!("reading $KUBECONFIG {}", broken.display())),
+        "{err}"
+    );
+    assert_eq!(err.matches("broken-kc").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = status_with(None, false);
+    assert!(err.contains("no Kubernetes API configured"), "{err}");
+    assert!(err.contains("give --kubeconfig"), "{err}");
+    assert!(err.contains("--lab"), "{err}");
     // --lab has its own kubeconfig: combining them is a usage error.
     let o = podguard(&["status", "--lab", "--context", "prod"]);
     assert_eq!(o.status.code(), Some(2));
@@ -580,7 +617,7 @@ fn a_typo_stops_the_agent_before_the_host_changes() {
         (
             vec![],
             Some("/nonexistent/kc"),
-            vec!["reading $KUBECONFIG /nonexistent/kc"],
+            vec!["reading $KUBECONFIG", "/nonexistent/kc"],
         ),
         (
             vec![],

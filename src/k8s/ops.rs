@@ -20,7 +20,8 @@ pub use super::rotate::{RotateResult, cancel, render_rotate, rotate};
 /// nothing of the lab).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// In-cluster config or `$KUBECONFIG` / `~/.kube/config`.
+    /// `$KUBECONFIG`, else the in-cluster config inside a Pod, else
+    /// `~/.kube/config`: the agent's order ([`super::connect::client`]).
     Default,
     /// A kubeconfig file and/or context named on the command line.
     Kubeconfig {
@@ -60,9 +61,7 @@ where
             .build()?;
         rt.block_on(async move {
             let client = match target {
-                Target::Default => Client::try_default().await.context(
-                    "connecting to the Kubernetes API (in-cluster config or $KUBECONFIG); for the local lab use --lab",
-                )?,
+                Target::Default => super::connect::client(super::connect::CLI_FIX).await?,
                 Target::Kubeconfig { path, context } => {
                     let kc = match &path {
                         Some(p) => kube::config::Kubeconfig::read_from(p)
@@ -87,9 +86,8 @@ where
                     missing,
                     ..
                 } => {
-                    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).with_context(|| {
-                        format!("reading {} ({missing})", kubeconfig.display())
-                    })?;
+                    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+                        .with_context(|| format!("reading {} ({missing})", kubeconfig.display()))?;
                     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
                     Client::try_from(cfg)?
                 }

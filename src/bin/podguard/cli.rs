@@ -15,8 +15,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub(crate) struct Cli {
-    /// The kubeconfig for commands that talk to the API (else $KUBECONFIG,
-    /// ~/.kube/config, or the in-cluster config).
+    /// The kubeconfig for commands that talk to the API (else $KUBECONFIG
+    /// when set, the in-cluster config inside a Pod, or ~/.kube/config:
+    /// the agent's order).
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use (else its current context).
