@@ -118,6 +118,17 @@ impl Row {
     }
 }
 
+/// An age as kubectl prints one (`95s`, `60m`, `5h`, `3d`): the same
+/// words wherever the CLI tells how long ago something happened.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 /// The status of every node, sorted by name.
 pub fn rows(nodes: &[NodeView], now: u64) -> Vec<Row> {
     let infos: Vec<NodeInfo> = nodes.iter().map(|n| n.info.clone()).collect();
@@ -225,7 +236,10 @@ pub fn may_rotate(nodes: &[NodeView], name: &str) -> Result<(), Refused> {
             Heartbeat::Renewed {
                 age_secs,
                 duration_secs,
-            } => format!("last heartbeat {age_secs}s ago, its Lease lasts {duration_secs}s"),
+            } => format!(
+                "last heartbeat {} ago, its Lease lasts {duration_secs}s",
+                age(age_secs)
+            ),
             _ => "no heartbeat Lease".into(),
         };
         return Err(Refused::AgentDown {

@@ -160,15 +160,6 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     mesh::table::plain(header, rows)
 }
 
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
 /// The table `podguard status` prints.
 pub fn render_status(rows: &[mesh::status::Row]) -> String {
     let mut out = table(
@@ -191,7 +182,9 @@ pub fn render_status(rows: &[mesh::status::Row]) -> String {
                 vec![
                     r.node.clone(),
                     r.key.clone().unwrap_or_else(|| "(none)".into()),
-                    r.key_age_secs.map(age).unwrap_or_else(|| "-".into()),
+                    r.key_age_secs
+                        .map(mesh::status::age)
+                        .unwrap_or_else(|| "-".into()),
                     rotation,
                     r.next_key.clone().unwrap_or_else(|| "-".into()),
                     match r.digest {
@@ -199,7 +192,9 @@ pub fn render_status(rows: &[mesh::status::Row]) -> String {
                         mesh::status::Agreement::Differs => "DIFFERS (not converged)".to_string(),
                         mesh::status::Agreement::Missing => "missing (no agent?)".to_string(),
                         mesh::status::Agreement::AgentDown => match r.heartbeat_age_secs {
-                            Some(a) => format!("AGENT DOWN (heartbeat {} ago)", age(a)),
+                            Some(a) => {
+                                format!("AGENT DOWN (heartbeat {} ago)", mesh::status::age(a))
+                            }
                             None => "AGENT DOWN (no heartbeat)".to_string(),
                         },
                     },

@@ -89,6 +89,13 @@ fn a_node_whose_agent_is_down_is_refused_and_unknown_heartbeats_are_not() {
             && e.contains("podguard status"),
         "{e}"
     );
+    // An hour reads as `podguard status` reads it.
+    nodes[0].heartbeat = Heartbeat::Renewed {
+        age_secs: 3600,
+        duration_secs: 40,
+    };
+    let e = may_rotate(&nodes, "a").unwrap_err().to_string();
+    assert!(e.contains("last heartbeat 60m ago"), "{e}");
     nodes[0].heartbeat = Heartbeat::Missing;
     let e = may_rotate(&nodes, "a").unwrap_err().to_string();
     assert!(e.contains("no heartbeat Lease"), "{e}");
@@ -244,4 +251,22 @@ fn only_a_request_no_agent_took_on_may_be_cancelled() {
     // The refusal to request again names the way out.
     let e = may_rotate(&nodes, "pending").unwrap_err().to_string();
     assert!(e.contains("podguard rotate --cancel --node pending"), "{e}");
+}
+
+#[test]
+fn ages_read_as_kubectl_prints_them() {
+    use crate::status::age;
+    let cases = [
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (3600, "60m"),
+        (7199, "119m"),
+        (7200, "2h"),
+        (172_799, "47h"),
+        (172_800, "2d"),
+    ];
+    for (secs, want) in cases {
+        assert_eq!(age(secs), want, "{secs}");
+    }
 }
