@@ -481,6 +481,48 @@ fn completions_and_man_page() {
         man.contains("Exit codes"),
         "the man page says what the exit codes mean"
     );
+    // Each command's flags are on its own page (the overview lists only
+    // the commands), and the daemon has a page too.
+    let page = |name: &str| {
+        let o = podguard(&["man", name]);
+        assert!(o.status.success(), "{name}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let rotate = page("rotate");
+    assert!(rotate.contains(".TH podguard-rotate 1"), "{rotate}");
+    assert!(rotate.contains(r"\-\-cancel"), "{rotate}");
+    assert!(
+        !man.contains(r"\-\-cancel"),
+        "the overview has no command flags"
+    );
+    let agent = page("podguard-agent");
+    assert!(agent.contains(".TH podguard-agent 8"), "{agent}");
+    assert!(agent.contains(r"\-\-nodes\-file"), "{agent}");
+    assert!(page("lab-up").contains(".TH podguard-lab-up 1"));
+    let o = podguard(&["man", "rotat"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no page \"rotat\": one of podguard,"));
+    // --dir writes a manual tree that man(1) reads.
+    let dir = tempfile::tempdir().unwrap();
+    let o = podguard(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let written = String::from_utf8_lossy(&o.stdout);
+    for file in [
+        "man1/podguard.1",
+        "man1/podguard-status.1",
+        "man8/podguard-agent.8",
+    ] {
+        let path = dir.path().join(file);
+        assert!(written.contains(path.to_str().unwrap()), "{written}");
+        assert!(
+            std::fs::read_to_string(&path).unwrap().contains(".TH"),
+            "{file}"
+        );
+    }
+    assert_eq!(
+        written.lines().count(),
+        std::fs::read_dir(dir.path().join("man1")).unwrap().count() + 1
+    );
 }
 
 /// `showconf` plans from the API exactly what the node's device has;

@@ -200,8 +200,22 @@ pub(crate) enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `podguard man | man -l -`.
-    Man,
+    /// Print a manual page (roff): `podguard man | man -l -` for the
+    /// overview, `podguard man rotate` for one command's flags,
+    /// `podguard man podguard-agent` for the daemon; `--dir` writes them
+    /// all into a manual tree (man1/podguard.1, man1/podguard-<command>.1,
+    /// man8/podguard-agent.8).
+    Man {
+        /// The page: a command's name, or podguard-agent (default: the
+        /// overview).
+        #[arg(value_name = "PAGE", conflicts_with = "dir")]
+        page: Option<String>,
+        /// Write every page under this manual tree (its man1/ and man8/,
+        /// made if missing), e.g. /usr/local/share/man, and print the files
+        /// written.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Per node: key fingerprint, key age, rotation state, whether its
     /// applied mesh (podguard.dev/mesh-digest) agrees with the cluster, and
     /// the peers its agent finds without a handshake for longer than its

@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser};
 
 mod cli;
 mod lab;
+mod man;
 mod ops;
 mod view;
 
@@ -40,10 +41,7 @@ fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            Ok(())
-        }
+        Command::Man { page, dir } => man::man(page.as_deref(), dir.as_deref()),
         Command::Rotate {
             node,
             cancel: true,
