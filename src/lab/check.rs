@@ -113,7 +113,15 @@ fn start_echo(pod: &Pod) -> anyhow::Result<()> {
                 let mut c = c;
                 let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
                 let mut buf = [0u8; 256];
-                let _ = c.read(&mut buf);
+                // A read with a timeout is not restarted after a stop or
+                // a freeze: answered early, the unread marker would reset
+                // the connection under the client.
+                let _ = loop {
+                    match c.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        r => break r,
+                    }
+                };
                 if let Ok(peer) = c.peer_addr() {
                     let _ = c.write_all(peer.ip().to_string().as_bytes());
                 }
