@@ -12,6 +12,16 @@
 //! is kernel state: it stays while the agent is stopped or restarting, and
 //! only an explicit uninstall (`nft delete table inet podguard`) removes it.
 //!
+//! **Spoofed pod sources.** A packet with a cluster CIDR source is a pod's
+//! (or a node's tunnel address) only when it comes out of the tunnel, from
+//! the pod bridge or from the node itself; one that arrives from the
+//! underlay in plaintext is forged, and forwarding it would hand a pod
+//! traffic that claims another pod's address (the tunnel's own check, a
+//! peer's AllowedIPs, never sees it). The `prerouting` chain, before
+//! conntrack, drops every packet with a cluster CIDR source that comes in
+//! through any interface but those. Reverse-path filtering would catch
+//! the IPv4 case only when strict (`rp_filter=1`); IPv6 has none.
+//!
 //! **Masquerade.** Pods have addresses of the cluster's podCIDRs, which nothing outside the
 //! cluster routes back; traffic to the rest of the world leaves with the
 //! node's address, as flannel (`--ip-masq`), Kilo and Calico
@@ -37,6 +47,9 @@ pub const TABLE: &str = "podguard";
 pub const NAT_CHAIN: &str = "postrouting";
 /// The barrier's chains (filter, priority 0).
 pub const BARRIER_CHAINS: [&str; 2] = ["output", "forward"];
+/// The chain that drops spoofed pod sources (filter, prerouting, priority
+/// raw: before conntrack keeps any state for them).
+pub const SPOOF_CHAIN: &str = "prerouting";
 /// The WireGuard interfaces: `podguard0` and a key rotation's companions
 /// on kernel WireGuard (`mesh::companion`).
 pub const TUNNEL_IFS: [&str; 3] = [
@@ -44,7 +57,8 @@ pub const TUNNEL_IFS: [&str; 3] = [
     mesh::companion::NEXT_IFNAME,
     mesh::companion::PEERS_NEXT_IFNAME,
 ];
-/// Interfaces cluster-bound traffic may leave through.
+/// Interfaces cluster-bound traffic may leave through, and the only ones
+/// a packet from a cluster CIDR source may come in by.
 pub const ALLOWED_OIFS: [&str; 5] = [
     TUNNEL_IFS[0],
     TUNNEL_IFS[1],
@@ -54,6 +68,8 @@ pub const ALLOWED_OIFS: [&str; 5] = [
 ];
 /// Priority `srcnat`.
 const SRCNAT: i32 = 100;
+/// Priority `raw`.
+const RAW: i32 = -300;
 
 /// A failure to program nftables.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +99,12 @@ fn addr_match(field: &'static str, net: &IpNet) -> Statement<'static> {
 }
 
 fn oifname(name: &'static str) -> Statement<'static> {
+    ifname(MetaKey::Oifname, name)
+}
+
+fn ifname(key: MetaKey, name: &'static str) -> Statement<'static> {
     Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Meta(Meta {
-            key: MetaKey::Oifname,
-        })),
+        left: Expression::Named(NamedExpression::Meta(Meta { key })),
         right: Expression::String(Cow::Borrowed(name)),
         op: Operator::EQ,
     })
@@ -157,6 +175,24 @@ pub fn ruleset(
                 vec![addr_match("daddr", c), counter(), Statement::Drop(None)],
             ));
         }
+    }
+    b.add(chain(
+        SPOOF_CHAIN,
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        RAW,
+    ));
+    for dev in ALLOWED_OIFS {
+        b.add(rule(
+            SPOOF_CHAIN,
+            vec![ifname(MetaKey::Iifname, dev), Statement::Return(None)],
+        ));
+    }
+    for c in cluster_cidrs {
+        b.add(rule(
+            SPOOF_CHAIN,
+            vec![addr_match("saddr", c), counter(), Statement::Drop(None)],
+        ));
     }
     let nat = chain(NAT_CHAIN, NfChainType::NAT, NfHook::Postrouting, SRCNAT);
     b.add(nat.clone());
@@ -259,6 +295,49 @@ mod tests {
             assert_eq!(rules[6][2], json!({"drop": null}));
             assert_eq!(rules.len(), 7);
         }
+    }
+
+    #[test]
+    fn cluster_sources_come_in_only_from_the_tunnel_the_bridge_or_the_node() {
+        let r = ruleset(
+            &nets(&["10.244.1.0/24"]),
+            &nets(&["10.244.0.0/16", "fd00:10:244::/56"]),
+            false,
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        let c = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["add"]["chain"]["name"] == "prerouting")
+            .expect("no prerouting chain");
+        assert_eq!(c["add"]["chain"]["hook"], "prerouting");
+        assert_eq!(c["add"]["chain"]["type"], "filter");
+        assert_eq!(c["add"]["chain"]["prio"], -300);
+        let rules = chain_rules(&v, "prerouting");
+        let iif = |dev: &str| json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": dev}}, {"return": null}]);
+        assert_eq!(
+            rules[..5],
+            [
+                iif("podguard0"),
+                iif("podguard0n"),
+                iif("podguard0p"),
+                iif("cbr0"),
+                iif("lo")
+            ]
+        );
+        for (rule, (protocol, addr)) in rules[5..]
+            .iter()
+            .zip([("ip", "10.244.0.0"), ("ip6", "fd00:10:244::")])
+        {
+            assert_eq!(
+                rule[0]["match"]["left"]["payload"],
+                json!({"protocol": protocol, "field": "saddr"})
+            );
+            assert_eq!(rule[0]["match"]["right"]["prefix"]["addr"], addr);
+            assert_eq!(rule[2], json!({"drop": null}));
+        }
+        assert_eq!(rules.len(), 7);
     }
 
     #[test]

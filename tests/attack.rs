@@ -4,6 +4,7 @@
 //! endpoint (before, the cookie reply sent under load counted as
 //! authentication and the endpoint followed the attacker), and the load
 //! state must end with the flood (the rate limiter was never reset).
+//! Nor can plaintext sent from a pod's address reach another pod.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -97,6 +98,146 @@ fn replayed_initiations_under_load_never_move_the_endpoint() {
     wait_for("traffic after B's restart", Duration::from_secs(30), || {
         pings(&pa, &b4)
     });
+}
+
+/// Plaintext from the underlay that claims a pod's address as its source
+/// (pod A's podCIDR) must never reach pod B, v4 or v6: only the tunnel,
+/// the pod bridge and the node itself may bring in a cluster source. Node
+/// B's reverse-path filter is off, as on a host with the kernel's default
+/// (and it never applies to IPv6). Negative control: with the agent held
+/// and the `prerouting` chain removed, the same datagrams arrive, so the
+/// path is routable and the chain is what stops them.
+#[test]
+fn spoofed_pod_sources_from_the_underlay_never_reach_a_pod() {
+    if !require_root("spoofed_pod_sources_from_the_underlay_never_reach_a_pod") {
+        return;
+    }
+    let mut c = TwoNode::up("spf");
+    let (ul, b) = (c.ul.clone(), c.nodes[1].ns.clone());
+    let pb = c.nodes[1].pod_ns.clone();
+    for key in ["all", "default", "eth0"] {
+        let k = format!("net.ipv4.conf.{key}.rp_filter=0");
+        ok(&["ip", "netns", "exec", &b, "sysctl", "-qw", &k]);
+    }
+    // The attacker owns pod A's addresses and routes node B's podCIDRs to
+    // node B's underlay address. The addresses sit on its loopback: on
+    // eth0, its neighbour solicitations would come from pod A's address
+    // too, and node B's answers to a cluster address may only leave
+    // through the tunnel.
+    let evil = c.n.underlay_node(&ul, "evil", 66);
+    let b_ll = ok(&[
+        "ip", "-n", &b, "-6", "-br", "addr", "show", "dev", "eth0", "scope", "link",
+    ]);
+    let b_ll = b_ll
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/64"))
+        .unwrap_or_else(|| panic!("no link-local address on node B: {b_ll}"))
+        .to_string();
+    for cmd in [
+        "addr add 10.244.1.99/32 dev lo",
+        "-6 addr add fd00:10:244:1::99/128 dev lo",
+        "route add 10.244.2.0/24 via 192.0.2.2 src 10.244.1.99",
+    ] {
+        let mut args = vec!["ip", "-n", &evil];
+        args.extend(cmd.split(' '));
+        ok(&args);
+    }
+    ok(&[
+        "ip",
+        "-n",
+        &evil,
+        "-6",
+        "route",
+        "add",
+        "fd00:10:244:2::/64",
+        "via",
+        &b_ll,
+        "dev",
+        "eth0",
+        "src",
+        "fd00:10:244:1::99",
+    ]);
+    // Neighbour discovery needs the attacker's own link-local address,
+    // tentative until its duplicate address detection is over.
+    wait_for(
+        "the attacker's link-local address",
+        Duration::from_secs(10),
+        || {
+            ok(&[
+                "ip",
+                "-n",
+                &evil,
+                "-6",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+                "tentative",
+            ])
+            .is_empty()
+        },
+    );
+    let listen = |addr: &str| {
+        let s = in_netns(&pb, || UdpSocket::bind(addr).unwrap());
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    };
+    let (v4, v6) = (listen("10.244.2.2:7777"), listen("[fd00:10:244:2::2]:7778"));
+    let spoof = |what: &[u8]| {
+        udp_spray(&evil, "10.244.2.2:7777".parse().unwrap(), what);
+        udp_spray(&evil, "[fd00:10:244:2::2]:7778".parse().unwrap(), what);
+        [received(&v4), received(&v6)]
+    };
+
+    let got = spoof(b"SPOOFED-POD-SOURCE");
+    assert_eq!(
+        got,
+        [Vec::<String>::new(), vec![]],
+        "spoofed pod sources reached pod B"
+    );
+
+    // Negative control.
+    c.signal_agent(1, nix::sys::signal::Signal::SIGSTOP);
+    let removed = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &b,
+        "nft",
+        "delete",
+        "chain",
+        "inet",
+        "podguard",
+        "prerouting",
+    ]);
+    let got = spoof(b"CONTROL");
+    c.signal_agent(1, nix::sys::signal::Signal::SIGCONT);
+    assert!(removed.status.success(), "{removed:?}");
+    assert_eq!(
+        got,
+        [
+            vec!["10.244.1.99".to_string()],
+            vec!["fd00:10:244:1::99".to_string()]
+        ],
+        "without the chain the spoofed datagrams should arrive: the test sees nothing"
+    );
+}
+
+/// The distinct source addresses of what `s` receives until it is quiet
+/// for its read timeout.
+fn received(s: &UdpSocket) -> Vec<String> {
+    let mut from = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((_, a)) => {
+                from.insert(a.ip().to_string());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return from.into_iter().collect(),
+        }
+    }
 }
 
 /// Cookie replies (type 3, 64 bytes) from node B to `to` in a capture.
