@@ -356,6 +356,19 @@ pub(crate) fn parse_node(
             },
         },
     };
+    let endpoint = endpoint.and_then(|sa| match in_cluster(sa.ip(), cluster_cidrs) {
+        None => Some(sa),
+        Some(cidr) => {
+            rejections.push(Rejection::InvalidEndpoint {
+                value: sa.to_string(),
+                problem: format!(
+                    "{} is inside cluster CIDR {cidr}: the tunnel would carry its own packets; node addresses must lie outside the cluster CIDR",
+                    sa.ip()
+                ),
+            });
+            None
+        }
+    });
     (
         Parsed {
             pod_cidrs,
@@ -364,6 +377,16 @@ pub(crate) fn parse_node(
         },
         rejections,
     )
+}
+
+/// The cluster CIDR that holds `ip` (an IPv4-mapped address as IPv4): an
+/// endpoint there would be routed into the tunnel it carries.
+fn in_cluster(ip: IpAddr, cluster_cidrs: &[IpNet]) -> Option<IpNet> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    cluster_cidrs.iter().find(|c| c.contains(&ip)).copied()
 }
 
 pub(crate) fn same_family(a: &IpNet, b: &IpNet) -> bool {

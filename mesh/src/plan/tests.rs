@@ -248,6 +248,38 @@ fn outside_cluster_and_bad_endpoint_rejected() {
     assert_eq!(reasons(&p, "b"), vec![Rejection::MissingEndpoint]);
 }
 
+/// A node address inside the cluster CIDR would be routed into the tunnel
+/// that carries it: every datagram to that peer would come back to the
+/// device, be sealed again and sent again, without end. Whether written
+/// as the endpoint, as an IPv4-mapped IPv6 one, or taken from InternalIP.
+#[test]
+fn endpoints_inside_the_cluster_cidr_are_rejected() {
+    for (endpoint, internal) in [
+        (Some("10.244.3.7:51820"), None),
+        (Some("[::ffff:10.244.3.7]:51820"), None),
+        (Some("[fd00:10:244:3::7]:51820"), None),
+        (None, Some("10.244.200.1")),
+    ] {
+        let (local, mut nodes) = setup();
+        nodes[2].endpoint = endpoint.map(String::from);
+        nodes[2].internal_ips = internal.into_iter().map(String::from).collect();
+        let p = plan(&local, &nodes, &cfg()).unwrap();
+        let why = reasons(&p, "c");
+        assert!(
+            matches!(&why[..], [Rejection::InvalidEndpoint { problem, .. }]
+                if problem.contains("inside cluster CIDR") && problem.contains("outside the cluster CIDR")),
+            "{endpoint:?} {internal:?}: {why:?}"
+        );
+        assert!(p.peers.values().all(|p| p.node != "c"));
+        assert!(p.peers.values().any(|p| p.node == "b"));
+    }
+    // Next to the cluster CIDR is fine.
+    let (local, mut nodes) = setup();
+    nodes[2].endpoint = Some("10.245.0.1:51820".into());
+    let p = plan(&local, &nodes, &cfg()).unwrap();
+    assert!(p.peers.values().any(|p| p.node == "c"));
+}
+
 #[test]
 fn duplicate_names_rejected() {
     let (local, mut nodes) = setup();
