@@ -130,12 +130,28 @@ pub struct NetConf {
     /// Previous result (CHECK, DEL).
     #[serde(default)]
     pub prev_result: Option<Value>,
-    /// GC: the attachments that are still valid.
-    #[serde(default, rename = "cni.dev/valid-attachments")]
-    pub valid_attachments: Option<Vec<Attachment>>,
+    /// GC: the attachments that are still valid. Absent: `None`; `null`
+    /// (a Go runtime's empty list: libcni marshals a nil slice so, as
+    /// when no pod is left): `Some(None)`, nothing valid.
+    #[serde(
+        default,
+        rename = "cni.dev/valid-attachments",
+        deserialize_with = "present"
+    )]
+    pub valid_attachments: Option<Option<Vec<Attachment>>>,
     /// Everything else (runtimeConfig, args, capabilities, ipam, dns...).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`); an absent one
+/// is `None` through `#[serde(default)]`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -402,7 +418,7 @@ pub fn parse(envs: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, C
     if command == Command::Gc && conf.valid_attachments.is_none() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
-            "GC needs cni.dev/valid-attachments in the configuration",
+            "GC needs cni.dev/valid-attachments in the configuration (an empty list, or null, when no attachment is valid)",
         ));
     }
     if command == Command::Check && conf.prev_result.is_none() {

@@ -281,6 +281,7 @@ fn gc(req: &Request) -> Result<(), CniError> {
         .valid_attachments
         .iter()
         .flatten()
+        .flatten()
         .map(|a| Owner {
             network: network.clone(),
             container_id: a.container_id.clone(),

@@ -34,6 +34,39 @@ fn ids_follow_the_spec() {
     }
 }
 
+/// GC's list of valid attachments: `null` is an empty list (what a Go
+/// runtime sends when no pod is left: libcni marshals a nil slice so); a
+/// configuration without the key is refused, naming it, since collecting
+/// everything on a runtime's omission would free running pods' addresses.
+#[test]
+fn gc_takes_null_as_nothing_valid_and_refuses_a_missing_list() {
+    let gc_env = envs(&[("CNI_COMMAND", "GC")]);
+    let conf = |extra: &str| {
+        format!(r#"{{"cniVersion":"1.1.0","name":"podguard","type":"podguard-cni"{extra}}}"#)
+    };
+    let r = parse(
+        &gc_env,
+        conf(r#","cni.dev/valid-attachments":null"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.conf.valid_attachments, Some(None));
+    let r = parse(
+        &gc_env,
+        conf(r#","cni.dev/valid-attachments":[]"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.conf.valid_attachments, Some(Some(vec![])));
+    let r = parse(
+        &gc_env,
+        conf(r#","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.conf.valid_attachments.unwrap().unwrap().len(), 1);
+    let e = parse(&gc_env, conf("").as_bytes()).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(e.msg.contains("cni.dev/valid-attachments"), "{}", e.msg);
+}
+
 #[test]
 fn parses_add() {
     let r = parse(&add_env(), CONF.as_bytes()).unwrap();
