@@ -103,23 +103,40 @@ pub fn accept_roaming(observed: &mut Observed, plan: &Plan, last_applied: Option
 }
 
 /// Peers whose key changed: an observed peer that is not planned, whose
-/// AllowedIPs are exactly those of a planned peer that is not observed, is
-/// that node under its new key (a rotation). The userspace device renames
-/// such a peer in place — sessions, endpoint and AllowedIPs stay, so no
-/// packet is lost — before [`diff`] runs; a backend that cannot rename
-/// gets the remove + set of the diff (a short gap).
-pub fn renames(plan: &Plan, observed: &Observed) -> Vec<(PublicKey, PublicKey)> {
-    let mut by_ips: BTreeMap<&BTreeSet<IpNet>, PublicKey> = BTreeMap::new();
+/// AllowedIPs are exactly those of a planned peer that is not observed,
+/// and which `last_applied` planned for the same node, is that node under
+/// its new key (a rotation). The userspace device renames such a peer in
+/// place — sessions, endpoint and AllowedIPs stay, so no packet is lost —
+/// before [`diff`] runs; a backend that cannot rename gets the remove +
+/// set of the diff (a short gap). Another node given the same podCIDRs
+/// (a Node deleted and its range handed on, seen in one relist) is not a
+/// rename: it would keep the old node's sessions, and traffic for the new
+/// node's pods would be sealed for the old one.
+pub fn renames(
+    plan: &Plan,
+    observed: &Observed,
+    last_applied: Option<&Plan>,
+) -> Vec<(PublicKey, PublicKey)> {
+    let Some(last) = last_applied else {
+        return Vec::new();
+    };
+    let mut by_ips: BTreeMap<&BTreeSet<IpNet>, &Peer> = BTreeMap::new();
     for (k, p) in &plan.peers {
         if !observed.peers.contains_key(k) && !p.allowed_ips.is_empty() {
-            by_ips.insert(&p.allowed_ips, *k);
+            by_ips.insert(&p.allowed_ips, p);
         }
     }
     observed
         .peers
         .iter()
         .filter(|(k, _)| !plan.peers.contains_key(*k))
-        .filter_map(|(old, o)| by_ips.remove(&o.allowed_ips).map(|new| (*old, new)))
+        .filter_map(|(old, o)| {
+            let was = &last.peers.get(old)?.node;
+            let new = by_ips.get(&o.allowed_ips).filter(|p| p.node == *was)?;
+            let new = new.public_key;
+            by_ips.remove(&o.allowed_ips);
+            Some((*old, new))
+        })
         .collect()
 }
 
@@ -288,12 +305,20 @@ mod tests {
                 ..peer
             },
         );
-        let r = renames(&nodes_p, &observed);
+        // Another node with n2's podCIDRs (n2 deleted, its range handed
+        // on) is not n2 under a new key: no rename, so diff removes n2's
+        // peer with its sessions and sets the newcomer's.
+        let mut other = nodes_p.clone();
+        other.peers.get_mut(&new).unwrap().node = "n9".into();
+        assert!(renames(&other, &observed, Some(&p)).is_empty());
+        // Nor without a plan applied before (nothing says whose it was).
+        assert!(renames(&nodes_p, &observed, None).is_empty());
+        let r = renames(&nodes_p, &observed, Some(&p));
         assert_eq!(r, vec![(old, new)]);
         observed.rename(&r);
         assert!(diff(&nodes_p, &observed).is_empty(), "renamed = converged");
         // Nothing to rename when converged, or when AllowedIPs differ.
-        assert!(renames(&nodes_p, &observed).is_empty());
-        assert!(renames(&p, &Observed::default()).is_empty());
+        assert!(renames(&nodes_p, &observed, Some(&p)).is_empty());
+        assert!(renames(&p, &Observed::default(), Some(&p)).is_empty());
     }
 }

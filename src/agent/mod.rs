@@ -279,7 +279,7 @@ impl Agent {
         // it in place, keeping its sessions; the kernel gets remove + set.
         let mut renamed = 0;
         if let Some(dev) = &self.device {
-            let renames = mesh::renames(&plan, &observed);
+            let renames = mesh::renames(&plan, &observed, self.last_plan.as_ref());
             if !renames.is_empty() {
                 renamed = dev.rename_peers(&renames);
                 for (old, new) in &renames {
