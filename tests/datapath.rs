@@ -367,6 +367,29 @@ fn missing_or_wrong_key_gets_no_peer_and_no_plaintext() {
         Duration::from_secs(20),
         || pings(&pa, &b4),
     );
+
+    // A rewrite that keeps the file's modification time (`cp -p`, a
+    // coarse clock) is still read, at the next resync (1 s here).
+    let mtime = std::fs::metadata(&c.nodes_file)
+        .unwrap()
+        .modified()
+        .unwrap();
+    c.write_nodes(|i, v| {
+        if i == 1 {
+            v.as_object_mut().unwrap().remove("publicKey");
+        }
+    });
+    std::fs::File::options()
+        .write(true)
+        .open(&c.nodes_file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    wait_for(
+        "a rewrite with the old mtime to be read",
+        Duration::from_secs(10),
+        || !has_peer_b(&c),
+    );
 }
 
 #[test]

@@ -39,9 +39,11 @@ pub fn load(path: &Path) -> Result<Vec<NodeInfo>, NodesFileError> {
 }
 
 /// Run from a nodes file: reconcile when the file changes and every
-/// `resync` (which repairs drift, e.g. a route removed by hand). A file
-/// that cannot be read or parsed keeps the last state: nothing is removed
-/// because of a bad read.
+/// `resync` (which repairs drift, e.g. a route removed by hand). A change
+/// is seen by its modification time at once, and by its content at every
+/// resync: a rewrite that keeps the time (`cp -p`, `touch -r`, within one
+/// tick of a coarse clock) is not missed. A file that cannot be read or
+/// parsed keeps the last state: nothing is removed because of a bad read.
 pub async fn run_nodes_file(
     mut agent: Agent,
     path: PathBuf,
@@ -57,11 +59,13 @@ pub async fn run_nodes_file(
     let mut repair_now = false;
     loop {
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let changed = last_mtime != Some(mtime);
+        let changed = last_mtime != Some(mtime) || last_sync.elapsed() >= resync;
         if changed {
             match load(&path) {
                 Ok(n) => {
-                    tracing::info!(path = %path.display(), nodes = n.len(), "nodes file loaded");
+                    if nodes.as_ref() != Some(&n) {
+                        tracing::info!(path = %path.display(), nodes = n.len(), "nodes file loaded");
+                    }
                     nodes = Some(n);
                     last_mtime = Some(mtime);
                 }
