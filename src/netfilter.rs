@@ -161,38 +161,45 @@ pub fn ruleset(
         name: Cow::Borrowed(TABLE),
         ..Table::default()
     })));
-    for (name, hook) in BARRIER_CHAINS
-        .into_iter()
-        .zip([NfHook::Output, NfHook::Forward])
-    {
-        b.add(chain(name, NfChainType::Filter, hook, 0));
+    // Each guard chain: what passes the allowed interfaces (by `dev`)
+    // returns, what else has a cluster address (in `field`) is dropped.
+    let guards = [
+        (
+            BARRIER_CHAINS[0],
+            NfHook::Output,
+            0,
+            MetaKey::Oifname,
+            "daddr",
+        ),
+        (
+            BARRIER_CHAINS[1],
+            NfHook::Forward,
+            0,
+            MetaKey::Oifname,
+            "daddr",
+        ),
+        (
+            SPOOF_CHAIN,
+            NfHook::Prerouting,
+            RAW,
+            MetaKey::Iifname,
+            "saddr",
+        ),
+    ];
+    for (name, hook, prio, dev_key, field) in guards {
+        b.add(chain(name, NfChainType::Filter, hook, prio));
         for dev in ALLOWED_OIFS {
-            b.add(rule(name, vec![oifname(dev), Statement::Return(None)]));
+            b.add(rule(
+                name,
+                vec![ifname(dev_key, dev), Statement::Return(None)],
+            ));
         }
         for c in cluster_cidrs {
             b.add(rule(
                 name,
-                vec![addr_match("daddr", c), counter(), Statement::Drop(None)],
+                vec![addr_match(field, c), counter(), Statement::Drop(None)],
             ));
         }
-    }
-    b.add(chain(
-        SPOOF_CHAIN,
-        NfChainType::Filter,
-        NfHook::Prerouting,
-        RAW,
-    ));
-    for dev in ALLOWED_OIFS {
-        b.add(rule(
-            SPOOF_CHAIN,
-            vec![ifname(MetaKey::Iifname, dev), Statement::Return(None)],
-        ));
-    }
-    for c in cluster_cidrs {
-        b.add(rule(
-            SPOOF_CHAIN,
-            vec![addr_match("saddr", c), counter(), Statement::Drop(None)],
-        ));
     }
     let nat = chain(NAT_CHAIN, NfChainType::NAT, NfHook::Postrouting, SRCNAT);
     b.add(nat.clone());

@@ -132,10 +132,10 @@ pub fn renames(
         .filter(|(k, _)| !plan.peers.contains_key(*k))
         .filter_map(|(old, o)| {
             let was = &last.peers.get(old)?.node;
-            let new = by_ips.get(&o.allowed_ips).filter(|p| p.node == *was)?;
-            let new = new.public_key;
-            by_ips.remove(&o.allowed_ips);
-            Some((*old, new))
+            if by_ips.get(&o.allowed_ips)?.node != *was {
+                return None;
+            }
+            Some((*old, by_ips.remove(&o.allowed_ips)?.public_key))
         })
         .collect()
 }

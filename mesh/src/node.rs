@@ -258,11 +258,16 @@ pub fn parse_endpoint(value: &str) -> Result<SocketAddr, String> {
     Ok(sa)
 }
 
-fn check_endpoint_ip(ip: IpAddr) -> Result<(), String> {
-    let ip = match ip {
+/// An IPv4-mapped IPv6 address as the IPv4 address it stands for.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    };
+    }
+}
+
+fn check_endpoint_ip(ip: IpAddr) -> Result<(), String> {
+    let ip = unmapped(ip);
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("{ip} is not a unicast address"));
     }
@@ -382,10 +387,7 @@ pub(crate) fn parse_node(
 /// The cluster CIDR that holds `ip` (an IPv4-mapped address as IPv4): an
 /// endpoint there would be routed into the tunnel it carries.
 fn in_cluster(ip: IpAddr, cluster_cidrs: &[IpNet]) -> Option<IpNet> {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = unmapped(ip);
     cluster_cidrs.iter().find(|c| c.contains(&ip)).copied()
 }
 
